@@ -1,0 +1,151 @@
+"""Per-partition atomic checkpoints: key states, results, dead letters and committed offsets.
+
+One SQLite database, ``<data dir>/checkpoints.db``, in WAL mode, shared by the workers. A commit
+is one transaction holding, for the partitions a worker owns, the new states of the keys it
+changed, the outputs and dead letters of the messages it applied, and each partition's committed
+offset. SQLite makes that all-or-nothing: a worker killed mid-commit leaves the previous
+checkpoint in place (a torn WAL frame fails its checksum and is discarded on the next open).
+
+Fencing: when a worker claims partitions it bumps their ``epoch``; every commit checks, inside its
+write transaction, that the epochs are still its own, so a stale worker (one that was presumed
+dead and replaced) can never overwrite the state its replacement owns -- it gets ``Fenced``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ._errors import Fenced
+from ._intake import connect
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS partitions (
+    partition INTEGER PRIMARY KEY,
+    committed INTEGER NOT NULL,
+    epoch INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS states (
+    key TEXT PRIMARY KEY,
+    partition INTEGER NOT NULL,
+    state BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS results (
+    id TEXT PRIMARY KEY,
+    partition INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    output BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id TEXT PRIMARY KEY,
+    partition INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    traceback TEXT NOT NULL,
+    ts REAL NOT NULL
+);
+"""
+
+
+class CheckpointStore:
+    """Reads and atomically writes the committed state of partitions."""
+
+    def __init__(self, data_dir: Path, *, durability: str = "fsync"):
+        self.path = data_dir / "checkpoints.db"
+        self._db = connect(self.path, durability=durability)
+        self._db.executescript(_SCHEMA)
+        self._epochs: dict[int, int] = {}
+
+    # -- ownership -------------------------------------------------------------------------------
+    def claim(self, partitions: Iterable[int]) -> dict[int, int]:
+        """Take ownership of ``partitions`` (fencing older owners); return their committed offsets."""
+        parts = sorted(partitions)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO partitions VALUES (?, -1, 0)", [(p,) for p in parts]
+            )
+            self._db.executemany(
+                "UPDATE partitions SET epoch = epoch + 1 WHERE partition = ?", [(p,) for p in parts]
+            )
+            rows = self._rows_for(parts, "partition, committed, epoch")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        self._epochs = {p: e for p, _, e in rows}
+        return {p: c for p, c, _ in rows}
+
+    def _rows_for(self, parts: list[int], cols: str) -> list[tuple[int, ...]]:
+        marks = ",".join("?" * len(parts))
+        q = f"SELECT {cols} FROM partitions WHERE partition IN ({marks})"
+        return list(self._db.execute(q, parts))
+
+    # -- reads -----------------------------------------------------------------------------------
+    def load_state(self, key: str) -> tuple[bool, Any]:
+        row = self._db.execute("SELECT state FROM states WHERE key = ?", (key,)).fetchone()
+        return (False, None) if row is None else (True, pickle.loads(row[0]))
+
+    def committed(self) -> dict[int, int]:
+        return dict(self._db.execute("SELECT partition, committed FROM partitions"))
+
+    def states(self) -> Iterator[tuple[str, Any]]:
+        for key, blob in self._db.execute("SELECT key, state FROM states"):
+            yield key, pickle.loads(blob)
+
+    def result(self, message_id: str) -> tuple[bool, Any]:
+        q = "SELECT output FROM results WHERE id = ?"
+        row = self._db.execute(q, (message_id,)).fetchone()
+        return (False, None) if row is None else (True, pickle.loads(row[0]))
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        cols = ("id", "partition", "offset", "key", "reason", "traceback", "ts")
+        rows = self._db.execute("SELECT * FROM dead_letters ORDER BY seq")
+        return [dict(zip(cols, row, strict=True)) for row in rows]
+
+    # -- the atomic commit -----------------------------------------------------------------------
+    def commit(
+        self,
+        offsets: dict[int, int],
+        states: list[tuple[str, int, bytes]],
+        results: list[tuple[str, int, int, bytes]],
+        dead: list[tuple[str, int, int, str, str, str]],
+    ) -> None:
+        """Commit states, results, dead letters and offsets of partitions in one transaction.
+
+        Raises ``Fenced`` (and writes nothing) if another worker claimed one of the partitions.
+        """
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            parts = sorted(offsets)
+            for p, epoch in self._rows_for(parts, "partition, epoch"):
+                if epoch != self._epochs.get(p):
+                    raise Fenced(
+                        f"partition {p} was claimed by a newer worker (epoch {epoch}, "
+                        f"ours {self._epochs.get(p)}); this worker must stop"
+                    )
+            self._db.executemany("INSERT OR REPLACE INTO states VALUES (?, ?, ?)", states)
+            if results:
+                self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)", results)
+            if dead:
+                now = time.time()
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(*d, now) for d in dead],
+                )
+            self._db.executemany(
+                "UPDATE partitions SET committed = ? WHERE partition = ?",
+                [(off, p) for p, off in offsets.items()],
+            )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()

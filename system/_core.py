@@ -1,0 +1,149 @@
+"""The worker core: apply messages to per-key states, deduplicate, and build checkpoints.
+
+The same core runs under every runner (process, thread, inline); the runner only moves frames
+and calls it. It does no I/O of its own besides the ``store`` it is given (a ``CheckpointStore``,
+or any object with ``claim``/``load_state``/``commit``), so unit tests drive it directly.
+
+Exactly-once: delivery is at-least-once (after a crash the dispatcher resends everything not yet
+acknowledged), and the core skips every message whose offset is at or below what its partition
+has already applied. States, outputs, dead letters and the applied offsets are committed in one
+transaction, so each message's transition is committed exactly once.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ._message import Message, Output, Wire
+
+Handler = Callable[[Any, Message], Any]
+
+
+class WorkerCore:
+    def __init__(
+        self,
+        handler: Handler,
+        store: Any,
+        partitions: Iterable[int],
+        *,
+        initial_state: Callable[[], Any] | None = None,
+        checkpoint_every: int = 5000,
+        checkpoint_interval: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.handler = handler
+        self.store = store
+        self.partitions = frozenset(partitions)
+        self.initial_state = initial_state
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_interval = checkpoint_interval
+        self.clock = clock
+        self.applied: dict[int, int] = {}
+        self.states: dict[str, Any] = {}
+        self._dirty: dict[str, int] = {}  # key -> partition
+        self._touched: set[int] = set()
+        self._results: list[tuple[str, int, int, bytes]] = []
+        self._dead: list[tuple[str, int, int, str, str, str]] = []
+        self.uncommitted = 0
+        self._first_uncommitted_at: float | None = None
+        self.last_applied = -1  # highest offset applied, across partitions (the ack position)
+        self.acked = -1
+
+    def start(self) -> dict[int, int]:
+        """Claim the partitions; return their committed offsets (the replay positions)."""
+        self.applied = self.store.claim(self.partitions)
+        return dict(self.applied)
+
+    # -- applying --------------------------------------------------------------------------------
+    def state_of(self, key: str) -> Any:
+        try:
+            return self.states[key]
+        except KeyError:
+            found, state = self.store.load_state(key)
+            if not found:
+                state = self.initial_state() if self.initial_state is not None else None
+            self.states[key] = state
+            return state
+
+    def apply(self, batch: list[Wire]) -> int:
+        """Apply a batch in order; return how many messages were new (not duplicates)."""
+        applied = self.applied
+        new = 0
+        for offset, mid, key, part, payload, attempt in batch:
+            if offset <= applied.get(part, -1):
+                continue  # a replayed duplicate: already applied (and maybe committed)
+            self._apply_one(offset, mid, key, part, payload, attempt)
+            applied[part] = offset
+            self._touched.add(part)
+            new += 1
+        if batch:
+            self.last_applied = max(self.last_applied, batch[-1][0])
+        if batch and self._first_uncommitted_at is None:
+            self._first_uncommitted_at = self.clock()  # duplicates need an ack too
+        self.uncommitted += new
+        return new
+
+    def _apply_one(self, offset: int, mid: str, key: str, part: int, payload: bytes, attempt: int):
+        try:
+            value = pickle.loads(payload)
+        except Exception as e:
+            self._dead_letter(offset, mid, key, part, f"payload cannot be unpickled: {e!r}")
+            return
+        state = self.state_of(key)
+        try:
+            new = self.handler(state, Message(mid, key, value, offset, attempt))
+        except Exception as e:
+            self._dead_letter(offset, mid, key, part, f"handler raised {e!r}")
+            return
+        if type(new) is Output:
+            try:
+                blob = pickle.dumps(new.value, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as e:
+                self._dead_letter(offset, mid, key, part, f"output cannot be pickled: {e!r}")
+                return
+            self._results.append((mid, part, offset, blob))
+            new = new.state
+        self.states[key] = new
+        self._dirty[key] = part
+
+    def _dead_letter(self, offset: int, mid: str, key: str, part: int, reason: str) -> None:
+        self._dead.append((mid, part, offset, key, reason, traceback.format_exc()))
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def checkpoint_due(self) -> float | None:
+        """Seconds until a checkpoint is due (0 = now), or None when nothing is uncommitted."""
+        if self._first_uncommitted_at is None:
+            return None
+        if self.uncommitted >= self.checkpoint_every:
+            return 0.0
+        return max(0.0, self._first_uncommitted_at + self.checkpoint_interval - self.clock())
+
+    def checkpoint(self) -> tuple[int, dict[int, int]] | None:
+        """Commit everything applied; return ``(position, offsets)`` to acknowledge, or None.
+
+        ``position`` is the highest offset this worker has applied: every message at or below it
+        that was sent to this worker is now committed (a replayed duplicate was committed before).
+        """
+        self._first_uncommitted_at = None
+        self.uncommitted = 0
+        offsets: dict[int, int] = {}
+        if self._touched:
+            dumps = pickle.dumps
+            states = [
+                (key, part, dumps(self.states[key], protocol=pickle.HIGHEST_PROTOCOL))
+                for key, part in self._dirty.items()
+            ]
+            offsets = {p: self.applied[p] for p in self._touched}
+            self.store.commit(offsets, states, self._results, self._dead)
+            self._dirty.clear()
+            self._touched.clear()
+            self._results = []
+            self._dead = []
+        if self.last_applied <= self.acked:
+            return None
+        self.acked = self.last_applied
+        return self.last_applied, offsets

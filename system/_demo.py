@@ -1,0 +1,170 @@
+"""The built-in demo workload (list-append) behind ``python -m system run | verify | dump``.
+
+Message ``i`` (0 <= i < M) has id ``m<i>``, key ``k<i mod K>`` and payload ``i``; the handler
+appends the payload to its key's list. So the committed state itself shows every lost, duplicated
+or reordered message: each key's list must be exactly its payloads in submission (offset) order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from ._checkpoint import CheckpointStore
+from ._intake import IntakeLog, check_data_dir
+from ._message import Message
+from ._pool import Pool
+
+CHUNK = 10_000
+
+
+def append_payload(state: list[Any] | None, message: Message) -> list[Any]:
+    """The demo handler: append the payload to the key's list."""
+    if state is None:
+        state = []
+    state.append(message.payload)
+    return state
+
+
+async def run(data_dir: str, *, workers: int, messages: int, keys: int, mode: str,
+              partitions: int | None, durability: str, grace: float) -> int:
+    pool = Pool(append_payload, data_dir, workers=workers, mode=mode, partitions=partitions,
+                durability=durability)
+    await pool.start()
+    stop = pool.add_signal_handlers(grace)
+    t0 = time.perf_counter()
+
+    async def submit_all() -> None:
+        for lo in range(0, messages, CHUNK):
+            hi = min(messages, lo + CHUNK)
+            await pool.submit_many([(f"k{i % keys}", i, f"m{i}") for i in range(lo, hi)])
+        await pool.drain()
+
+    work = asyncio.create_task(submit_all())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stats = pool.stats()
+    if not work.done():
+        work.cancel()
+        await asyncio.gather(work, return_exceptions=True)
+        await pool.close(grace)
+        seconds = time.perf_counter() - t0
+        assert pool.stop_signal is not None
+        print(f"stopped by signal {pool.stop_signal} after {seconds:.2f} s: committed="
+              f"{pool.stats()['committed']} restarts={stats['restarts']} mode={mode}; "
+              "nothing is lost -- run again with the same --data-dir to finish")
+        return 128 + pool.stop_signal
+    stopped.cancel()
+    try:
+        work.result()
+    finally:
+        await pool.close(grace)
+    seconds = time.perf_counter() - t0
+    done = stats["committed"]
+    print(f"messages={messages} committed_now={done} seconds={seconds:.3f} "
+          f"rate={done / seconds:.0f}/s restarts={stats['restarts']} mode={mode} workers={workers}")
+    return 0
+
+
+def _natural(key: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
+
+
+def _read(data_dir: str) -> tuple[list[tuple[int, str, str, Any]], dict[str, Any], set[str]]:
+    import pickle
+
+    path = check_data_dir(data_dir, create=False)
+    intake = IntakeLog(path, None)
+    try:
+        submitted = [(seq, mid, key, pickle.loads(blob)) for seq, mid, key, _, blob in intake.scan()]
+    finally:
+        intake.close()
+    if not (path / "checkpoints.db").exists():
+        return submitted, {}, set()
+    store = CheckpointStore(path)
+    try:
+        states = dict(store.states())
+        dead = {d["id"] for d in store.dead_letters()}
+    finally:
+        store.close()
+    return submitted, states, dead
+
+
+def dump(data_dir: str) -> int:
+    _, states, _ = _read(data_dir)
+    ordered = {k: states[k] for k in sorted(states, key=_natural)}
+    json.dump(ordered, sys.stdout, default=repr)
+    sys.stdout.write("\n")
+    return 0
+
+
+def check(submitted: list[tuple[int, str, str, Any]], states: dict[str, Any],
+          dead: set[str]) -> dict[str, list[str]]:
+    """Compare each key's committed list with its submitted payloads; offending ids per anomaly."""
+    expected: dict[str, list[tuple[Any, str]]] = defaultdict(list)
+    for _, mid, key, payload in submitted:
+        if mid not in dead:
+            expected[key].append((payload, mid))
+    anomalies: dict[str, list[str]] = {"lost": [], "duplicated": [], "reordered": [],
+                                       "unexpected": []}
+    for key in sorted(set(expected) | set(states), key=_natural):
+        want = expected.get(key, [])
+        got = states.get(key) or []
+        if not isinstance(got, list):
+            raise TypeError(f"state of {key!r} is {type(got).__name__}, not the demo's list")
+        index = {payload: (i, mid) for i, (payload, mid) in enumerate(want)}
+        seen: set[Any] = set()
+        order: list[tuple[int, str]] = []
+        for payload in got:
+            if payload not in index:
+                anomalies["unexpected"].append(f"{key}:{payload!r}")
+            elif payload in seen:
+                anomalies["duplicated"].append(index[payload][1])
+            else:
+                seen.add(payload)
+                order.append(index[payload])
+        anomalies["lost"] += [mid for payload, mid in want if payload not in seen]
+        anomalies["reordered"] += _out_of_order(order)
+    return anomalies
+
+
+def _out_of_order(order: list[tuple[int, str]]) -> list[str]:
+    """Ids outside a longest increasing subsequence of submission indexes (fewest moved)."""
+    import bisect
+
+    tails: list[int] = []
+    tail_at: list[int] = []
+    prev = [-1] * len(order)
+    for j, (i, _) in enumerate(order):
+        pos = bisect.bisect_left(tails, i)
+        if pos == len(tails):
+            tails.append(i)
+            tail_at.append(j)
+        else:
+            tails[pos] = i
+            tail_at[pos] = j
+        prev[j] = tail_at[pos - 1] if pos else -1
+    keep: set[int] = set()
+    j = tail_at[-1] if tail_at else -1
+    while j >= 0:
+        keep.add(j)
+        j = prev[j]
+    return [mid for j, (_, mid) in enumerate(order) if j not in keep]
+
+
+def verify(data_dir: str) -> int:
+    submitted, states, dead = _read(data_dir)
+    found = check(submitted, states, dead)
+    print(" ".join(f"{k}={len(v)}" for k, v in found.items())
+          + f" dead_lettered={len(dead)} messages={len(submitted)} keys={len(states)}")
+    bad = {k: v for k, v in found.items() if v}
+    for kind, ids in bad.items():
+        more = f" (+{len(ids) - 20} more)" if len(ids) > 20 else ""
+        print(f"{kind}: {' '.join(ids[:20])}{more}")
+    return 1 if bad else 0

@@ -1,0 +1,70 @@
+"""Lifecycle events: one JSON object per line in ``<data dir>/events.jsonl``, and a live stream.
+
+Every event has ``kind``, ``ts`` (wall clock, seconds since the epoch), ``mono`` (CLOCK_MONOTONIC
+seconds, comparable across processes of this machine, so a fault's timestamp taken elsewhere can
+be subtracted from it), ``worker`` and ``pid`` (None for pool-wide events), plus kind-specific
+detail. Kinds: started, ready, died, restarted, checkpointed, drained, gave_up, stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("system")
+
+
+#: Kinds a person running the pool is told about on the ``system`` logger (the rest: events.jsonl).
+_TOLD = frozenset({"died", "restarted", "gave_up", "killed", "degraded", "hung", "recycled"})
+
+
+def monotonic() -> float:
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+class EventLog:
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._subscribers: list[asyncio.Queue[dict[str, Any] | None]] = []
+        self.counts: dict[str, int] = {}
+
+    def emit(self, kind: str, worker: int | None = None, pid: int | None = None, **detail: Any):
+        event = {"kind": kind, "ts": time.time(), "mono": monotonic(), "worker": worker, "pid": pid}
+        event.update(detail)
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if not self._file.closed:
+            self._file.write(json.dumps(event, default=repr) + "\n")
+            self._file.flush()
+        for q in self._subscribers:
+            q.put_nowait(event)
+        if kind in _TOLD:
+            log.warning("%s", _describe(event))
+        return event
+
+    async def stream(self) -> AsyncIterator[dict[str, Any]]:
+        """Every event from now on, until the pool stops."""
+        q: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._subscribers.append(q)
+        try:
+            while (event := await q.get()) is not None:
+                yield event
+        finally:
+            self._subscribers.remove(q)
+
+    def close(self) -> None:
+        for q in self._subscribers:
+            q.put_nowait(None)
+        self._file.close()
+
+
+def _describe(event: dict[str, Any]) -> str:
+    skip = {"kind", "ts", "mono", "worker", "pid"}
+    who = f"worker {event['worker']} (pid {event['pid']})" if event["worker"] is not None else "pool"
+    rest = " ".join(f"{k}={v}" for k, v in event.items() if k not in skip)
+    return f"{who}: {event['kind']} {rest}".rstrip()

@@ -1,0 +1,144 @@
+"""The durable intake log: the source of truth for every submitted message.
+
+One SQLite database, ``<data dir>/intake.db``, in WAL mode. Every message gets a global,
+monotonic offset (``seq``) and is stored with its caller-chosen or generated id (unique: a
+resubmitted id is a no-op that returns the first offset), key, partition and pickled payload.
+The pool appends many messages per transaction (group commit): ``append`` is called from one
+writer thread with everything submitted since the previous commit, and returns once the batch is
+durable. ``synchronous=FULL`` makes "durable" survive power loss; ``durability="process"``
+(``synchronous=NORMAL``) survives any process crash, which is all ``kill -9`` needs, for less I/O.
+
+The partition count is fixed for a data dir (state lives per partition), so it is stored in the
+``meta`` table and a mismatch is refused with ``DataDirError``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from ._errors import DataDirError
+
+FORMAT = "1"
+_CHUNK = 500  # ids per "IN (...)" lookup, below SQLite's variable limit
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS log (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    key TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+"""
+
+
+def connect(path: Path, *, durability: str = "fsync") -> sqlite3.Connection:
+    """A connection in WAL mode with a busy timeout, autocommit (explicit BEGIN)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'fsync' else 'NORMAL'}")
+    return conn
+
+
+def check_data_dir(path: str | os.PathLike[str], *, create: bool) -> Path:
+    """Validate a data dir path, creating it when ``create``; raise ``DataDirError`` otherwise."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise DataDirError(f"data dir {p} is not a directory; pass a directory path")
+    if not p.exists():
+        if not create:
+            raise DataDirError(
+                f"data dir {p} does not exist; run `python -m system run --data-dir {p}` first "
+                "or pass the data dir of an earlier run"
+            )
+        if not p.parent.is_dir():
+            raise DataDirError(
+                f"cannot create data dir {p}: its parent {p.parent} does not exist; "
+                "create the parent or choose another path"
+            )
+        try:
+            p.mkdir()
+        except OSError as e:
+            raise DataDirError(f"cannot create data dir {p}: {e.strerror}; choose another path") from e
+    if create and not os.access(p, os.W_OK | os.X_OK):
+        raise DataDirError(f"data dir {p} is not writable; fix its permissions or choose another")
+    if not create and not (p / "intake.db").exists():
+        raise DataDirError(
+            f"{p} is not a chaosgate data dir (no intake.db); pass the --data-dir of a run"
+        )
+    return p
+
+
+class IntakeLog:
+    """Append-only message log with idempotent ids; one writer (the pool's writer thread)."""
+
+    def __init__(self, data_dir: Path, partitions: int | None, *, durability: str = "fsync"):
+        self.path = data_dir / "intake.db"
+        try:
+            self._db = connect(self.path, durability=durability)
+            self._db.executescript(_SCHEMA)
+            meta = dict(self._db.execute("SELECT k, v FROM meta"))
+        except sqlite3.DatabaseError as e:
+            raise DataDirError(
+                f"{self.path} is not a usable intake log ({e}); pass another --data-dir"
+            ) from e
+        if "partitions" in meta:
+            stored = int(meta["partitions"])
+            if partitions is not None and partitions != stored:
+                self._db.close()
+                raise DataDirError(
+                    f"data dir {data_dir} was made with partitions={stored}, not {partitions}; "
+                    f"pass partitions={stored} (--partitions {stored}) or use a new data dir"
+                )
+            partitions = stored
+        else:
+            if partitions is None:
+                partitions = 64
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                    [("partitions", str(partitions)), ("format", FORMAT)],
+                )
+        self.partitions: int = partitions
+        row = self._db.execute("SELECT max(seq) FROM log").fetchone()
+        self.next_offset: int = 0 if row[0] is None else row[0] + 1
+
+    def existing(self, ids: Sequence[str]) -> dict[str, int]:
+        """Offsets of those ``ids`` already in the log."""
+        found: dict[str, int] = {}
+        for i in range(0, len(ids), _CHUNK):
+            chunk = ids[i : i + _CHUNK]
+            q = f"SELECT id, seq FROM log WHERE id IN ({','.join('?' * len(chunk))})"
+            found.update(self._db.execute(q, chunk))
+        return found
+
+    def append(self, rows: Sequence[tuple[int, str, str, int, bytes]]) -> None:
+        """Durably append ``(offset, id, key, partition, payload)`` rows in one transaction."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", rows)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def read_after(self, committed: dict[int, int]) -> Iterator[tuple[int, str, str, int, bytes]]:
+        """Every message not yet committed by its partition (``offset > committed[partition]``)."""
+        low = min(committed.values(), default=-1)
+        for row in self._db.execute("SELECT * FROM log WHERE seq > ? ORDER BY seq", (low,)):
+            if row[0] > committed.get(row[3], -1):
+                yield row
+
+    def scan(self) -> Iterator[tuple[int, str, str, int, bytes]]:
+        yield from self._db.execute("SELECT * FROM log ORDER BY seq")
+
+    def count(self) -> int:
+        return self._db.execute("SELECT count(*) FROM log").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()

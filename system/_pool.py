@@ -1,0 +1,589 @@
+"""The pool: durable intake, key-affine dispatch, and supervision of the workers.
+
+::
+
+    submit(key, payload, id) ──► _pending ──► intake writer thread: IntakeLog.append
+          ▲ returns the offset once durable         │  (group commit; ids deduplicated)
+          │                                         ▼ new rows, in offset order
+     backpressure: waits while            slot.unsent   (partition p belongs to slot p % workers)
+     max_outstanding are uncommitted              │  dispatcher: at most max_inflight per slot,
+                                                  ▼  max_batch messages per channel write
+                                          slot.inflight ──("batch")──► worker: WorkerCore.apply
+                                                  ▲                         │ checkpoint (N msgs,
+                                                  └─────("ack", position)───┘ T seconds, flush)
+
+    supervisor, one task per slot: launch ─► ready ─► ... ─► exit seen on the sentinel fd
+        ─► read the acks it sent before dying ─► rewind inflight to the front of unsent
+        ─► RestartPolicy: backoff delay (or give up past the intensity limit) ─► relaunch;
+        the replacement claims the partitions (fencing) and skips what was already committed.
+
+Every message is in exactly one place until its ack pops it: the log (not yet routed), a slot's
+``unsent`` or a slot's ``inflight``. An ack means committed, so counts never drift.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._checkpoint import CheckpointStore
+from ._core import Handler
+from ._errors import PayloadError, PoolBroken, PoolClosed, UsageError, WorkerLost
+from ._events import EventLog, monotonic
+from ._intake import IntakeLog, check_data_dir
+from ._message import Wire, check_key, partition_of
+from ._restart import RestartPolicy
+from ._runners import MODES, WorkerHandle, launch
+from ._worker import WorkerSpec
+
+log = logging.getLogger("system")
+_PICKLE = pickle.HIGHEST_PROTOCOL
+
+
+@dataclass
+class _Slot:
+    index: int
+    partitions: tuple[int, ...]
+    unsent: deque[Wire] = field(default_factory=deque)
+    inflight: deque[Wire] = field(default_factory=deque)
+    handle: WorkerHandle | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    flush_sent: bool = False
+    started_at: float = 0.0
+    restarts: int = 0
+    queries: dict[int, asyncio.Future[bytes]] = field(default_factory=dict)
+
+
+class Pool:
+    """A resilient, exactly-once, key-affine worker pool. Use ``async with Pool(...) as pool``."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        data_dir: str | os.PathLike[str],
+        *,
+        workers: int = 4,
+        mode: str = "process",
+        partitions: int | None = None,
+        initial_state: Any = None,
+        checkpoint_every: int = 5000,
+        checkpoint_interval: float = 0.05,
+        durability: str = "fsync",
+        max_inflight: int = 10_000,
+        max_batch: int = 1_000,
+        max_outstanding: int = 200_000,
+        restart: RestartPolicy | None = None,
+        start_method: str = "forkserver",
+    ):
+        if mode not in MODES:
+            raise UsageError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        if durability not in ("fsync", "process"):
+            raise UsageError(f"durability must be 'fsync' or 'process'; got {durability!r}")
+        for name, value in [("workers", workers), ("checkpoint_every", checkpoint_every),
+                            ("max_inflight", max_inflight), ("max_batch", max_batch),
+                            ("max_outstanding", max_outstanding)]:
+            if not isinstance(value, int) or value < 1:
+                raise UsageError(f"{name} must be an int >= 1; got {value!r}")
+        if partitions is not None and (not isinstance(partitions, int) or partitions < workers):
+            raise UsageError(
+                f"partitions must be an int >= workers ({workers}); got {partitions!r}"
+            )
+        if not checkpoint_interval > 0:
+            raise UsageError(f"checkpoint_interval must be > 0 seconds; got {checkpoint_interval!r}")
+        if mode == "process":
+            for what, obj in [("handler", handler), ("initial_state", initial_state)]:
+                try:
+                    pickle.dumps(obj)
+                except Exception as e:
+                    raise UsageError(
+                        f"{what} {obj!r:.80} cannot be sent to worker processes ({e}); define it "
+                        "at module level, or use mode='thread'"
+                    ) from e
+        self.handler = handler
+        self.data_dir = Path(data_dir)
+        self.workers = workers
+        self.mode = mode
+        self.partitions = partitions
+        self.initial_state = initial_state
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_interval = checkpoint_interval
+        self.durability = durability
+        self.max_inflight = max_inflight
+        self.max_batch = max_batch
+        self.max_outstanding = max_outstanding
+        self.restart = restart or RestartPolicy()
+        self.start_method = start_method
+        self._started = False
+        self._closing = False
+        self._closed = False
+        self._broken: PoolBroken | None = None
+        self._pending: list[tuple[list[tuple[str, str, int, bytes, bool]], asyncio.Future[Any]]] = []
+        self._writing = False
+        self._outstanding = 0
+        self._submitted = 0
+        self._committed = 0
+        self._recovered = 0
+        self._draining = 0
+        self._ids = itertools.count()
+        self._id_prefix = os.urandom(6).hex()
+        self._rids = itertools.count()
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def __aenter__(self) -> Pool:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if self._started:
+            raise UsageError("the pool is already started; start() it once")
+        self._loop = asyncio.get_running_loop()
+        self.data_dir = check_data_dir(self.data_dir, create=True)
+        self._intake = IntakeLog(self.data_dir, self.partitions, durability=self.durability)
+        self.partitions = self._intake.partitions
+        if self.workers > self.partitions:
+            self._intake.close()
+            raise UsageError(
+                f"workers ({self.workers}) > partitions ({self.partitions}) of this data dir; "
+                "use at most as many workers as partitions"
+            )
+        self._started = True
+        self._store = CheckpointStore(self.data_dir, durability=self.durability)
+        self._events = EventLog(self.data_dir / "events.jsonl")
+        self._ctx = multiprocessing.get_context(self.start_method) if self.mode == "process" else None
+        if self.start_method == "forkserver" and self._ctx is not None:
+            self._ctx.set_forkserver_preload(["system._worker"])
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="chaosgate-intake")
+        self._wake = asyncio.Event()
+        self._has_pending = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        w = self.workers
+        self._slots = [_Slot(i, tuple(range(i, self.partitions, w))) for i in range(w)]
+        for row in self._intake.read_after(self._store.committed()):
+            self._slots[row[3] % w].unsent.append((*row, 1))
+            self._recovered += 1
+        self._outstanding = self._recovered
+        self._update_idle()
+        self._events.emit("opened", mode=self.mode, workers=w, partitions=self.partitions,
+                          replaying=self._recovered, pid_pool=os.getpid())
+        self._tasks = [asyncio.create_task(self._supervise(s), name=f"supervise-{s.index}")
+                       for s in self._slots]
+        self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatch"))
+        self._tasks.append(asyncio.create_task(self._write_intake(), name="intake"))
+        self._wake.set()
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Stop intake, drain, checkpoint, stop the workers; SIGKILL those still there at ``grace``."""
+        if not self._started or self._closed:
+            return
+        self._closing = True
+        deadline = monotonic() + grace
+        drained = True
+        if self._broken is None:
+            try:
+                await self.drain(timeout=grace)
+            except (TimeoutError, PoolBroken):
+                drained = False
+        for slot in self._slots:
+            if slot.handle is not None:
+                with contextlib.suppress(EOFError):
+                    slot.handle.channel.send_nowait(("stop",))
+        supervisors = self._tasks[: len(self._slots)]
+        _, late = await asyncio.wait(supervisors, timeout=max(0.5, deadline - monotonic()))
+        for slot in self._slots:
+            if slot.handle is not None and late:
+                self._events.emit("killed", slot.index, slot.handle.pid, reason="grace expired")
+                slot.handle.kill()
+        if late:
+            await asyncio.wait(late, timeout=5.0)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._fail_waiters(PoolClosed("the pool was closed"))
+        self._writer.shutdown(wait=True)
+        self._intake.close()
+        self._store.close()
+        self._events.emit("stopped", drained=drained, committed=self._committed,
+                          outstanding=self._outstanding)
+        self._events.close()
+        self._closed = True
+
+    def add_signal_handlers(self, grace: float = 10.0) -> asyncio.Event:
+        """Close gracefully on SIGTERM or SIGINT; the returned event is set with the signal."""
+        stopped = asyncio.Event()
+        self.stop_signal: int | None = None
+
+        def on_signal(signum: int) -> None:
+            if self.stop_signal is None:
+                self.stop_signal = signum
+                log.warning("received %s: draining and stopping", signal.Signals(signum).name)
+                stopped.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, on_signal, sig)
+        return stopped
+
+    # -- intake ----------------------------------------------------------------------------------
+    def _prepare(self, key: str, payload: Any, mid: str | None) -> tuple[str, str, int, bytes, bool]:
+        check_key(key)
+        try:
+            blob = pickle.dumps(payload, protocol=_PICKLE)
+        except Exception as e:
+            raise PayloadError(
+                f"payload of type {type(payload).__module__}.{type(payload).__qualname__} for key "
+                f"{key!r} cannot be pickled ({type(e).__name__}: {e}); nothing was written. "
+                "Submit plain data (or an importable class) instead"
+            ) from e
+        if mid is None:
+            return (f"{self._id_prefix}-{next(self._ids)}", key, partition_of(key, self.partitions),
+                    blob, True)
+        if type(mid) is not str:
+            raise UsageError(f"id must be a str or None; got {type(mid).__name__} {mid!r:.60}")
+        return (mid, key, partition_of(key, self.partitions), blob, False)
+
+    def _check_open(self) -> None:
+        if not self._started:
+            raise UsageError("the pool is not started; use `async with Pool(...)` or start()")
+        if self._closing:
+            raise PoolClosed("the pool is closed (or closing); open a new Pool to submit more")
+        if self._broken is not None:
+            raise self._broken
+
+    async def submit(self, key: str, payload: Any, id: str | None = None) -> int:
+        """Durably log a message; return its offset (the first one's, if ``id`` was seen before)."""
+        return (await self.submit_many([(key, payload, id)]))[0]
+
+    async def submit_many(self, items: Iterable[tuple[Any, ...]]) -> list[int]:
+        """Durably log ``(key, payload[, id])`` items in one group commit; return their offsets."""
+        self._check_open()
+        entries = [self._prepare(*item) if len(item) == 3 else self._prepare(*item, None)
+                   for item in items]
+        while self._outstanding >= self.max_outstanding:
+            self._room.clear()
+            await self._room.wait()
+            self._check_open()
+        fut: asyncio.Future[list[int]] = self._loop.create_future()
+        self._pending.append((entries, fut))
+        self._idle.clear()
+        self._has_pending.set()
+        return await fut
+
+    async def _write_intake(self) -> None:
+        while True:
+            await self._has_pending.wait()
+            self._has_pending.clear()
+            batch, self._pending = self._pending, []
+            self._writing = True
+            try:
+                rows, offsets = await self._loop.run_in_executor(self._writer, self._append, batch)
+            except Exception as e:
+                err = PoolBroken(f"the intake log could not be written ({e!r}); nothing was lost "
+                                 "that was acknowledged, but these submits were not logged")
+                err.__cause__ = e
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(err)
+                continue
+            finally:
+                self._writing = False
+            w = self.workers
+            slots = self._slots
+            for row in rows:
+                slots[row[3] % w].unsent.append((*row, 1))
+            self._submitted += len(rows)
+            self._outstanding += len(rows)
+            i = 0
+            for entries, fut in batch:
+                if not fut.done():
+                    fut.set_result(offsets[i : i + len(entries)])
+                i += len(entries)
+            self._update_idle()
+            self._wake.set()
+
+    def _append(self, batch: list[tuple[list[tuple[str, str, int, bytes, bool]], Any]]):
+        intake = self._intake
+        entries = [e for group, _ in batch for e in group]
+        seen = intake.existing([e[0] for e in entries if not e[4]])
+        rows: list[tuple[int, str, str, int, bytes]] = []
+        offsets: list[int] = []
+        nxt = intake.next_offset
+        for mid, key, part, blob, auto in entries:
+            if not auto:
+                known = seen.get(mid)
+                if known is not None:
+                    offsets.append(known)
+                    continue
+                seen[mid] = nxt
+            rows.append((nxt, mid, key, part, blob))
+            offsets.append(nxt)
+            nxt += 1
+        if rows:
+            intake.append(rows)
+            intake.next_offset = nxt
+        return rows, offsets
+
+    # -- dispatch --------------------------------------------------------------------------------
+    async def _dispatch(self) -> None:
+        limit, size = self.max_inflight, self.max_batch
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            for slot in self._slots:
+                if not slot.ready.is_set() or slot.handle is None:
+                    continue
+                unsent, inflight, channel = slot.unsent, slot.inflight, slot.handle.channel
+                try:
+                    while unsent and len(inflight) < limit:
+                        n = min(limit - len(inflight), size, len(unsent))
+                        batch = [unsent.popleft() for _ in range(n)]
+                        inflight.extend(batch)
+                        channel.send_nowait(("batch", batch))
+                    if self._draining and inflight and not unsent and not slot.flush_sent:
+                        channel.send_nowait(("flush",))
+                        slot.flush_sent = True
+                except EOFError:
+                    continue  # the slot's supervisor sees the death and rewinds
+            await asyncio.sleep(0)
+
+    def _on_ack(self, slot: _Slot, position: int, offsets: dict[int, int]) -> None:
+        inflight = slot.inflight
+        n = 0
+        while inflight and inflight[0][0] <= position:
+            inflight.popleft()
+            n += 1
+        self._outstanding -= n
+        self._committed += n
+        slot.flush_sent = False
+        pid = slot.handle.pid if slot.handle else None
+        self._events.emit("checkpointed", slot.index, pid, messages=n, position=position,
+                          partitions=len(offsets))
+        if self._outstanding < self.max_outstanding:
+            self._room.set()
+        self._update_idle()
+        self._wake.set()
+
+    def _update_idle(self) -> None:
+        if self._outstanding == 0 and not self._pending and not self._writing:
+            self._idle.set()
+        else:
+            self._idle.clear()
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait until every message submitted so far is committed (or dead-lettered)."""
+        if not self._started:
+            raise UsageError("the pool is not started; use `async with Pool(...)` or start()")
+        t0 = monotonic()
+        self._draining += 1
+        self._wake.set()
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    if self._broken is not None:
+                        raise self._broken
+                    await self._idle.wait()
+                    if self._broken is not None:
+                        raise self._broken
+                    if self._outstanding == 0 and not self._pending and not self._writing:
+                        break
+                    self._idle.clear()
+        finally:
+            self._draining -= 1
+        self._events.emit("drained", committed=self._committed, seconds=round(monotonic() - t0, 6))
+
+    # -- supervision -----------------------------------------------------------------------------
+    def _spec(self, slot: _Slot) -> WorkerSpec:
+        return WorkerSpec(self.handler, str(self.data_dir), slot.index, slot.partitions,
+                          self.initial_state, self.checkpoint_every, self.checkpoint_interval,
+                          self.durability)
+
+    async def _supervise(self, slot: _Slot) -> None:
+        try:
+            cause: dict[str, Any] | None = None
+            delay = 0.0
+            while not self._closing:
+                handle = await launch(self.mode, self._spec(slot), self._ctx)
+                slot.handle, slot.started_at = handle, monotonic()
+                self._events.emit("started", slot.index, handle.pid, mode=self.mode,
+                                  partitions=len(slot.partitions))
+                if cause is not None:
+                    slot.restarts += 1
+                    self._events.emit("restarted", slot.index, handle.pid, attempt=slot.restarts,
+                                      delay=round(delay, 6), after=cause)
+                cause = await self._run_session(slot, handle)
+                if self._closing:
+                    break
+                delay = self.restart.on_death(slot.index, monotonic() - slot.started_at)
+                if delay is None:
+                    self._give_up(slot, cause)
+                    return
+                await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            if slot.handle is not None:
+                slot.handle.kill()
+            raise
+        except Exception as e:
+            log.exception("supervisor of worker %s failed", slot.index)
+            err = PoolBroken(f"the supervisor of worker {slot.index} failed: {e!r}")
+            err.__cause__ = e
+            self._set_broken(err)
+
+    async def _run_session(self, slot: _Slot, handle: WorkerHandle) -> dict[str, Any]:
+        reader = asyncio.create_task(self._read(slot, handle))
+        await asyncio.wait({handle.exited, reader}, return_when=asyncio.FIRST_COMPLETED)
+        if not handle.exited.done():
+            # The channel ended but the worker is still there (a broken channel): it is lost.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(handle.exited), 2.0)
+            if not handle.exited.done():
+                handle.kill()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(handle.exited), 5.0)
+        # Read what it sent before it died: acks of work it did commit.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(reader), 1.0)
+        reader.cancel()
+        handle.channel.close()
+        detail = handle.exited.result() if handle.exited.done() else {"exitcode": None,
+                                                                      "signal": None,
+                                                                      "error": "abandoned"}
+        slot.ready.clear()
+        slot.handle = None
+        for fut in slot.queries.values():
+            if not fut.done():
+                fut.set_exception(WorkerLost(f"worker {slot.index} exited: {detail}"))
+        slot.queries.clear()
+        lost = len(slot.inflight)
+        if slot.inflight:
+            slot.unsent.extendleft(reversed([(*m[:5], m[5] + 1) for m in slot.inflight]))
+            slot.inflight.clear()
+        slot.flush_sent = False
+        kind = "stopped" if self._closing and detail.get("exitcode") == 0 else "died"
+        self._events.emit(kind, slot.index, handle.pid, **detail, inflight=lost,
+                          uptime=round(monotonic() - slot.started_at, 6))
+        return detail
+
+    async def _read(self, slot: _Slot, handle: WorkerHandle) -> None:
+        channel = handle.channel
+        while True:
+            try:
+                frame = await channel.recv()
+            except EOFError:
+                return
+            kind = frame[0]
+            if kind == "ack":
+                self._on_ack(slot, frame[1], frame[2])
+            elif kind == "state":
+                fut = slot.queries.pop(frame[1], None)
+                if fut is not None and not fut.done():
+                    fut.set_result(frame[2])
+            elif kind == "ready":
+                self._events.emit("ready", slot.index, handle.pid,
+                                  replay=len(slot.unsent), startup=round(
+                                      monotonic() - slot.started_at, 6))
+                slot.ready.set()
+                self._wake.set()
+
+    def _give_up(self, slot: _Slot, cause: dict[str, Any]) -> None:
+        r = self.restart
+        err = PoolBroken(
+            f"worker {slot.index} died ({cause.get('signal') or cause}) and the restart "
+            f"intensity is exceeded: {r.restarts_in_window()} restarts within {r.window}s "
+            f"(RestartPolicy(max_restarts={r.max_restarts}, window={r.window})). Every "
+            "acknowledged message is in the intake log: fix the cause and reopen the data dir"
+        )
+        self._events.emit("gave_up", slot.index, None, reason=str(err))
+        self._set_broken(err)
+
+    def _set_broken(self, err: PoolBroken) -> None:
+        if self._broken is None:
+            self._broken = err
+        self._fail_waiters(err)
+
+    def _fail_waiters(self, err: Exception) -> None:
+        for _, fut in self._pending:
+            if not fut.done():
+                fut.set_exception(err)
+        self._pending.clear()
+        self._room.set()
+        self._idle.set()
+        for slot in self._slots:
+            for fut in slot.queries.values():
+                if not fut.done():
+                    fut.set_exception(err)
+
+    # -- reading ---------------------------------------------------------------------------------
+    def _slot_of(self, key: str) -> _Slot:
+        return self._slots[partition_of(check_key(key), self.partitions) % self.workers]
+
+    async def query(self, key: str, timeout: float = 30.0) -> Any:
+        """The current state of ``key`` in its worker (every message it was sent is applied)."""
+        if not self._started or self._closed:
+            raise UsageError("query() needs a started, open pool")
+        slot = self._slot_of(key)
+        async with asyncio.timeout(timeout):
+            while True:
+                if self._broken is not None:
+                    raise self._broken
+                await slot.ready.wait()
+                if slot.handle is None:
+                    continue
+                rid = next(self._rids)
+                fut: asyncio.Future[bytes] = self._loop.create_future()
+                slot.queries[rid] = fut
+                try:
+                    slot.handle.channel.send_nowait(("query", rid, key))
+                    return pickle.loads(await fut)
+                except (EOFError, WorkerLost):
+                    await asyncio.sleep(0.01)  # the replacement will answer
+                finally:
+                    slot.queries.pop(rid, None)
+
+    def result(self, id: str) -> tuple[bool, Any]:
+        """``(True, value)`` once message ``id``'s output is committed, else ``(False, None)``."""
+        return self._store.result(id)
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        return self._store.dead_letters()
+
+    def events(self) -> AsyncIterator[dict[str, Any]]:
+        """An async stream of every lifecycle event from now on (also in events.jsonl)."""
+        return self._events.stream()
+
+    def worker_pids(self) -> list[int]:
+        return [s.handle.pid for s in self._slots if s.handle is not None]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "partitions": self.partitions,
+            "submitted": self._submitted,
+            "recovered": self._recovered,
+            "committed": self._committed,
+            "outstanding": self._outstanding,
+            "restarts": sum(s.restarts for s in self._slots),
+            "time": time.time(),
+            "workers": [
+                {"worker": s.index, "pid": s.handle.pid if s.handle else None,
+                 "ready": s.ready.is_set(), "inflight": len(s.inflight), "unsent": len(s.unsent),
+                 "restarts": s.restarts}
+                for s in self._slots
+            ],
+        }

@@ -1,0 +1,55 @@
+"""When to restart a dead worker: exponential backoff with jitter, and an intensity limit.
+
+Backoff is per worker slot: the n-th consecutive death waits ``min(cap, base * 2**(n-1))``, less a
+random fraction ``jitter`` of it (so restarts of many slots do not stampede). A worker that stayed
+up for ``reset_after`` seconds starts again from ``base``. Intensity is pool-wide, as in OTP
+supervisors: more than ``max_restarts`` restarts within ``window`` seconds and the policy answers
+``None`` (give up: the pool reports itself broken). Time comes from an injectable clock.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RestartPolicy:
+    base: float = 0.01
+    cap: float = 2.0
+    jitter: float = 0.5
+    max_restarts: int = 100
+    window: float = 60.0
+    reset_after: float = 5.0
+    clock: Callable[[], float] = time.monotonic
+    rng: random.Random = field(default_factory=random.Random)
+    _recent: deque[float] = field(default_factory=deque, init=False, repr=False)
+    _streak: dict[int, int] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not (self.base > 0 and self.cap >= self.base and 0 <= self.jitter <= 1):
+            raise ValueError(
+                f"RestartPolicy needs base > 0, cap >= base and 0 <= jitter <= 1; got "
+                f"base={self.base}, cap={self.cap}, jitter={self.jitter}"
+            )
+        if self.max_restarts < 0 or self.window <= 0:
+            raise ValueError("RestartPolicy needs max_restarts >= 0 and window > 0")
+
+    def on_death(self, slot: int, uptime: float) -> float | None:
+        """Delay before restarting ``slot`` whose worker lived ``uptime`` seconds; None = give up."""
+        now = self.clock()
+        while self._recent and self._recent[0] <= now - self.window:
+            self._recent.popleft()
+        if len(self._recent) >= self.max_restarts:
+            return None
+        self._recent.append(now)
+        streak = 1 if uptime >= self.reset_after else self._streak.get(slot, 0) + 1
+        self._streak[slot] = streak
+        delay = min(self.cap, self.base * 2 ** (streak - 1))
+        return delay * (1 - self.jitter * self.rng.random())
+
+    def restarts_in_window(self) -> int:
+        return len(self._recent)

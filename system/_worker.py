@@ -1,0 +1,170 @@
+"""The worker side: one event loop that feeds frames to the core and checkpoints on time.
+
+``serve`` is the same coroutine under every runner. Frames from the supervisor:
+``("batch", [wire, ...])``, ``("query", rid, key)``, ``("flush",)``, ``("stop",)``. Frames to it:
+``("ready", pid, committed)``, ``("ack", position, offsets)`` after each checkpoint (every message
+at or below ``position`` that this worker was sent is committed), ``("state", rid, pickle)``.
+
+A checkpoint is taken every ``checkpoint_every`` messages or ``checkpoint_interval`` seconds after
+the first uncommitted one, on ``flush``, and on the way out (stop, SIGTERM, end of channel).
+
+``process_main`` is the entry point of a worker process: it asks the kernel to SIGKILL it when its
+parent dies (``PR_SET_PDEATHSIG``; with the forkserver start method the parent is the forkserver,
+which itself exits as soon as the pool's process is gone), ignores SIGINT (the supervisor
+coordinates a Ctrl-C), checkpoints and exits on SIGTERM, and runs ``serve`` on uvloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import pickle
+import signal
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from ._checkpoint import CheckpointStore
+from ._core import Handler, WorkerCore
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs; pickled to worker processes."""
+
+    handler: Handler
+    data_dir: str
+    worker: int
+    partitions: tuple[int, ...]
+    initial_state: Any = None
+    checkpoint_every: int = 5000
+    checkpoint_interval: float = 0.05
+    durability: str = "fsync"
+
+    def make_core(self) -> WorkerCore:
+        from pathlib import Path
+
+        store = CheckpointStore(Path(self.data_dir), durability=self.durability)
+        return WorkerCore(
+            self.handler,
+            store,
+            self.partitions,
+            initial_state=self.initial_state,
+            checkpoint_every=self.checkpoint_every,
+            checkpoint_interval=self.checkpoint_interval,
+        )
+
+
+async def serve(channel: Any, core: WorkerCore) -> None:
+    """Run a worker until ``stop``, end of channel, or cancellation; always checkpoint on exit."""
+    loop = asyncio.get_running_loop()
+
+    def checkpoint() -> None:
+        ack = core.checkpoint()
+        if ack is not None:
+            with contextlib.suppress(EOFError):
+                channel.send_nowait(("ack", *ack))
+
+    try:
+        committed = core.start()
+        channel.send_nowait(("ready", os.getpid(), committed))
+        recv: asyncio.Task[Any] | None = None
+        while True:
+            due = core.checkpoint_due()
+            if due is not None and due <= 0:
+                checkpoint()
+                continue
+            if recv is None:
+                recv = loop.create_task(channel.recv())
+            done, _ = await asyncio.wait({recv}, timeout=due)
+            if not done:
+                continue  # the checkpoint is due now
+            try:
+                frame = recv.result()
+            except EOFError:
+                return  # the supervisor is gone: checkpoint (finally) and leave
+            recv = None
+            kind = frame[0]
+            if kind == "batch":
+                core.apply(frame[1])
+            elif kind == "query":
+                state = pickle.dumps(core.state_of(frame[2]), protocol=pickle.HIGHEST_PROTOCOL)
+                channel.send_nowait(("state", frame[1], state))
+            elif kind == "flush":
+                checkpoint()
+            elif kind == "stop":
+                return
+            await channel.flush()
+    finally:
+        if recv is not None:
+            recv.cancel()
+        checkpoint()
+        with contextlib.suppress(EOFError, ConnectionError):
+            await channel.flush()
+        core.store.close()
+
+
+def _die_with_parent() -> None:
+    PR_SET_PDEATHSIG = 1
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def process_main(conn: Any, spec: WorkerSpec, parent: int) -> None:
+    """Entry point of a worker process (``multiprocessing.Process`` target)."""
+    _die_with_parent()
+    if os.getppid() != parent and not _parent_alive(parent):
+        os._exit(1)  # the pool died before we set PDEATHSIG
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(conn.fileno()))
+    conn.close()
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        channel = await _open(sock)
+        with contextlib.suppress(asyncio.CancelledError):
+            await serve(channel, spec.make_core())
+
+    run_loop(main())
+
+
+async def _open(sock: socket.socket) -> Any:
+    from ._channel import StreamChannel
+
+    return await StreamChannel.open(sock)
+
+
+def run_loop(coro: Any) -> None:
+    """Run ``coro`` on a new uvloop event loop (asyncio's own where uvloop is missing)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps Windows usable
+        asyncio.run(coro)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(coro)
+
+
+def _parent_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def thread_main(sock: socket.socket, spec: WorkerSpec) -> None:
+    """Entry point of a worker thread: the same ``serve`` on the thread's own event loop."""
+
+    async def main() -> None:
+        channel = await _open(sock)
+        await serve(channel, spec.make_core())
+
+    run_loop(main())
