@@ -103,6 +103,7 @@ async def serve(channel: Any, core: WorkerCore) -> None:
         checkpoint()
         with contextlib.suppress(EOFError, ConnectionError):
             await channel.flush()
+        channel.close()
         core.store.close()
 
 

@@ -1,0 +1,10 @@
+"""Module-level handlers, importable by worker processes."""
+
+from system import Message, Output
+
+
+def append_and_echo(state, message: Message):
+    """Append the payload; record ``payload * 2`` as the message's output."""
+    state = [] if state is None else state
+    state.append(message.payload)
+    return Output(state, message.payload * 2)

@@ -1,0 +1,163 @@
+"""The pool end to end, in every mode: the same behaviour from process, thread and inline runners."""
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from conftest import wait_for
+from handlers import append_and_echo
+
+from system import PayloadError, Pool, PoolBroken, PoolClosed, RestartPolicy, UsageError
+from system._demo import append_payload
+from system._intake import IntakeLog
+
+MODES = ["process", "thread", "inline"]
+
+
+def read_events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in (path / "events.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_submit_drain_query_exactly_once(tmp_path: Path, mode: str) -> None:
+    async with Pool(append_and_echo, tmp_path, workers=2, mode=mode, partitions=8) as pool:
+        items = [(f"k{i % 10}", i, f"m{i}") for i in range(2000)]
+        offsets = await pool.submit_many(items[:1000])
+        assert offsets == list(range(1000))
+        for key, payload, mid in items[1000:1010]:
+            await pool.submit(key, payload, mid)
+        await pool.submit_many(items[1010:])
+        # Resubmitting ids is a no-op that answers the first offsets.
+        assert await pool.submit_many(items[5:8]) == [5, 6, 7]
+        assert await pool.submit("k0", "other payload", "m0") == 0
+        await pool.drain(timeout=60)
+        for k in range(10):
+            assert await pool.query(f"k{k}") == list(range(k, 2000, 10))
+        assert pool.result("m21") == (True, 42)
+        assert pool.result("nope") == (False, None)
+        stats = pool.stats()
+        assert stats["submitted"] == stats["committed"] == 2000
+        assert stats["outstanding"] == 0 and stats["mode"] == mode
+    # Reopen: the committed state is there, offsets continue, and nothing is replayed twice.
+    async with Pool(append_and_echo, tmp_path, workers=3, mode=mode) as pool:
+        assert pool.partitions == 8
+        assert await pool.submit("k1", 2000) == 2000
+        await pool.drain(timeout=60)
+        assert await pool.query("k1") == [*range(1, 2000, 10), 2000]
+        assert await pool.query("never") is None
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_events_are_logged_with_kind_time_worker_and_pid(tmp_path: Path, mode: str) -> None:
+    async with Pool(append_payload, tmp_path, workers=2, mode=mode, partitions=4) as pool:
+        stream = pool.events()
+        first = asyncio.ensure_future(anext(stream))
+        await pool.submit("a", 1)
+        await pool.drain(timeout=30)
+        assert (await asyncio.wait_for(first, 10))["kind"] in {"started", "ready", "checkpointed"}
+        await stream.aclose()
+    events = read_events(tmp_path)
+    kinds = [e["kind"] for e in events]
+    for kind in ("opened", "started", "ready", "checkpointed", "drained", "stopped"):
+        assert kind in kinds
+    assert kinds[-1] == "stopped"
+    for e in events:
+        assert {"kind", "ts", "mono", "worker", "pid"} <= set(e)
+        assert abs(e["ts"] - time.time()) < 120
+    workers = {e["worker"]: e["pid"] for e in events if e["kind"] == "ready"}
+    assert set(workers) == {0, 1}
+    if mode == "process":
+        assert os.getpid() not in workers.values()
+    else:
+        assert set(workers.values()) == {os.getpid()}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_bad_input_is_refused_and_nothing_is_written(tmp_path: Path, mode: str) -> None:
+    async with Pool(append_payload, tmp_path, workers=1, mode=mode, partitions=4) as pool:
+        await pool.submit("a", 1, "m1")
+        with pytest.raises(PayloadError, match=r"payload of type builtins.function .* cannot be "
+                                               r"pickled .*nothing was written"):
+            await pool.submit("a", lambda: 1)
+        with pytest.raises(PayloadError):
+            await pool.submit_many([("a", 2), ("a", lambda: 1)])  # all or nothing
+        with pytest.raises(UsageError, match="key must be a str, got int"):
+            await pool.submit(3, 1)
+        with pytest.raises(UsageError, match="id must be a str or None"):
+            await pool.submit("a", 1, 7)
+        await pool.drain(timeout=30)
+        assert await pool.query("a") == [1]
+    with pytest.raises(PoolClosed):
+        await pool.submit("a", 1)
+    log = IntakeLog(tmp_path, None)
+    assert log.count() == 1
+    log.close()
+
+
+def test_settings_are_checked_with_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="cannot be sent to worker processes.*mode='thread'"):
+        Pool(lambda s, m: s, tmp_path)
+    with pytest.raises(UsageError, match="mode must be one of process, thread, inline"):
+        Pool(append_payload, tmp_path, mode="fibre")
+    with pytest.raises(UsageError, match=r"partitions must be an int >= workers \(4\)"):
+        Pool(append_payload, tmp_path, partitions=2)
+    with pytest.raises(UsageError, match="workers must be an int >= 1"):
+        Pool(append_payload, tmp_path, workers=0)
+
+
+async def test_backpressure_bounds_outstanding_messages(tmp_path: Path) -> None:
+    async with Pool(append_payload, tmp_path, workers=1, mode="inline", partitions=4,
+                    max_outstanding=50, max_inflight=10, max_batch=5) as pool:
+        high = 0
+
+        async def watch() -> None:
+            nonlocal high
+            while True:
+                high = max(high, pool.stats()["outstanding"])
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch())
+        for i in range(400):
+            await pool.submit(f"k{i % 3}", i)
+        await pool.drain(timeout=30)
+        watcher.cancel()
+        assert high <= 50
+        assert await pool.query("k0") == list(range(0, 400, 3))
+
+
+async def test_sigkill_of_a_worker_is_seen_at_once_and_replayed(tmp_path: Path) -> None:
+    async with Pool(append_payload, tmp_path, workers=2, partitions=8,
+                    checkpoint_interval=0.5) as pool:
+        await pool.submit_many([(f"k{i % 5}", i, f"m{i}") for i in range(5000)])
+        pid = pool.worker_pids()[0]
+        await pool.query("k0")  # applied, not yet committed (the interval is 0.5 s)
+        killed_at = time.clock_gettime(time.CLOCK_MONOTONIC)
+        os.kill(pid, signal.SIGKILL)
+        await pool.submit_many([(f"k{i % 5}", i, f"m{i}") for i in range(5000, 6000)])
+        await pool.drain(timeout=60)
+        for k in range(5):
+            assert await pool.query(f"k{k}") == list(range(k, 6000, 5))
+        assert pool.stats()["restarts"] == 1
+    events = read_events(tmp_path)
+    died = next(e for e in events if e["kind"] == "died")
+    assert died["pid"] == pid and died["signal"] == "SIGKILL(-9)" and died["exitcode"] == -9
+    assert died["mono"] - killed_at < 1.0  # by sentinel; typically a few milliseconds
+    restarted = next(e for e in events if e["kind"] == "restarted")
+    assert restarted["worker"] == died["worker"] and restarted["pid"] != pid
+
+
+async def test_past_the_restart_intensity_the_pool_reports_itself_broken(tmp_path: Path) -> None:
+    policy = RestartPolicy(max_restarts=2, window=60.0, base=0.001)
+    async with Pool(append_payload, tmp_path, workers=1, partitions=4, restart=policy) as pool:
+        for _ in range(3):
+            pid = await asyncio.to_thread(wait_for, pool.worker_pids, 30, "a worker")
+            os.kill(pid[0], signal.SIGKILL)
+            await asyncio.to_thread(wait_for, lambda p=pid[0]: pool.worker_pids() != [p] or
+                                    pool._broken, 30, "the death to be seen")
+        with pytest.raises(PoolBroken, match=r"restart intensity is exceeded: 2 restarts"):
+            await pool.submit("a", 1)
+    assert read_events(tmp_path)[-2]["kind"] == "gave_up"
