@@ -15,6 +15,7 @@ from ._errors import (
     UsageError,
     WorkerLost,
 )
+from ._events import live_workers, read_events
 from ._message import Message, Output, partition_of
 from ._pool import Pool
 from ._restart import RestartPolicy
@@ -34,5 +35,7 @@ __all__ = [
     "SyncPool",
     "UsageError",
     "WorkerLost",
+    "live_workers",
     "partition_of",
+    "read_events",
 ]

@@ -37,27 +37,54 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--messages", type=_positive, default=10_000)
     run.add_argument("--keys", type=_positive, default=100)
     run.add_argument("--mode", choices=MODES, default="process")
-    run.add_argument("--partitions", type=_positive, default=None,
-                     help="fixed for a data dir (default 64 for a new one)")
+    run.add_argument(
+        "--partitions",
+        type=_positive,
+        default=None,
+        help="fixed for a data dir (default 64 for a new one)",
+    )
     run.add_argument("--durability", choices=("fsync", "process"), default="fsync")
-    run.add_argument("--grace", type=float, default=10.0,
-                     help="seconds to drain on SIGTERM/SIGINT before killing workers")
-    for name, text in [("verify", "check every key's state is exactly its payloads, in order"),
-                       ("dump", "print every key's committed state as one JSON object")]:
+    run.add_argument(
+        "--rate",
+        type=_positive,
+        default=None,
+        help="submit at most this many messages per second (default: as fast as "
+        "the pool takes them)",
+    )
+    run.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        help="seconds to drain on SIGTERM/SIGINT before killing workers",
+    )
+    for name, text in [
+        ("verify", "check every key's state is exactly its payloads, in order"),
+        ("dump", "print every key's committed state as one JSON object"),
+    ]:
         sub.add_parser(name, help=text).add_argument("--data-dir", required=True)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
+    )
     try:
         if args.command == "run":
-            return asyncio.run(_demo.run(
-                args.data_dir, workers=args.workers, messages=args.messages, keys=args.keys,
-                mode=args.mode, partitions=args.partitions, durability=args.durability,
-                grace=args.grace))
+            return asyncio.run(
+                _demo.run(
+                    args.data_dir,
+                    workers=args.workers,
+                    messages=args.messages,
+                    keys=args.keys,
+                    mode=args.mode,
+                    partitions=args.partitions,
+                    durability=args.durability,
+                    grace=args.grace,
+                    rate=args.rate,
+                )
+            )
         if args.command == "verify":
             return _demo.verify(args.data_dir)
         return _demo.dump(args.data_dir)

@@ -14,7 +14,6 @@ dead and replaced) can never overwrite the state its replacement owns -- it gets
 from __future__ import annotations
 
 import pickle
-import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -63,7 +62,7 @@ class CheckpointStore:
 
     # -- ownership -------------------------------------------------------------------------------
     def claim(self, partitions: Iterable[int]) -> dict[int, int]:
-        """Take ownership of ``partitions`` (fencing older owners); return their committed offsets."""
+        """Own ``partitions`` (fencing older owners); return their committed offsets."""
         parts = sorted(partitions)
         self._db.execute("BEGIN IMMEDIATE")
         try:

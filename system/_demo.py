@@ -13,7 +13,6 @@ import re
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 from ._checkpoint import CheckpointStore
@@ -32,17 +31,37 @@ def append_payload(state: list[Any] | None, message: Message) -> list[Any]:
     return state
 
 
-async def run(data_dir: str, *, workers: int, messages: int, keys: int, mode: str,
-              partitions: int | None, durability: str, grace: float) -> int:
-    pool = Pool(append_payload, data_dir, workers=workers, mode=mode, partitions=partitions,
-                durability=durability)
+async def run(
+    data_dir: str,
+    *,
+    workers: int,
+    messages: int,
+    keys: int,
+    mode: str,
+    partitions: int | None,
+    durability: str,
+    grace: float,
+    rate: float | None = None,
+) -> int:
+    pool = Pool(
+        append_payload,
+        data_dir,
+        workers=workers,
+        mode=mode,
+        partitions=partitions,
+        durability=durability,
+    )
     await pool.start()
     stop = pool.add_signal_handlers(grace)
     t0 = time.perf_counter()
 
     async def submit_all() -> None:
-        for lo in range(0, messages, CHUNK):
-            hi = min(messages, lo + CHUNK)
+        # Paced: chunks of rate/20 messages every 50 ms on a fixed schedule (no drift).
+        chunk = CHUNK if rate is None else max(1, int(rate / 20))
+        for n, lo in enumerate(range(0, messages, chunk)):
+            if rate is not None:
+                await asyncio.sleep(max(0.0, t0 + n * chunk / rate - time.perf_counter()))
+            hi = min(messages, lo + chunk)
             await pool.submit_many([(f"k{i % keys}", i, f"m{i}") for i in range(lo, hi)])
         await pool.drain()
 
@@ -56,9 +75,11 @@ async def run(data_dir: str, *, workers: int, messages: int, keys: int, mode: st
         await pool.close(grace)
         seconds = time.perf_counter() - t0
         assert pool.stop_signal is not None
-        print(f"stopped by signal {pool.stop_signal} after {seconds:.2f} s: committed="
-              f"{pool.stats()['committed']} restarts={stats['restarts']} mode={mode}; "
-              "nothing is lost -- run again with the same --data-dir to finish")
+        print(
+            f"stopped by signal {pool.stop_signal} after {seconds:.2f} s: committed="
+            f"{pool.stats()['committed']} restarts={stats['restarts']} mode={mode}; "
+            "nothing is lost -- run again with the same --data-dir to finish"
+        )
         return 128 + pool.stop_signal
     stopped.cancel()
     try:
@@ -67,8 +88,10 @@ async def run(data_dir: str, *, workers: int, messages: int, keys: int, mode: st
         await pool.close(grace)
     seconds = time.perf_counter() - t0
     done = stats["committed"]
-    print(f"messages={messages} committed_now={done} seconds={seconds:.3f} "
-          f"rate={done / seconds:.0f}/s restarts={stats['restarts']} mode={mode} workers={workers}")
+    print(
+        f"messages={messages} committed_now={done} seconds={seconds:.3f} "
+        f"rate={done / seconds:.0f}/s restarts={stats['restarts']} mode={mode} workers={workers}"
+    )
     return 0
 
 
@@ -82,7 +105,9 @@ def _read(data_dir: str) -> tuple[list[tuple[int, str, str, Any]], dict[str, Any
     path = check_data_dir(data_dir, create=False)
     intake = IntakeLog(path, None)
     try:
-        submitted = [(seq, mid, key, pickle.loads(blob)) for seq, mid, key, _, blob in intake.scan()]
+        submitted = [
+            (seq, mid, key, pickle.loads(blob)) for seq, mid, key, _, blob in intake.scan()
+        ]
     finally:
         intake.close()
     if not (path / "checkpoints.db").exists():
@@ -104,15 +129,20 @@ def dump(data_dir: str) -> int:
     return 0
 
 
-def check(submitted: list[tuple[int, str, str, Any]], states: dict[str, Any],
-          dead: set[str]) -> dict[str, list[str]]:
+def check(
+    submitted: list[tuple[int, str, str, Any]], states: dict[str, Any], dead: set[str]
+) -> dict[str, list[str]]:
     """Compare each key's committed list with its submitted payloads; offending ids per anomaly."""
     expected: dict[str, list[tuple[Any, str]]] = defaultdict(list)
     for _, mid, key, payload in submitted:
         if mid not in dead:
             expected[key].append((payload, mid))
-    anomalies: dict[str, list[str]] = {"lost": [], "duplicated": [], "reordered": [],
-                                       "unexpected": []}
+    anomalies: dict[str, list[str]] = {
+        "lost": [],
+        "duplicated": [],
+        "reordered": [],
+        "unexpected": [],
+    }
     for key in sorted(set(expected) | set(states), key=_natural):
         want = expected.get(key, [])
         got = states.get(key) or []
@@ -161,8 +191,10 @@ def _out_of_order(order: list[tuple[int, str]]) -> list[str]:
 def verify(data_dir: str) -> int:
     submitted, states, dead = _read(data_dir)
     found = check(submitted, states, dead)
-    print(" ".join(f"{k}={len(v)}" for k, v in found.items())
-          + f" dead_lettered={len(dead)} messages={len(submitted)} keys={len(states)}")
+    print(
+        " ".join(f"{k}={len(v)}" for k, v in found.items())
+        + f" dead_lettered={len(dead)} messages={len(submitted)} keys={len(states)}"
+    )
     bad = {k: v for k, v in found.items() if v}
     for kind, ids in bad.items():
         more = f" (+{len(ids) - 20} more)" if len(ids) > 20 else ""

@@ -30,7 +30,7 @@ def monotonic() -> float:
 class EventLog:
     def __init__(self, path: Path):
         self.path = path
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._file = open(path, "a", encoding="utf-8")  # closed in close()
         self._subscribers: list[asyncio.Queue[dict[str, Any] | None]] = []
         self.counts: dict[str, int] = {}
 
@@ -63,8 +63,35 @@ class EventLog:
         self._file.close()
 
 
+def read_events(data_dir: str | Path) -> list[dict[str, Any]]:
+    """The events in ``<data dir>/events.jsonl`` (a line torn by a crash mid-write is skipped)."""
+    path = Path(data_dir) / "events.jsonl"
+    if not path.exists():
+        return []
+    found = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            found.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return found
+
+
+def live_workers(events: list[dict[str, Any]]) -> dict[int, int]:
+    """``{worker: pid}`` of the workers that are ready and have not died or stopped since."""
+    live: dict[int, int] = {}
+    for e in events:
+        if e["kind"] == "ready":
+            live[e["worker"]] = e["pid"]
+        elif e["kind"] in ("died", "stopped") and live.get(e["worker"]) == e["pid"]:
+            del live[e["worker"]]
+    return live
+
+
 def _describe(event: dict[str, Any]) -> str:
     skip = {"kind", "ts", "mono", "worker", "pid"}
-    who = f"worker {event['worker']} (pid {event['pid']})" if event["worker"] is not None else "pool"
+    who = (
+        f"worker {event['worker']} (pid {event['pid']})" if event["worker"] is not None else "pool"
+    )
     rest = " ".join(f"{k}={v}" for k, v in event.items() if k not in skip)
     return f"{who}: {event['kind']} {rest}".rstrip()

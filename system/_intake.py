@@ -63,7 +63,9 @@ def check_data_dir(path: str | os.PathLike[str], *, create: bool) -> Path:
         try:
             p.mkdir()
         except OSError as e:
-            raise DataDirError(f"cannot create data dir {p}: {e.strerror}; choose another path") from e
+            raise DataDirError(
+                f"cannot create data dir {p}: {e.strerror}; choose another path"
+            ) from e
     if create and not os.access(p, os.W_OK | os.X_OK):
         raise DataDirError(f"data dir {p} is not writable; fix its permissions or choose another")
     if not create and not (p / "intake.db").exists():

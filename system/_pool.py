@@ -92,9 +92,13 @@ class Pool:
             raise UsageError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
         if durability not in ("fsync", "process"):
             raise UsageError(f"durability must be 'fsync' or 'process'; got {durability!r}")
-        for name, value in [("workers", workers), ("checkpoint_every", checkpoint_every),
-                            ("max_inflight", max_inflight), ("max_batch", max_batch),
-                            ("max_outstanding", max_outstanding)]:
+        for name, value in [
+            ("workers", workers),
+            ("checkpoint_every", checkpoint_every),
+            ("max_inflight", max_inflight),
+            ("max_batch", max_batch),
+            ("max_outstanding", max_outstanding),
+        ]:
             if not isinstance(value, int) or value < 1:
                 raise UsageError(f"{name} must be an int >= 1; got {value!r}")
         if partitions is not None and (not isinstance(partitions, int) or partitions < workers):
@@ -102,7 +106,9 @@ class Pool:
                 f"partitions must be an int >= workers ({workers}); got {partitions!r}"
             )
         if not checkpoint_interval > 0:
-            raise UsageError(f"checkpoint_interval must be > 0 seconds; got {checkpoint_interval!r}")
+            raise UsageError(
+                f"checkpoint_interval must be > 0 seconds; got {checkpoint_interval!r}"
+            )
         if mode == "process":
             for what, obj in [("handler", handler), ("initial_state", initial_state)]:
                 try:
@@ -130,7 +136,9 @@ class Pool:
         self._closing = False
         self._closed = False
         self._broken: PoolBroken | None = None
-        self._pending: list[tuple[list[tuple[str, str, int, bytes, bool]], asyncio.Future[Any]]] = []
+        self._pending: list[
+            tuple[list[tuple[str, str, int, bytes, bool]], asyncio.Future[Any]]
+        ] = []
         self._writing = False
         self._outstanding = 0
         self._submitted = 0
@@ -166,7 +174,9 @@ class Pool:
         self._started = True
         self._store = CheckpointStore(self.data_dir, durability=self.durability)
         self._events = EventLog(self.data_dir / "events.jsonl")
-        self._ctx = multiprocessing.get_context(self.start_method) if self.mode == "process" else None
+        self._ctx = (
+            multiprocessing.get_context(self.start_method) if self.mode == "process" else None
+        )
         if self.start_method == "forkserver" and self._ctx is not None:
             self._ctx.set_forkserver_preload(["system._worker"])
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="chaosgate-intake")
@@ -182,16 +192,24 @@ class Pool:
             self._recovered += 1
         self._outstanding = self._recovered
         self._update_idle()
-        self._events.emit("opened", mode=self.mode, workers=w, partitions=self.partitions,
-                          replaying=self._recovered, pid_pool=os.getpid())
-        self._tasks = [asyncio.create_task(self._supervise(s), name=f"supervise-{s.index}")
-                       for s in self._slots]
+        self._events.emit(
+            "opened",
+            mode=self.mode,
+            workers=w,
+            partitions=self.partitions,
+            replaying=self._recovered,
+            pid_pool=os.getpid(),
+        )
+        self._tasks = [
+            asyncio.create_task(self._supervise(s), name=f"supervise-{s.index}")
+            for s in self._slots
+        ]
         self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatch"))
         self._tasks.append(asyncio.create_task(self._write_intake(), name="intake"))
         self._wake.set()
 
     async def close(self, grace: float = 10.0) -> None:
-        """Stop intake, drain, checkpoint, stop the workers; SIGKILL those still there at ``grace``."""
+        """Stop intake, drain, checkpoint, stop the workers; SIGKILL stragglers at ``grace``."""
         if not self._started or self._closed:
             return
         self._closing = True
@@ -221,8 +239,9 @@ class Pool:
         self._writer.shutdown(wait=True)
         self._intake.close()
         self._store.close()
-        self._events.emit("stopped", drained=drained, committed=self._committed,
-                          outstanding=self._outstanding)
+        self._events.emit(
+            "stopped", drained=drained, committed=self._committed, outstanding=self._outstanding
+        )
         self._events.close()
         self._closed = True
 
@@ -242,7 +261,9 @@ class Pool:
         return stopped
 
     # -- intake ----------------------------------------------------------------------------------
-    def _prepare(self, key: str, payload: Any, mid: str | None) -> tuple[str, str, int, bytes, bool]:
+    def _prepare(
+        self, key: str, payload: Any, mid: str | None
+    ) -> tuple[str, str, int, bytes, bool]:
         check_key(key)
         try:
             blob = pickle.dumps(payload, protocol=_PICKLE)
@@ -253,8 +274,13 @@ class Pool:
                 "Submit plain data (or an importable class) instead"
             ) from e
         if mid is None:
-            return (f"{self._id_prefix}-{next(self._ids)}", key, partition_of(key, self.partitions),
-                    blob, True)
+            return (
+                f"{self._id_prefix}-{next(self._ids)}",
+                key,
+                partition_of(key, self.partitions),
+                blob,
+                True,
+            )
         if type(mid) is not str:
             raise UsageError(f"id must be a str or None; got {type(mid).__name__} {mid!r:.60}")
         return (mid, key, partition_of(key, self.partitions), blob, False)
@@ -274,8 +300,9 @@ class Pool:
     async def submit_many(self, items: Iterable[tuple[Any, ...]]) -> list[int]:
         """Durably log ``(key, payload[, id])`` items in one group commit; return their offsets."""
         self._check_open()
-        entries = [self._prepare(*item) if len(item) == 3 else self._prepare(*item, None)
-                   for item in items]
+        entries = [
+            self._prepare(*item) if len(item) == 3 else self._prepare(*item, None) for item in items
+        ]
         while self._outstanding >= self.max_outstanding:
             self._room.clear()
             await self._room.wait()
@@ -295,8 +322,10 @@ class Pool:
             try:
                 rows, offsets = await self._loop.run_in_executor(self._writer, self._append, batch)
             except Exception as e:
-                err = PoolBroken(f"the intake log could not be written ({e!r}); nothing was lost "
-                                 "that was acknowledged, but these submits were not logged")
+                err = PoolBroken(
+                    f"the intake log could not be written ({e!r}); nothing was lost "
+                    "that was acknowledged, but these submits were not logged"
+                )
                 err.__cause__ = e
                 for _, fut in batch:
                     if not fut.done():
@@ -373,8 +402,9 @@ class Pool:
         self._committed += n
         slot.flush_sent = False
         pid = slot.handle.pid if slot.handle else None
-        self._events.emit("checkpointed", slot.index, pid, messages=n, position=position,
-                          partitions=len(offsets))
+        self._events.emit(
+            "checkpointed", slot.index, pid, messages=n, position=position, partitions=len(offsets)
+        )
         if self._outstanding < self.max_outstanding:
             self._room.set()
         self._update_idle()
@@ -410,9 +440,16 @@ class Pool:
 
     # -- supervision -----------------------------------------------------------------------------
     def _spec(self, slot: _Slot) -> WorkerSpec:
-        return WorkerSpec(self.handler, str(self.data_dir), slot.index, slot.partitions,
-                          self.initial_state, self.checkpoint_every, self.checkpoint_interval,
-                          self.durability)
+        return WorkerSpec(
+            self.handler,
+            str(self.data_dir),
+            slot.index,
+            slot.partitions,
+            self.initial_state,
+            self.checkpoint_every,
+            self.checkpoint_interval,
+            self.durability,
+        )
 
     async def _supervise(self, slot: _Slot) -> None:
         try:
@@ -421,12 +458,23 @@ class Pool:
             while not self._closing:
                 handle = await launch(self.mode, self._spec(slot), self._ctx)
                 slot.handle, slot.started_at = handle, monotonic()
-                self._events.emit("started", slot.index, handle.pid, mode=self.mode,
-                                  partitions=len(slot.partitions))
+                self._events.emit(
+                    "started",
+                    slot.index,
+                    handle.pid,
+                    mode=self.mode,
+                    partitions=len(slot.partitions),
+                )
                 if cause is not None:
                     slot.restarts += 1
-                    self._events.emit("restarted", slot.index, handle.pid, attempt=slot.restarts,
-                                      delay=round(delay, 6), after=cause)
+                    self._events.emit(
+                        "restarted",
+                        slot.index,
+                        handle.pid,
+                        attempt=slot.restarts,
+                        delay=round(delay, 6),
+                        after=cause,
+                    )
                 cause = await self._run_session(slot, handle)
                 if self._closing:
                     break
@@ -461,9 +509,11 @@ class Pool:
             await asyncio.wait_for(asyncio.shield(reader), 1.0)
         reader.cancel()
         handle.channel.close()
-        detail = handle.exited.result() if handle.exited.done() else {"exitcode": None,
-                                                                      "signal": None,
-                                                                      "error": "abandoned"}
+        detail = (
+            handle.exited.result()
+            if handle.exited.done()
+            else {"exitcode": None, "signal": None, "error": "abandoned"}
+        )
         slot.ready.clear()
         slot.handle = None
         for fut in slot.queries.values():
@@ -476,8 +526,14 @@ class Pool:
             slot.inflight.clear()
         slot.flush_sent = False
         kind = "stopped" if self._closing and detail.get("exitcode") == 0 else "died"
-        self._events.emit(kind, slot.index, handle.pid, **detail, inflight=lost,
-                          uptime=round(monotonic() - slot.started_at, 6))
+        self._events.emit(
+            kind,
+            slot.index,
+            handle.pid,
+            **detail,
+            inflight=lost,
+            uptime=round(monotonic() - slot.started_at, 6),
+        )
         return detail
 
     async def _read(self, slot: _Slot, handle: WorkerHandle) -> None:
@@ -495,9 +551,13 @@ class Pool:
                 if fut is not None and not fut.done():
                     fut.set_result(frame[2])
             elif kind == "ready":
-                self._events.emit("ready", slot.index, handle.pid,
-                                  replay=len(slot.unsent), startup=round(
-                                      monotonic() - slot.started_at, 6))
+                self._events.emit(
+                    "ready",
+                    slot.index,
+                    handle.pid,
+                    replay=len(slot.unsent),
+                    startup=round(monotonic() - slot.started_at, 6),
+                )
                 slot.ready.set()
                 self._wake.set()
 
@@ -581,9 +641,14 @@ class Pool:
             "restarts": sum(s.restarts for s in self._slots),
             "time": time.time(),
             "workers": [
-                {"worker": s.index, "pid": s.handle.pid if s.handle else None,
-                 "ready": s.ready.is_set(), "inflight": len(s.inflight), "unsent": len(s.unsent),
-                 "restarts": s.restarts}
+                {
+                    "worker": s.index,
+                    "pid": s.handle.pid if s.handle else None,
+                    "ready": s.ready.is_set(),
+                    "inflight": len(s.inflight),
+                    "unsent": len(s.unsent),
+                    "restarts": s.restarts,
+                }
                 for s in self._slots
             ],
         }

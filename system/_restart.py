@@ -39,7 +39,7 @@ class RestartPolicy:
             raise ValueError("RestartPolicy needs max_restarts >= 0 and window > 0")
 
     def on_death(self, slot: int, uptime: float) -> float | None:
-        """Delay before restarting ``slot`` whose worker lived ``uptime`` seconds; None = give up."""
+        """Delay before restarting ``slot``, whose worker lived ``uptime`` s; None: give up."""
         now = self.clock()
         while self._recent and self._recent[0] <= now - self.window:
             self._recent.popleft()

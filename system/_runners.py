@@ -9,12 +9,12 @@ event loop, so a ``kill -9`` is seen within milliseconds; a thread's or a task's
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
 import signal
 import socket
 import threading
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 

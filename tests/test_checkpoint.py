@@ -34,8 +34,9 @@ def test_sigkill_mid_commit_leaves_the_previous_checkpoint_usable(tmp_path: Path
     rng = random.Random(7)
     last = -1
     for _ in range(6):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)],
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+        )
         assert proc.stdout is not None and proc.stdout.readline() == "claimed\n"
         time.sleep(rng.uniform(0.05, 0.3))  # a random point in the write loop, not a sync point
         os.kill(proc.pid, signal.SIGKILL)

@@ -20,8 +20,13 @@ def test_same_in_other_processes_with_other_hash_seeds() -> None:
     here = [partition_of(k, 64) for k in keys]
     code = f"from system import partition_of; print([partition_of(k, 64) for k in {keys!r}])"
     for seed in ("1", "2", "random"):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             env={"PYTHONHASHSEED": seed, "PATH": ""}, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env={"PYTHONHASHSEED": seed, "PATH": ""},
+            check=True,
+        ).stdout
         assert eval(out) == here
 
 

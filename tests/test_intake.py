@@ -51,7 +51,7 @@ def test_a_different_partition_count_is_refused_with_the_fix(tmp_path: Path) -> 
 def test_data_dir_errors_name_cause_and_fix(tmp_path: Path) -> None:
     with pytest.raises(DataDirError, match="does not exist; run `python -m system run"):
         check_data_dir(tmp_path / "nope", create=False)
-    with pytest.raises(DataDirError, match="parent .* does not exist"):
+    with pytest.raises(DataDirError, match=r"parent .* does not exist"):
         check_data_dir(tmp_path / "a" / "b", create=True)
     (tmp_path / "file").write_text("x")
     with pytest.raises(DataDirError, match="is not a directory"):

@@ -1,4 +1,4 @@
-"""The pool end to end, in every mode: the same behaviour from process, thread and inline runners."""
+"""The pool end to end, in every mode: the same behaviour from process, thread, inline runners."""
 
 import asyncio
 import json
@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
 from handlers import append_and_echo
 
+from chaos import wait_until
 from system import PayloadError, Pool, PoolBroken, PoolClosed, RestartPolicy, UsageError
 from system._demo import append_payload
 from system._intake import IntakeLog
@@ -80,8 +80,11 @@ async def test_events_are_logged_with_kind_time_worker_and_pid(tmp_path: Path, m
 async def test_bad_input_is_refused_and_nothing_is_written(tmp_path: Path, mode: str) -> None:
     async with Pool(append_payload, tmp_path, workers=1, mode=mode, partitions=4) as pool:
         await pool.submit("a", 1, "m1")
-        with pytest.raises(PayloadError, match=r"payload of type builtins.function .* cannot be "
-                                               r"pickled .*nothing was written"):
+        with pytest.raises(
+            PayloadError,
+            match=r"payload of type builtins.function .* cannot be "
+            r"pickled .*nothing was written",
+        ):
             await pool.submit("a", lambda: 1)
         with pytest.raises(PayloadError):
             await pool.submit_many([("a", 2), ("a", lambda: 1)])  # all or nothing
@@ -99,7 +102,7 @@ async def test_bad_input_is_refused_and_nothing_is_written(tmp_path: Path, mode:
 
 
 def test_settings_are_checked_with_the_fix(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="cannot be sent to worker processes.*mode='thread'"):
+    with pytest.raises(UsageError, match=r"cannot be sent to worker processes.*mode='thread'"):
         Pool(lambda s, m: s, tmp_path)
     with pytest.raises(UsageError, match="mode must be one of process, thread, inline"):
         Pool(append_payload, tmp_path, mode="fibre")
@@ -110,8 +113,16 @@ def test_settings_are_checked_with_the_fix(tmp_path: Path) -> None:
 
 
 async def test_backpressure_bounds_outstanding_messages(tmp_path: Path) -> None:
-    async with Pool(append_payload, tmp_path, workers=1, mode="inline", partitions=4,
-                    max_outstanding=50, max_inflight=10, max_batch=5) as pool:
+    async with Pool(
+        append_payload,
+        tmp_path,
+        workers=1,
+        mode="inline",
+        partitions=4,
+        max_outstanding=50,
+        max_inflight=10,
+        max_batch=5,
+    ) as pool:
         high = 0
 
         async def watch() -> None:
@@ -130,8 +141,9 @@ async def test_backpressure_bounds_outstanding_messages(tmp_path: Path) -> None:
 
 
 async def test_sigkill_of_a_worker_is_seen_at_once_and_replayed(tmp_path: Path) -> None:
-    async with Pool(append_payload, tmp_path, workers=2, partitions=8,
-                    checkpoint_interval=0.5) as pool:
+    async with Pool(
+        append_payload, tmp_path, workers=2, partitions=8, checkpoint_interval=0.5
+    ) as pool:
         await pool.submit_many([(f"k{i % 5}", i, f"m{i}") for i in range(5000)])
         pid = pool.worker_pids()[0]
         await pool.query("k0")  # applied, not yet committed (the interval is 0.5 s)
@@ -154,10 +166,14 @@ async def test_past_the_restart_intensity_the_pool_reports_itself_broken(tmp_pat
     policy = RestartPolicy(max_restarts=2, window=60.0, base=0.001)
     async with Pool(append_payload, tmp_path, workers=1, partitions=4, restart=policy) as pool:
         for _ in range(3):
-            pid = await asyncio.to_thread(wait_for, pool.worker_pids, 30, "a worker")
+            pid = await asyncio.to_thread(wait_until, pool.worker_pids, 30, "a worker")
             os.kill(pid[0], signal.SIGKILL)
-            await asyncio.to_thread(wait_for, lambda p=pid[0]: pool.worker_pids() != [p] or
-                                    pool._broken, 30, "the death to be seen")
+            await asyncio.to_thread(
+                wait_until,
+                lambda p=pid[0]: pool.worker_pids() != [p] or pool._broken,
+                30,
+                "the death to be seen",
+            )
         with pytest.raises(PoolBroken, match=r"restart intensity is exceeded: 2 restarts"):
             await pool.submit("a", 1)
     assert read_events(tmp_path)[-2]["kind"] == "gave_up"
