@@ -1,4 +1,4 @@
-"""Shared fixtures: every test is checked for leaked processes at teardown."""
+"""Shared by tests/ and scenarios/: a leak check after every test, and helpers to run the CLI."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from chaos import descendants, wait_gone
 from system import live_workers, read_events
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent
 
 
 def _shared_helpers() -> set[int | None]:
