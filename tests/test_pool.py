@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-from handlers import append_and_echo
 
 from chaos import wait_until
+from handlers import append_and_echo
 from system import PayloadError, Pool, PoolBroken, PoolClosed, RestartPolicy, UsageError
 from system._demo import append_payload
 from system._intake import IntakeLog
