@@ -14,10 +14,12 @@ The partition count is fixed for a data dir (state lives per partition), so it i
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
 from ._errors import DataDirError
 
@@ -73,6 +75,31 @@ def check_data_dir(path: str | os.PathLike[str], *, create: bool) -> Path:
             f"{p} is not a chaosgate data dir (no intake.db); pass the --data-dir of a run"
         )
     return p
+
+
+def lock_data_dir(path: Path) -> IO[str]:
+    """Hold an exclusive lock on ``path`` for as long as the returned file stays open.
+
+    Two pools on one data dir would both dispatch the same log; the second is refused instead.
+    The kernel drops the lock when its holder dies, even by SIGKILL, so a crash never leaves a
+    stale lock behind.
+    """
+    f = open(path / "lock", "a+", encoding="ascii")  # the caller closes it
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise DataDirError(
+            f"data dir {path} is in use by another pool (pid {holder}); stop that one first, "
+            "or use another data dir"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
 
 
 class IntakeLog:

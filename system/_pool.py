@@ -43,7 +43,7 @@ from ._checkpoint import CheckpointStore
 from ._core import Handler
 from ._errors import PayloadError, PoolBroken, PoolClosed, UsageError, WorkerLost
 from ._events import EventLog, monotonic
-from ._intake import IntakeLog, check_data_dir
+from ._intake import IntakeLog, check_data_dir, lock_data_dir
 from ._message import Wire, check_key, partition_of
 from ._restart import RestartPolicy
 from ._runners import MODES, WorkerHandle, launch
@@ -51,6 +51,7 @@ from ._worker import WorkerSpec
 
 log = logging.getLogger("system")
 _PICKLE = pickle.HIGHEST_PROTOCOL
+MAX_FAILED_STARTS = 5  # consecutive deaths before "ready": a worker that cannot start at all
 
 
 @dataclass
@@ -63,6 +64,8 @@ class _Slot:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     flush_sent: bool = False
     started_at: float = 0.0
+    was_ready: bool = False
+    failed_starts: int = 0  # consecutive deaths before ready
     restarts: int = 0
     queries: dict[int, asyncio.Future[bytes]] = field(default_factory=dict)
 
@@ -163,10 +166,16 @@ class Pool:
             raise UsageError("the pool is already started; start() it once")
         self._loop = asyncio.get_running_loop()
         self.data_dir = check_data_dir(self.data_dir, create=True)
-        self._intake = IntakeLog(self.data_dir, self.partitions, durability=self.durability)
+        self._lock = lock_data_dir(self.data_dir)
+        try:
+            self._intake = IntakeLog(self.data_dir, self.partitions, durability=self.durability)
+        except BaseException:
+            self._lock.close()
+            raise
         self.partitions = self._intake.partitions
         if self.workers > self.partitions:
             self._intake.close()
+            self._lock.close()
             raise UsageError(
                 f"workers ({self.workers}) > partitions ({self.partitions}) of this data dir; "
                 "use at most as many workers as partitions"
@@ -243,6 +252,7 @@ class Pool:
             "stopped", drained=drained, committed=self._committed, outstanding=self._outstanding
         )
         self._events.close()
+        self._lock.close()
         self._closed = True
 
     def add_signal_handlers(self, grace: float = 10.0) -> asyncio.Event:
@@ -457,7 +467,7 @@ class Pool:
             delay = 0.0
             while not self._closing:
                 handle = await launch(self.mode, self._spec(slot), self._ctx)
-                slot.handle, slot.started_at = handle, monotonic()
+                slot.handle, slot.started_at, slot.was_ready = handle, monotonic(), False
                 self._events.emit(
                     "started",
                     slot.index,
@@ -478,6 +488,10 @@ class Pool:
                 cause = await self._run_session(slot, handle)
                 if self._closing:
                     break
+                slot.failed_starts = 0 if slot.was_ready else slot.failed_starts + 1
+                if slot.failed_starts >= MAX_FAILED_STARTS:
+                    self._give_up(slot, cause, before_ready=True)
+                    return
                 delay = self.restart.on_death(slot.index, monotonic() - slot.started_at)
                 if delay is None:
                     self._give_up(slot, cause)
@@ -558,17 +572,27 @@ class Pool:
                     replay=len(slot.unsent),
                     startup=round(monotonic() - slot.started_at, 6),
                 )
+                slot.was_ready = True
                 slot.ready.set()
                 self._wake.set()
 
-    def _give_up(self, slot: _Slot, cause: dict[str, Any]) -> None:
+    def _give_up(self, slot: _Slot, cause: dict[str, Any], before_ready: bool = False) -> None:
         r = self.restart
-        err = PoolBroken(
-            f"worker {slot.index} died ({cause.get('signal') or cause}) and the restart "
-            f"intensity is exceeded: {r.restarts_in_window()} restarts within {r.window}s "
-            f"(RestartPolicy(max_restarts={r.max_restarts}, window={r.window})). Every "
-            "acknowledged message is in the intake log: fix the cause and reopen the data dir"
-        )
+        if before_ready:
+            err = PoolBroken(
+                f"worker {slot.index} died before it was ready {slot.failed_starts} times in a "
+                f"row (last exit: {cause}); its traceback is on the pool's stderr. Is the "
+                "handler importable in a fresh process (not defined in __main__ of `python -c` "
+                "or a notebook)? Can the data dir be written? Nothing acknowledged is lost: fix "
+                "the cause and reopen the data dir"
+            )
+        else:
+            err = PoolBroken(
+                f"worker {slot.index} died ({cause.get('signal') or cause}) and the restart "
+                f"intensity is exceeded: {r.restarts_in_window()} restarts within {r.window}s "
+                f"(RestartPolicy(max_restarts={r.max_restarts}, window={r.window})). Every "
+                "acknowledged message is in the intake log: fix the cause and reopen the data dir"
+            )
         self._events.emit("gave_up", slot.index, None, reason=str(err))
         self._set_broken(err)
 

@@ -8,3 +8,14 @@ def append_and_echo(state, message: Message):
     state = [] if state is None else state
     state.append(message.payload)
     return Output(state, message.payload * 2)
+
+
+def hang_on_request(state, message: Message):
+    """Append the payload, but block (for an hour) on the payload ``"hang"``."""
+    if message.payload == "hang":
+        import time
+
+        time.sleep(3600)
+    state = [] if state is None else state
+    state.append(message.payload)
+    return state

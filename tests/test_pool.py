@@ -1,25 +1,32 @@
 """The pool end to end, in every mode: the same behaviour from process, thread, inline runners."""
 
 import asyncio
-import json
 import os
 import signal
+import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
 
 from chaos import wait_until
-from handlers import append_and_echo
-from system import PayloadError, Pool, PoolBroken, PoolClosed, RestartPolicy, UsageError
+from handlers import append_and_echo, hang_on_request
+from system import (
+    DataDirError,
+    PayloadError,
+    Pool,
+    PoolBroken,
+    PoolClosed,
+    RestartPolicy,
+    SyncPool,
+    UsageError,
+    read_events,
+)
 from system._demo import append_payload
 from system._intake import IntakeLog
 
 MODES = ["process", "thread", "inline"]
-
-
-def read_events(path: Path) -> list[dict]:
-    return [json.loads(line) for line in (path / "events.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -177,3 +184,67 @@ async def test_past_the_restart_intensity_the_pool_reports_itself_broken(tmp_pat
         with pytest.raises(PoolBroken, match=r"restart intensity is exceeded: 2 restarts"):
             await pool.submit("a", 1)
     assert read_events(tmp_path)[-2]["kind"] == "gave_up"
+
+
+def test_sync_facade_for_scripts(tmp_path: Path) -> None:
+    with SyncPool(append_and_echo, tmp_path, workers=2, partitions=4) as pool:
+        assert pool.submit("a", 1, "x") == 0
+        assert pool.submit_many([("a", 2), ("b", 3)]) == [1, 2]
+        pool.drain(timeout=30)
+        assert pool.query("a") == [1, 2]
+        assert pool.result("x") == (True, 2)
+        assert len(pool.worker_pids()) == 2
+        assert pool.stats()["committed"] == 3
+        with pytest.raises(PayloadError):
+            pool.submit("a", lambda: 0)
+
+
+async def test_a_data_dir_serves_one_pool_at_a_time(tmp_path: Path) -> None:
+    async with Pool(append_payload, tmp_path, workers=1, mode="inline", partitions=4):
+        other = Pool(append_payload, tmp_path, workers=1, mode="inline")
+        with pytest.raises(DataDirError, match=rf"in use by another pool \(pid {os.getpid()}\)"):
+            await other.start()
+    async with Pool(append_payload, tmp_path, workers=1, mode="inline") as again:
+        assert again.partitions == 4
+
+
+async def test_a_worker_that_cannot_start_breaks_the_pool_with_the_likely_cause(
+    tmp_path: Path,
+) -> None:
+    # A handler whose module exists in this process only: workers cannot unpickle it.
+    ghost = types.ModuleType("ghost_handlers")
+    exec("def handle(state, message):\n    return state", ghost.__dict__)
+    sys.modules["ghost_handlers"] = ghost
+    try:
+        async with Pool(ghost.handle, tmp_path, workers=1, partitions=4) as pool:
+            await pool.submit("a", 1)
+            with pytest.raises(PoolBroken, match="died before it was ready 5 times in a row"):
+                await pool.drain(timeout=60)
+    finally:
+        del sys.modules["ghost_handlers"]
+    assert [e["kind"] for e in read_events(tmp_path)].count("died") == 5
+
+
+async def test_close_kills_a_worker_that_does_not_stop_within_grace(tmp_path: Path) -> None:
+    pool = Pool(hang_on_request, tmp_path, workers=2, partitions=4)
+    await pool.start()
+    other = next(k for k in map(str, range(99)) if pool._slot_of(k) is not pool._slot_of("a"))
+    await pool.submit_many([("a", 1), ("a", "hang"), (other, 2)])
+    slot = pool._slot_of("a")
+    hung = (await asyncio.to_thread(wait_until, lambda: slot.handle, 30, "the worker")).pid
+    await asyncio.to_thread(
+        wait_until, lambda: pool.stats()["committed"] >= 1, 30, "the other messages committed"
+    )
+    t0 = time.monotonic()
+    await pool.close(grace=1.0)
+    assert time.monotonic() - t0 < 1.0 + 5.0
+    log = read_events(tmp_path)
+    assert any(e["kind"] == "killed" and e["pid"] == hung for e in log)
+    assert any(
+        e["kind"] == "died" and e["pid"] == hung and e["signal"] == "SIGKILL(-9)" for e in log
+    )
+    assert log[-1]["kind"] == "stopped" and log[-1]["drained"] is False
+    # Nothing was lost: the message that hung is still in the log for the next pool.
+    async with Pool(append_payload, tmp_path, workers=2) as again:
+        await again.drain(timeout=30)
+        assert await again.query("a") == [1, "hang"]
