@@ -8,13 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
-from chaos import descendants, wait_gone
+from chaos import descendants, wait_gone, wait_until
 from system import live_workers, read_events
 
 ROOT = Path(__file__).resolve().parent
@@ -58,16 +58,79 @@ def cli(*args: str, timeout: float = 120.0, **kw) -> subprocess.CompletedProcess
     )
 
 
-def start_cli(*args: str) -> subprocess.Popen[str]:
-    """Start ``python -m system ARGS`` in its own process group."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "system", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        start_new_session=True,
-    )
+class DemoRun:
+    """``python -m system run --data-dir D ARGS`` in its own process group.
+
+    Its output goes to files (a pipe nobody reads could fill up and stall it), and a wait that
+    times out says what the run was doing: its last events and the tail of its stderr.
+    """
+
+    def __init__(self, data_dir: Path, *args: str):
+        self.data_dir = data_dir
+        self._out = data_dir.parent / f"{data_dir.name}.stdout"
+        self._err = data_dir.parent / f"{data_dir.name}.stderr"
+        with open(self._out, "w") as out, open(self._err, "w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "system", "run", "--data-dir", str(data_dir), *args],
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+                start_new_session=True,
+            )
+        self.pid = self.proc.pid
+
+    @property
+    def stdout(self) -> str:
+        return self._out.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self._err.read_text()
+
+    def explain(self) -> str:
+        kinds = [e["kind"] for e in read_events(self.data_dir)]
+        return (
+            f"run pid {self.pid} exit code {self.proc.poll()}; last events {kinds[-15:]}; "
+            f"stderr tail:\n{self.stderr[-3000:]}"
+        )
+
+    def wait_until(self, predicate, timeout: float, what: str):
+        try:
+            return wait_until(predicate, timeout, what)
+        except TimeoutError as e:
+            raise AssertionError(f"{e}\n{self.explain()}") from None
+
+    def finish(self, timeout: float) -> int:
+        """Wait for the run to exit; kill its process group if it takes longer than ``timeout``."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_group(signal.SIGKILL)
+            self.proc.wait()
+            raise AssertionError(f"run did not exit within {timeout} s\n{self.explain()}") from None
+
+    def kill_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def demo_run(tmp_path: Path) -> Iterator[Callable[..., DemoRun]]:
+    """Start demo runs (``demo_run(*args)``) whose process groups are killed at teardown."""
+    runs: list[DemoRun] = []
+
+    def start(*args: str, name: str = "d") -> DemoRun:
+        runs.append(DemoRun(tmp_path / name, *args))
+        return runs[-1]
+
+    yield start
+    for run in runs:
+        if run.proc.poll() is None:
+            run.kill_group(signal.SIGKILL)
+            run.proc.wait()
 
 
 def events(data_dir: Path) -> list[dict]:

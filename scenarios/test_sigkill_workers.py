@@ -15,10 +15,9 @@ import random
 import signal
 import statistics
 import time
-from pathlib import Path
 
-from chaos import descendants, wait_gone, wait_until
-from conftest import cli, events, live, start_cli
+from chaos import descendants, wait_gone
+from conftest import cli, events, live
 
 SEED = int(os.environ.get("CHAOSGATE_SEED", "1"))
 KILLS = 12
@@ -30,30 +29,24 @@ def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[98]
 
 
-def test_sigkill_random_workers_during_a_run(tmp_path: Path, record_property) -> None:
-    d = tmp_path / "d"
+def test_sigkill_random_workers_during_a_run(demo_run, record_property) -> None:
     rng = random.Random(SEED)
-    proc = start_cli("run", "--data-dir", str(d), "--messages", "20000", "--rate", "3000")
+    run = demo_run("--messages", "20000", "--rate", "3000")
+    d = run.data_dir
     seen: set[int] = set()
     kills: dict[int, float] = {}  # pid -> CLOCK_MONOTONIC of the kill
-    try:
-        while proc.poll() is None and len(kills) < KILLS:
-            workers = wait_until(lambda: live(d) or proc.poll() is not None, 30, "workers")
-            if proc.poll() is not None:
-                break
-            seen |= {p.pid for p in descendants(proc.pid)}
-            worker, pid = rng.choice(sorted(workers.items()))
-            kills[pid] = time.clock_gettime(time.CLOCK_MONOTONIC)
-            os.kill(pid, signal.SIGKILL)
-            wait_until(lambda w=worker, p=pid: live(d).get(w, p) != p, 30, f"death of {pid}")
-            time.sleep(rng.uniform(0.05, 0.25))  # spread the faults over the run (not a sync)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+    while run.proc.poll() is None and len(kills) < KILLS:
+        workers = run.wait_until(lambda: live(d) or run.proc.poll() is not None, 30, "workers")
+        if run.proc.poll() is not None:
+            break
+        seen |= {p.pid for p in descendants(run.pid)}
+        worker, pid = rng.choice(sorted(workers.items()))
+        kills[pid] = time.clock_gettime(time.CLOCK_MONOTONIC)
+        os.kill(pid, signal.SIGKILL)
+        run.wait_until(lambda w=worker, p=pid: live(d).get(w, p) != p, 30, f"death of {pid}")
+        time.sleep(rng.uniform(0.05, 0.25))  # spread the faults over the run (not a sync)
+    assert run.finish(120) == 0, run.explain()
     assert len(kills) >= 10, f"the run finished after only {len(kills)} kills (seed {SEED})"
-    assert proc.returncode == 0, err
 
     log = events(d)
     died = {e["pid"]: e for e in log if e["kind"] == "died"}

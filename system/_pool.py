@@ -340,9 +340,10 @@ class Pool:
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(err)
-                continue
-            finally:
                 self._writing = False
+                self._update_idle()
+                continue
+            self._writing = False
             w = self.workers
             slots = self._slots
             for row in rows:

@@ -1,8 +1,9 @@
-"""Real processes, real signals: kill -9 of workers, of the supervisor, of everything; SIGTERM.
+"""Real processes, real signals: kill -9 of the supervisor, of everything; SIGTERM and SIGINT.
 
 Each test runs ``python -m system run`` in its own process group, injects the fault by pid, lets
 it (or a re-run) finish, and checks with ``verify`` that nothing was lost, duplicated or
-reordered, and that no process was left behind.
+reordered, and that no process was left behind. (Repeated kill -9 of workers during a run is the
+scenario ``scenarios/test_sigkill_workers.py``.)
 """
 
 import os
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from chaos import descendants, wait_gone, wait_until
-from conftest import cli, events, live, start_cli
+from chaos import descendants, wait_gone
+from conftest import cli, events, live
 
 pytestmark = pytest.mark.slow
 
@@ -29,53 +30,34 @@ def committed_some(d: Path) -> bool:
     return any(e["kind"] == "checkpointed" and e["messages"] for e in events(d))
 
 
-def finish(proc, timeout: float) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return proc.returncode, out, err
-
-
 @pytest.mark.parametrize("mode", ["process", "thread", "inline"])
-def test_sigkill_of_the_whole_process_group_then_rerun(tmp_path: Path, mode: str) -> None:
-    d = tmp_path / "d"
-    args = ("--data-dir", str(d), "--messages", "20000", "--mode", mode)
-    proc = start_cli("run", *args, "--rate", "8000")
-    try:
-        wait_until(lambda: committed_some(d), 30, "some messages committed")
-        tree = {proc.pid} | {p.pid for p in descendants(proc.pid)}
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        code, _, _ = finish(proc, 30)
-    assert code == -signal.SIGKILL
+def test_sigkill_of_the_whole_process_group_then_rerun(demo_run, mode: str) -> None:
+    args = ("--messages", "20000", "--mode", mode)
+    run = demo_run(*args, "--rate", "8000")
+    run.wait_until(lambda: committed_some(run.data_dir), 30, "some messages committed")
+    tree = {run.pid} | {p.pid for p in descendants(run.pid)}
+    run.kill_group(signal.SIGKILL)
+    assert run.finish(30) == -signal.SIGKILL
     assert not wait_gone(tree, 5.0)
-    rerun = cli("run", *args)
+    rerun = cli("run", "--data-dir", str(run.data_dir), *args)
     assert rerun.returncode == 0, rerun.stderr
     assert "committed_now=0 " not in rerun.stdout
-    assert verified(d).endswith("messages=20000 keys=100\n")
+    assert verified(run.data_dir).endswith("messages=20000 keys=100\n")
 
 
-def test_sigkill_of_the_supervisor_alone_takes_its_workers_down(tmp_path: Path) -> None:
-    d = tmp_path / "d"
-    args = ("--data-dir", str(d), "--messages", "20000")
-    proc = start_cli("run", *args, "--rate", "5000")
-    try:
-        workers = wait_until(lambda: len(live(d)) == 4 and live(d), 30, "4 workers")
-        tree = {p.pid for p in descendants(proc.pid)}
-        assert set(workers.values()) <= tree
-        os.kill(proc.pid, signal.SIGKILL)  # the supervisor only, not its group
-        code, _, _ = finish(proc, 30)
-        assert code == -signal.SIGKILL
-        left = wait_gone(tree, 5.0)
-        assert not left, f"orphaned workers {left}"
-    finally:
-        for p in descendants(proc.pid):
-            p.kill()
-    assert cli("run", *args).returncode == 0
-    verified(d)
+def test_sigkill_of_the_supervisor_alone_takes_its_workers_down(demo_run) -> None:
+    run = demo_run("--messages", "20000", "--rate", "5000")
+    workers = run.wait_until(
+        lambda: len(live(run.data_dir)) == 4 and live(run.data_dir), 30, "4 workers ready"
+    )
+    tree = {p.pid for p in descendants(run.pid)}
+    assert set(workers.values()) <= tree
+    os.kill(run.pid, signal.SIGKILL)  # the supervisor only, not its group
+    assert run.finish(30) == -signal.SIGKILL
+    left = wait_gone(tree, 5.0)
+    assert not left, f"orphaned workers {left}"
+    assert cli("run", "--data-dir", str(run.data_dir), "--messages", "20000").returncode == 0
+    verified(run.data_dir)
 
 
 @pytest.mark.parametrize(
@@ -87,29 +69,24 @@ def test_sigkill_of_the_supervisor_alone_takes_its_workers_down(tmp_path: Path) 
         ("inline", "SIGTERM"),
     ],
 )
-def test_sigterm_drains_and_exits_within_grace(tmp_path: Path, mode: str, how: str) -> None:
-    d = tmp_path / "d"
-    args = ("--data-dir", str(d), "--messages", "20000", "--mode", mode)
-    proc = start_cli("run", *args, "--rate", "4000", "--grace", "5")
-    try:
-        wait_until(lambda: committed_some(d), 30, "some messages committed")
-        tree = {p.pid for p in descendants(proc.pid)}
-        t0 = time.monotonic()
-        if how == "SIGTERM":
-            os.kill(proc.pid, signal.SIGTERM)
-        else:
-            os.killpg(proc.pid, signal.SIGINT)  # what a Ctrl-C in a terminal does
-        code, out, _ = finish(proc, 30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+def test_sigterm_drains_and_exits_within_grace(demo_run, mode: str, how: str) -> None:
+    args = ("--messages", "20000", "--mode", mode)
+    run = demo_run(*args, "--rate", "4000", "--grace", "5")
+    run.wait_until(lambda: committed_some(run.data_dir), 30, "some messages committed")
+    tree = {p.pid for p in descendants(run.pid)}
+    t0 = time.monotonic()
+    if how == "SIGTERM":
+        os.kill(run.pid, signal.SIGTERM)
+    else:
+        run.kill_group(signal.SIGINT)  # what a Ctrl-C in a terminal does
+    code = run.finish(30)
     elapsed = time.monotonic() - t0
     signum = signal.SIGTERM if how == "SIGTERM" else signal.SIGINT
-    assert code == 128 + signum
+    assert code == 128 + signum, run.explain()
     assert elapsed < 5 + 5  # the grace, plus slack for a loaded machine
-    assert f"stopped by signal {signum}" in out
+    assert f"stopped by signal {signum}" in run.stdout
     assert not wait_gone(tree, 5.0)
-    stops = [e for e in events(d) if e["kind"] == "stopped"]
+    stops = [e for e in events(run.data_dir) if e["kind"] == "stopped"]
     assert stops[-1]["worker"] is None and stops[-1]["drained"] is True
-    assert cli("run", *args).returncode == 0
-    verified(d)
+    assert cli("run", "--data-dir", str(run.data_dir), *args).returncode == 0
+    verified(run.data_dir)
