@@ -46,7 +46,7 @@ from ._events import EventLog, monotonic
 from ._intake import IntakeLog, check_data_dir, lock_data_dir
 from ._message import Wire, check_key, partition_of
 from ._restart import RestartPolicy
-from ._runners import MODES, WorkerHandle, launch
+from ._runners import MODES, WorkerHandle, exit_text, launch
 from ._worker import WorkerSpec
 
 log = logging.getLogger("system")
@@ -152,6 +152,7 @@ class Pool:
         self._id_prefix = os.urandom(6).hex()
         self._rids = itertools.count()
         self._tasks: list[asyncio.Task[Any]] = []
+        self.stop_signal: int | None = None  # set by the handlers of add_signal_handlers()
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def __aenter__(self) -> Pool:
@@ -258,7 +259,6 @@ class Pool:
     def add_signal_handlers(self, grace: float = 10.0) -> asyncio.Event:
         """Close gracefully on SIGTERM or SIGINT; the returned event is set with the signal."""
         stopped = asyncio.Event()
-        self.stop_signal: int | None = None
 
         def on_signal(signum: int) -> None:
             if self.stop_signal is None:
@@ -533,7 +533,7 @@ class Pool:
         slot.handle = None
         for fut in slot.queries.values():
             if not fut.done():
-                fut.set_exception(WorkerLost(f"worker {slot.index} exited: {detail}"))
+                fut.set_exception(WorkerLost(f"worker {slot.index} exited: {exit_text(detail)}"))
         slot.queries.clear()
         lost = len(slot.inflight)
         if slot.inflight:
@@ -582,14 +582,14 @@ class Pool:
         if before_ready:
             err = PoolBroken(
                 f"worker {slot.index} died before it was ready {slot.failed_starts} times in a "
-                f"row (last exit: {cause}); its traceback is on the pool's stderr. Is the "
-                "handler importable in a fresh process (not defined in __main__ of `python -c` "
+                f"row (last exit: {exit_text(cause)}); its traceback is on the pool's stderr. "
+                "Is the handler importable in a fresh process (not defined in __main__ of `python -c` "
                 "or a notebook)? Can the data dir be written? Nothing acknowledged is lost: fix "
                 "the cause and reopen the data dir"
             )
         else:
             err = PoolBroken(
-                f"worker {slot.index} died ({cause.get('signal') or cause}) and the restart "
+                f"worker {slot.index} died ({exit_text(cause)}) and the restart "
                 f"intensity is exceeded: {r.restarts_in_window()} restarts within {r.window}s "
                 f"(RestartPolicy(max_restarts={r.max_restarts}, window={r.window})). Every "
                 "acknowledged message is in the intake log: fix the cause and reopen the data dir"

@@ -50,6 +50,14 @@ def describe_exit(code: int | None) -> dict[str, Any]:
     return {"exitcode": code, "signal": None}
 
 
+def exit_text(detail: dict[str, Any]) -> str:
+    """A person's words for an exit detail: ``SIGKILL(-9)``, ``exit code 1``, ``abandoned``."""
+    text = detail.get("signal") or (
+        f"exit code {detail['exitcode']}" if detail.get("exitcode") is not None else "no exit code"
+    )
+    return f"{text} ({detail['error']})" if detail.get("error") else text
+
+
 async def launch(mode: str, spec: WorkerSpec, ctx: Any = None) -> WorkerHandle:
     if mode == "process":
         return await _launch_process(spec, ctx)
