@@ -583,9 +583,9 @@ class Pool:
             err = PoolBroken(
                 f"worker {slot.index} died before it was ready {slot.failed_starts} times in a "
                 f"row (last exit: {exit_text(cause)}); its traceback is on the pool's stderr. "
-                "Is the handler importable in a fresh process (not defined in __main__ of `python -c` "
-                "or a notebook)? Can the data dir be written? Nothing acknowledged is lost: fix "
-                "the cause and reopen the data dir"
+                "Is the handler importable in a fresh process (not defined in __main__ of "
+                "`python -c` or a notebook)? Can the data dir be written? Nothing acknowledged is "
+                "lost: fix the cause and reopen the data dir"
             )
         else:
             err = PoolBroken(
