@@ -80,12 +80,14 @@ async def _launch_process(spec: WorkerSpec, ctx: Any) -> WorkerHandle:
         proc.start()
     finally:
         child_conn.close()
+    pid = proc.pid
+    assert pid is not None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(parent_conn.fileno()))
     parent_conn.close()
     exited: asyncio.Future[dict[str, Any]] = loop.create_future()
     sentinel = proc.sentinel
 
-    def on_exit() -> None:
+    def on_exit() -> None:  # may run before this function returns: use nothing but pid after
         loop.remove_reader(sentinel)
         proc.join(0)
         if not exited.done():
@@ -97,13 +99,12 @@ async def _launch_process(spec: WorkerSpec, ctx: Any) -> WorkerHandle:
     def kill() -> None:
         if not exited.done():
             try:
-                os.kill(proc.pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
-    assert proc.pid is not None
     channel = await StreamChannel.open(sock)
-    return WorkerHandle("process", proc.pid, channel, exited, kill)
+    return WorkerHandle("process", pid, channel, exited, kill)
 
 
 async def _launch_thread(spec: WorkerSpec) -> WorkerHandle:
