@@ -133,6 +133,60 @@ def demo_run(tmp_path: Path) -> Iterator[Callable[..., DemoRun]]:
             run.proc.wait()
 
 
+class Puppet:
+    """A real target process (tests/puppet.py) that runs commands and answers on its stdout."""
+
+    def __init__(self, env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()):
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "puppet.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            pass_fds=pass_fds,
+        )
+        self.pid = self.proc.pid
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        ready = self.proc.stdout.readline()
+        assert ready.startswith("ready"), ready
+
+    def send(self, command: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def answer(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline().strip()
+
+    def ask(self, command: str) -> str:
+        self.send(command)
+        return self.answer()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def puppet() -> Iterator[Callable[..., Puppet]]:
+    """Start puppet target processes (``puppet(env=..., pass_fds=...)``); killed at teardown."""
+    started: list[Puppet] = []
+
+    def start(**kw) -> Puppet:
+        started.append(Puppet(**kw))
+        return started[-1]
+
+    yield start
+    for p in started:
+        p.stop()
+
+
 def events(data_dir: Path) -> list[dict]:
     return read_events(data_dir)
 

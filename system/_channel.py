@@ -9,6 +9,7 @@ connection). ``MemoryChannel`` is the inline runner's: a pair of in-process queu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pickle
 import socket
 import struct
@@ -53,6 +54,13 @@ class StreamChannel:
     def close(self) -> None:
         self._writer.close()
 
+    def break_(self) -> None:
+        """Shut the socket down both ways, as a failed link would: the peer sees EOF or EPIPE."""
+        sock = self._writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
 
 class MemoryChannel:
     """One end of an in-process channel; ``pair()`` makes two connected ends."""
@@ -84,6 +92,9 @@ class MemoryChannel:
 
     async def flush(self) -> None:
         await asyncio.sleep(0)
+
+    def break_(self) -> None:
+        self.close()
 
     def close(self) -> None:
         if not self._closed:

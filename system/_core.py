@@ -18,6 +18,9 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from chaos import _failpoints
+from chaos._failpoints import failpoint
+
 from ._message import Message, Output, Wire
 
 Handler = Callable[[Any, Message], Any]
@@ -72,12 +75,17 @@ class WorkerCore:
     def apply(self, batch: list[Wire]) -> int:
         """Apply a batch in order; return how many messages were new (not duplicates)."""
         applied = self.applied
+        sites = _failpoints.ACTIVE  # empty (falsy) unless a test configured failpoints
         new = 0
         for offset, mid, key, part, payload, attempt in batch:
             if offset <= applied.get(part, -1):
                 continue  # a replayed duplicate: already applied (and maybe committed)
+            if sites:
+                failpoint("worker.before_apply", id=mid, offset=offset)
             self._apply_one(offset, mid, key, part, payload, attempt)
             applied[part] = offset
+            if sites:
+                failpoint("worker.after_apply", id=mid, offset=offset)
             self._touched.add(part)
             new += 1
         if batch:
@@ -138,7 +146,11 @@ class WorkerCore:
                 for key, part in self._dirty.items()
             ]
             offsets = {p: self.applied[p] for p in self._touched}
+            if _failpoints.ACTIVE:
+                failpoint("worker.before_commit", offsets=offsets)
             self.store.commit(offsets, states, self._results, self._dead)
+            if _failpoints.ACTIVE:
+                failpoint("worker.after_commit", offsets=offsets)
             self._dirty.clear()
             self._touched.clear()
             self._results = []

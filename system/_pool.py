@@ -39,6 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chaos import _failpoints
+from chaos._failpoints import failpoint
+
 from ._checkpoint import CheckpointStore
 from ._core import Handler
 from ._errors import PayloadError, PoolBroken, PoolClosed, UsageError, WorkerLost
@@ -361,6 +364,8 @@ class Pool:
     def _append(self, batch: list[tuple[list[tuple[str, str, int, bytes, bool]], Any]]):
         intake = self._intake
         entries = [e for group, _ in batch for e in group]
+        if _failpoints.ACTIVE:
+            failpoint("intake.append", messages=len(entries))
         seen = intake.existing([e[0] for e in entries if not e[4]])
         rows: list[tuple[int, str, str, int, bytes]] = []
         offsets: list[int] = []
@@ -395,6 +400,8 @@ class Pool:
                         n = min(limit - len(inflight), size, len(unsent))
                         batch = [unsent.popleft() for _ in range(n)]
                         inflight.extend(batch)
+                        if _failpoints.ACTIVE:
+                            failpoint("dispatch.send", pipe=channel.break_, worker=slot.index)
                         channel.send_nowait(("batch", batch))
                     if self._draining and inflight and not unsent and not slot.flush_sent:
                         channel.send_nowait(("flush",))
@@ -451,6 +458,8 @@ class Pool:
 
     # -- supervision -----------------------------------------------------------------------------
     def _spec(self, slot: _Slot) -> WorkerSpec:
+        env = _failpoints.environment()
+        env[_failpoints.ENV_SCOPE] = f"worker-{slot.index}"
         return WorkerSpec(
             self.handler,
             str(self.data_dir),
@@ -460,6 +469,7 @@ class Pool:
             self.checkpoint_every,
             self.checkpoint_interval,
             self.durability,
+            tuple(sorted(env.items())) if self.mode == "process" else (),
         )
 
     async def _supervise(self, slot: _Slot) -> None:
@@ -467,6 +477,8 @@ class Pool:
             cause: dict[str, Any] | None = None
             delay = 0.0
             while not self._closing:
+                if _failpoints.ACTIVE:
+                    failpoint("worker.spawn", worker=slot.index)
                 handle = await launch(self.mode, self._spec(slot), self._ctx)
                 slot.handle, slot.started_at, slot.was_ready = handle, monotonic(), False
                 self._events.emit(

@@ -26,6 +26,9 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from chaos import _failpoints
+from chaos._failpoints import failpoint
+
 from ._checkpoint import CheckpointStore
 from ._core import Handler, WorkerCore
 
@@ -42,6 +45,7 @@ class WorkerSpec:
     checkpoint_every: int = 5000
     checkpoint_interval: float = 0.05
     durability: str = "fsync"
+    environment: tuple[tuple[str, str], ...] = ()  # CHAOSGATE_* settings (failpoints) to apply
 
     def make_core(self) -> WorkerCore:
         from pathlib import Path
@@ -86,6 +90,8 @@ async def serve(channel: Any, core: WorkerCore) -> None:
             except EOFError:
                 return  # the supervisor is gone: checkpoint (finally) and leave
             recv = None
+            if _failpoints.ACTIVE:
+                failpoint("worker.recv", pipe=channel.break_, kind=frame[0])
             kind = frame[0]
             if kind == "batch":
                 core.apply(frame[1])
@@ -119,6 +125,9 @@ def process_main(conn: Any, spec: WorkerSpec, parent: int) -> None:
     _die_with_parent()
     if os.getppid() != parent and not _parent_alive(parent):
         os._exit(1)  # the pool died before we set PDEATHSIG
+    # A forkserver started before the test set its failpoints would not pass them on: take
+    # them from the spec, captured when this worker was launched.
+    _failpoints.apply_environment(dict(spec.environment))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(conn.fileno()))
     conn.close()

@@ -1,0 +1,91 @@
+"""Broken pipes: break a process's socket from outside, so that both ends see a real failure.
+
+``break_socket(pid, fd)`` duplicates the target's fd into this process with ``pidfd_getfd``
+(Linux 5.6+, needs ptrace rights on the target: root, or CAP_SYS_PTRACE) and shuts the socket
+down. The socket is shared, not copied, so the *target's* socket is broken: its reads see EOF,
+its writes fail with EPIPE, and its peer sees EOF (or ECONNRESET) -- exactly what a failed link
+looks like, with no help from the target's code. ``sockets_of(pid)`` lists which fds are
+sockets, so a channel can be picked without knowing its number. (From inside, the failpoint
+action ``pipe`` breaks a channel at a named site; killing a peer mid-write is ``kill``.)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import socket
+import time
+from dataclasses import dataclass
+
+from ._errors import InjectorUnavailable
+from ._process_faults import Injected, check_target
+
+_SYS_PIDFD_GETFD = 438  # the same on every Linux architecture (a post-4.20 syscall number)
+
+
+@dataclass(frozen=True)
+class SocketInfo:
+    fd: int
+    inode: int
+
+
+def sockets_of(pid: int) -> list[SocketInfo]:
+    """The target's socket fds, from /proc/PID/fd."""
+    found = []
+    base = f"/proc/{pid}/fd"
+    for name in os.listdir(base):
+        try:
+            link = os.readlink(f"{base}/{name}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            found.append(SocketInfo(int(name), int(link[8:-1])))
+    return sorted(found, key=lambda s: s.fd)
+
+
+def steal_fd(pid: int, fd: int) -> int:
+    """A duplicate, in this process, of ``pid``'s file descriptor ``fd`` (pidfd_getfd)."""
+    if platform.system() != "Linux":
+        raise InjectorUnavailable("pidfd_getfd needs Linux 5.6 or later")
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        got = libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
+        if got < 0:
+            err = ctypes.get_errno()
+            raise InjectorUnavailable(
+                f"pidfd_getfd({pid}, {fd}) failed: {os.strerror(err)}; it needs Linux 5.6+ and "
+                "ptrace rights on the target (root or CAP_SYS_PTRACE)"
+            )
+        return got
+    finally:
+        os.close(pidfd)
+
+
+def break_socket(pid: int, fd: int, *, allow_outside: bool = False) -> Injected:
+    """Shut down ``pid``'s socket ``fd`` both ways, from outside the target."""
+    check_target(pid, allow_outside=allow_outside)
+    dup = steal_fd(pid, fd)
+    try:
+        sock = socket.socket(fileno=dup)
+    except OSError as e:
+        os.close(dup)
+        raise ValueError(f"fd {fd} of pid {pid} is not a socket: {e.strerror}") from e
+    try:
+        fault = _injected(pid, fd)
+        sock.shutdown(socket.SHUT_RDWR)
+    finally:
+        sock.close()
+    return fault
+
+
+def break_sockets(pid: int, *, allow_outside: bool = False) -> list[Injected]:
+    """Break every socket the target holds (for a pool worker: its channel)."""
+    return [break_socket(pid, s.fd, allow_outside=allow_outside) for s in sockets_of(pid)]
+
+
+def _injected(pid: int, fd: int) -> Injected:
+    return Injected(
+        "break_socket", pid, time.clock_gettime(time.CLOCK_MONOTONIC), time.time(), {"fd": fd}
+    )
