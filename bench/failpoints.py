@@ -17,9 +17,7 @@ CASES = {
         "if _failpoints.ACTIVE: failpoint('worker.before_apply')"
     ),
     "disabled, bare call: `failpoint(...)`": "failpoint('worker.before_apply')",
-    "enabled elsewhere, this site off: `failpoint(...)`": (
-        "failpoint('worker.before_apply')"
-    ),
+    "enabled elsewhere, this site off: `failpoint(...)`": ("failpoint('worker.before_apply')"),
     "enabled here, 0% probability": "failpoint('worker.before_apply')",
 }
 CONFIG = {

@@ -26,6 +26,10 @@ from ._message import Message, Output, Wire
 Handler = Callable[[Any, Message], Any]
 
 
+class _Unpicklable(Exception):
+    """A handler's output could not be pickled (handled like the handler raising)."""
+
+
 class WorkerCore:
     def __init__(
         self,
@@ -55,11 +59,15 @@ class WorkerCore:
         self._first_uncommitted_at: float | None = None
         self.last_applied = -1  # highest offset applied, across partitions (the ack position)
         self.acked = -1
+        self.committed: dict[int, int] = {}
+        self.rewinding = False
+        self._suspects: set[int] = set()  # offsets whose handler raised on a dirty state
 
     def start(self) -> dict[int, int]:
         """Claim the partitions; return their committed offsets (the replay positions)."""
-        self.applied = self.store.claim(self.partitions)
-        return dict(self.applied)
+        self.committed = self.store.claim(self.partitions)
+        self.applied = dict(self.committed)
+        return dict(self.committed)
 
     # -- applying --------------------------------------------------------------------------------
     def state_of(self, key: str) -> Any:
@@ -72,51 +80,93 @@ class WorkerCore:
             self.states[key] = state
             return state
 
-    def apply(self, batch: list[Wire]) -> int:
-        """Apply a batch in order; return how many messages were new (not duplicates)."""
+    def apply(self, batch: list[Wire]) -> list[tuple[Any, ...]]:
+        """Apply a batch in order; return frames for the supervisor (acks, or a rewind request).
+
+        A handler that raises may have changed the key's state in place before raising. If that
+        state holds uncommitted work of earlier messages, it cannot be told apart from the damage:
+        the core then drops everything uncommitted, marks the message suspect, and asks the
+        supervisor to resend from its last acknowledged position (``("rewind", position)``); it
+        ignores batches until the supervisor answers ``rewound``. On the replay it checkpoints
+        just before the suspect message, so the message meets a clean, committed state.
+        """
+        out: list[tuple[Any, ...]] = []
+        if self.rewinding:
+            return out  # sent before the supervisor saw our rewind; it will resend them
         applied = self.applied
         sites = _failpoints.ACTIVE  # empty (falsy) unless a test configured failpoints
         new = 0
         for offset, mid, key, part, payload, attempt in batch:
-            if offset <= applied.get(part, -1):
-                continue  # a replayed duplicate: already applied (and maybe committed)
-            if sites:
-                failpoint("worker.before_apply", id=mid, offset=offset)
-            self._apply_one(offset, mid, key, part, payload, attempt)
-            applied[part] = offset
-            if sites:
-                failpoint("worker.after_apply", id=mid, offset=offset)
-            self._touched.add(part)
-            new += 1
-        if batch:
-            self.last_applied = max(self.last_applied, batch[-1][0])
+            if offset > applied.get(part, -1):  # else a replayed duplicate, already applied
+                if self._suspects and offset in self._suspects and key in self._dirty:
+                    ack = self.checkpoint()
+                    if ack is not None:
+                        out.append(("ack", *ack))
+                if sites:
+                    failpoint("worker.before_apply", id=mid, offset=offset)
+                if not self._apply_one(offset, mid, key, part, payload, attempt):
+                    self._suspects.add(offset)
+                    self._reset()
+                    self.rewinding = True
+                    out.append(("rewind", self.acked))
+                    return out
+                self._suspects.discard(offset)
+                applied[part] = offset
+                if sites:
+                    failpoint("worker.after_apply", id=mid, offset=offset)
+                self._touched.add(part)
+                new += 1
+            self.last_applied = offset
         if batch and self._first_uncommitted_at is None:
             self._first_uncommitted_at = self.clock()  # duplicates need an ack too
         self.uncommitted += new
-        return new
+        return out
 
-    def _apply_one(self, offset: int, mid: str, key: str, part: int, payload: bytes, attempt: int):
+    def rewound(self) -> None:
+        """The supervisor has rewound: batches from now on are the resent ones."""
+        self.rewinding = False
+
+    def _reset(self) -> None:
+        """Forget everything not committed: states, offsets, outputs, dead letters."""
+        self.states.clear()
+        self._dirty.clear()
+        self._touched.clear()
+        self._results = []
+        self._dead = []
+        self.applied = dict(self.committed)
+        self.uncommitted = 0
+        self._first_uncommitted_at = None
+        self.last_applied = self.acked
+
+    def _apply_one(
+        self, offset: int, mid: str, key: str, part: int, payload: bytes, attempt: int
+    ) -> bool:
+        """Apply one message (or dead-letter it); False when its key needs a clean replay."""
         try:
             value = pickle.loads(payload)
         except Exception as e:
             self._dead_letter(offset, mid, key, part, f"payload cannot be unpickled: {e!r}")
-            return
+            return True
         state = self.state_of(key)
         try:
             new = self.handler(state, Message(mid, key, value, offset, attempt))
+            if type(new) is Output:
+                try:
+                    blob = pickle.dumps(new.value, protocol=pickle.HIGHEST_PROTOCOL)
+                except Exception as e:
+                    raise _Unpicklable(f"output cannot be pickled: {e!r}") from e
+                self._results.append((mid, part, offset, blob))
+                new = new.state
         except Exception as e:
-            self._dead_letter(offset, mid, key, part, f"handler raised {e!r}")
-            return
-        if type(new) is Output:
-            try:
-                blob = pickle.dumps(new.value, protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception as e:
-                self._dead_letter(offset, mid, key, part, f"output cannot be pickled: {e!r}")
-                return
-            self._results.append((mid, part, offset, blob))
-            new = new.state
+            if key in self._dirty:
+                return False  # the state may be damaged in place: replay from the checkpoint
+            self.states.pop(key, None)  # clean: the committed state is reloaded next time
+            reason = str(e) if isinstance(e, _Unpicklable) else f"handler raised {e!r}"
+            self._dead_letter(offset, mid, key, part, reason)
+            return True
         self.states[key] = new
         self._dirty[key] = part
+        return True
 
     def _dead_letter(self, offset: int, mid: str, key: str, part: int, reason: str) -> None:
         self._dead.append((mid, part, offset, key, reason, traceback.format_exc()))
@@ -149,6 +199,7 @@ class WorkerCore:
             if _failpoints.ACTIVE:
                 failpoint("worker.before_commit", offsets=offsets)
             self.store.commit(offsets, states, self._results, self._dead)
+            self.committed.update(offsets)
             if _failpoints.ACTIVE:
                 failpoint("worker.after_commit", offsets=offsets)
             self._dirty.clear()

@@ -52,7 +52,7 @@ async def run(
         durability=durability,
     )
     await pool.start()
-    stop = pool.add_signal_handlers(grace)
+    stop = pool.add_signal_handlers()
     t0 = time.perf_counter()
 
     async def submit_all() -> None:

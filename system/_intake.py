@@ -156,9 +156,14 @@ class IntakeLog:
             raise
         self._db.execute("COMMIT")
 
-    def read_after(self, committed: dict[int, int]) -> Iterator[tuple[int, str, str, int, bytes]]:
-        """Every message not yet committed by its partition (``offset > committed[partition]``)."""
-        low = min(committed.values(), default=-1)
+    def read_after(
+        self, committed: dict[int, int], partitions: int
+    ) -> Iterator[tuple[int, str, str, int, bytes]]:
+        """Every message not yet committed by its partition (``offset > committed[partition]``).
+
+        A partition that no worker ever claimed has no entry: it starts from the beginning.
+        """
+        low = min(committed.get(p, -1) for p in range(partitions))
         for row in self._db.execute("SELECT * FROM log WHERE seq > ? ORDER BY seq", (low,)):
             if row[0] > committed.get(row[3], -1):
                 yield row

@@ -31,6 +31,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sqlite3
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
@@ -44,7 +45,7 @@ from chaos._failpoints import failpoint
 
 from ._checkpoint import CheckpointStore
 from ._core import Handler
-from ._errors import PayloadError, PoolBroken, PoolClosed, UsageError, WorkerLost
+from ._errors import DataDirError, PayloadError, PoolBroken, PoolClosed, UsageError, WorkerLost
 from ._events import EventLog, monotonic
 from ._intake import IntakeLog, check_data_dir, lock_data_dir
 from ._message import Wire, check_key, partition_of
@@ -91,6 +92,8 @@ class Pool:
         max_inflight: int = 10_000,
         max_batch: int = 1_000,
         max_outstanding: int = 200_000,
+        max_batch_bytes: int = 16 * 2**20,
+        max_payload_bytes: int = 256 * 2**20,
         restart: RestartPolicy | None = None,
         start_method: str = "forkserver",
     ):
@@ -104,6 +107,8 @@ class Pool:
             ("max_inflight", max_inflight),
             ("max_batch", max_batch),
             ("max_outstanding", max_outstanding),
+            ("max_batch_bytes", max_batch_bytes),
+            ("max_payload_bytes", max_payload_bytes),
         ]:
             if not isinstance(value, int) or value < 1:
                 raise UsageError(f"{name} must be an int >= 1; got {value!r}")
@@ -136,16 +141,20 @@ class Pool:
         self.max_inflight = max_inflight
         self.max_batch = max_batch
         self.max_outstanding = max_outstanding
+        self.max_batch_bytes = max_batch_bytes
+        self.max_payload_bytes = max_payload_bytes
         self.restart = restart or RestartPolicy()
         self.start_method = start_method
         self._started = False
         self._closing = False
         self._closed = False
         self._broken: PoolBroken | None = None
+        self._final: Exception | None = None  # what every waiter gets once the pool has ended
         self._pending: list[
             tuple[list[tuple[str, str, int, bytes, bool]], asyncio.Future[Any]]
         ] = []
         self._writing = False
+        self._writing_batch: list[tuple[Any, asyncio.Future[Any]]] | None = None
         self._outstanding = 0
         self._submitted = 0
         self._committed = 0
@@ -170,23 +179,33 @@ class Pool:
             raise UsageError("the pool is already started; start() it once")
         self._loop = asyncio.get_running_loop()
         self.data_dir = check_data_dir(self.data_dir, create=True)
-        self._lock = lock_data_dir(self.data_dir)
+        opened: list[Any] = []  # closed again if anything below fails: a failed start holds nothing
         try:
+            self._lock = lock_data_dir(self.data_dir)
+            opened.append(self._lock)
             self._intake = IntakeLog(self.data_dir, self.partitions, durability=self.durability)
+            opened.append(self._intake)
+            self.partitions = self._intake.partitions
+            if self.workers > self.partitions:
+                raise UsageError(
+                    f"workers ({self.workers}) > partitions ({self.partitions}) of this data "
+                    "dir; use at most as many workers as partitions"
+                )
+            try:
+                self._store = CheckpointStore(self.data_dir, durability=self.durability)
+            except sqlite3.DatabaseError as e:
+                raise DataDirError(
+                    f"{self.data_dir / 'checkpoints.db'} is not a usable checkpoint store ({e}); "
+                    "restore it from a backup, or use another data dir"
+                ) from e
+            opened.append(self._store)
+            self._events = EventLog(self.data_dir / "events.jsonl")
+            opened.append(self._events)
+            committed = self._store.committed()
         except BaseException:
-            self._lock.close()
+            for thing in reversed(opened):
+                thing.close()
             raise
-        self.partitions = self._intake.partitions
-        if self.workers > self.partitions:
-            self._intake.close()
-            self._lock.close()
-            raise UsageError(
-                f"workers ({self.workers}) > partitions ({self.partitions}) of this data dir; "
-                "use at most as many workers as partitions"
-            )
-        self._started = True
-        self._store = CheckpointStore(self.data_dir, durability=self.durability)
-        self._events = EventLog(self.data_dir / "events.jsonl")
         self._ctx = (
             multiprocessing.get_context(self.start_method) if self.mode == "process" else None
         )
@@ -198,9 +217,10 @@ class Pool:
         self._idle = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
+        self._ended = asyncio.Event()  # set when the pool is closed or broken
         w = self.workers
         self._slots = [_Slot(i, tuple(range(i, self.partitions, w))) for i in range(w)]
-        for row in self._intake.read_after(self._store.committed()):
+        for row in self._intake.read_after(committed, self.partitions):
             self._slots[row[3] % w].unsent.append((*row, 1))
             self._recovered += 1
         self._outstanding = self._recovered
@@ -219,6 +239,7 @@ class Pool:
         ]
         self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatch"))
         self._tasks.append(asyncio.create_task(self._write_intake(), name="intake"))
+        self._started = True
         self._wake.set()
 
     async def close(self, grace: float = 10.0) -> None:
@@ -237,18 +258,28 @@ class Pool:
             if slot.handle is not None:
                 with contextlib.suppress(EOFError):
                     slot.handle.channel.send_nowait(("stop",))
-        supervisors = self._tasks[: len(self._slots)]
+        supervisors = dict(zip(self._tasks, self._slots, strict=False))
         _, late = await asyncio.wait(supervisors, timeout=max(0.5, deadline - monotonic()))
-        for slot in self._slots:
-            if slot.handle is not None and late:
+        dying = set()
+        for task in late:
+            slot = supervisors[task]
+            if slot.handle is None:
+                task.cancel()  # between workers (a restart backoff): nothing to stop
+            else:
                 self._events.emit("killed", slot.index, slot.handle.pid, reason="grace expired")
                 slot.handle.kill()
-        if late:
-            await asyncio.wait(late, timeout=5.0)
+                dying.add(task)
+        if dying:
+            await asyncio.wait(dying, timeout=5.0)
+        # Submits already taken by the intake writer are durable: let it answer them.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(1.0, deadline - monotonic())):
+                while self._writing:
+                    await asyncio.sleep(0.005)
+        self._fail_waiters(PoolClosed("the pool was closed before this was done"))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._fail_waiters(PoolClosed("the pool was closed"))
         self._writer.shutdown(wait=True)
         self._intake.close()
         self._store.close()
@@ -259,7 +290,7 @@ class Pool:
         self._lock.close()
         self._closed = True
 
-    def add_signal_handlers(self, grace: float = 10.0) -> asyncio.Event:
+    def add_signal_handlers(self) -> asyncio.Event:
         """Close gracefully on SIGTERM or SIGINT; the returned event is set with the signal."""
         stopped = asyncio.Event()
 
@@ -278,14 +309,21 @@ class Pool:
         self, key: str, payload: Any, mid: str | None
     ) -> tuple[str, str, int, bytes, bool]:
         check_key(key)
+        kind = f"{type(payload).__module__}.{type(payload).__qualname__}"
         try:
             blob = pickle.dumps(payload, protocol=_PICKLE)
         except Exception as e:
             raise PayloadError(
-                f"payload of type {type(payload).__module__}.{type(payload).__qualname__} for key "
-                f"{key!r} cannot be pickled ({type(e).__name__}: {e}); nothing was written. "
-                "Submit plain data (or an importable class) instead"
+                f"payload of type {kind} for key {key!r} cannot be pickled "
+                f"({type(e).__name__}: {e}); nothing was written. Submit plain data (or an "
+                "importable class) instead"
             ) from e
+        if len(blob) > self.max_payload_bytes:
+            raise PayloadError(
+                f"payload of type {kind} for key {key!r} is {len(blob):,} bytes pickled, over "
+                f"max_payload_bytes={self.max_payload_bytes:,}; nothing was written. Store it "
+                "elsewhere and submit a reference, or raise max_payload_bytes"
+            )
         if mid is None:
             return (
                 f"{self._id_prefix}-{next(self._ids)}",
@@ -303,8 +341,8 @@ class Pool:
             raise UsageError("the pool is not started; use `async with Pool(...)` or start()")
         if self._closing:
             raise PoolClosed("the pool is closed (or closing); open a new Pool to submit more")
-        if self._broken is not None:
-            raise self._broken
+        if self._final is not None:
+            raise self._final
 
     async def submit(self, key: str, payload: Any, id: str | None = None) -> int:
         """Durably log a message; return its offset (the first one's, if ``id`` was seen before)."""
@@ -331,7 +369,7 @@ class Pool:
             await self._has_pending.wait()
             self._has_pending.clear()
             batch, self._pending = self._pending, []
-            self._writing = True
+            self._writing, self._writing_batch = True, batch
             try:
                 rows, offsets = await self._loop.run_in_executor(self._writer, self._append, batch)
             except Exception as e:
@@ -343,10 +381,10 @@ class Pool:
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(err)
-                self._writing = False
+                self._writing, self._writing_batch = False, None
                 self._update_idle()
                 continue
-            self._writing = False
+            self._writing, self._writing_batch = False, None
             w = self.workers
             slots = self._slots
             for row in rows:
@@ -397,8 +435,7 @@ class Pool:
                 unsent, inflight, channel = slot.unsent, slot.inflight, slot.handle.channel
                 try:
                     while unsent and len(inflight) < limit:
-                        n = min(limit - len(inflight), size, len(unsent))
-                        batch = [unsent.popleft() for _ in range(n)]
+                        batch = self._take(unsent, min(limit - len(inflight), size))
                         inflight.extend(batch)
                         if _failpoints.ACTIVE:
                             failpoint("dispatch.send", pipe=channel.break_, worker=slot.index)
@@ -408,7 +445,20 @@ class Pool:
                         slot.flush_sent = True
                 except EOFError:
                     continue  # the slot's supervisor sees the death and rewinds
+                except Exception:  # a bug here must not stop dispatch for every worker
+                    log.exception("dispatch to worker %s failed; restarting it", slot.index)
+                    slot.handle.kill()
             await asyncio.sleep(0)
+
+    def _take(self, unsent: deque[Wire], n: int) -> list[Wire]:
+        """Up to ``n`` messages, and no more than ``max_batch_bytes`` of payload (at least one)."""
+        batch = [unsent.popleft()]
+        size = len(batch[0][4])
+        cap = self.max_batch_bytes
+        while unsent and len(batch) < n and size + len(unsent[0][4]) <= cap:
+            size += len(unsent[0][4])
+            batch.append(unsent.popleft())
+        return batch
 
     def _on_ack(self, slot: _Slot, position: int, offsets: dict[int, int]) -> None:
         inflight = slot.inflight
@@ -444,11 +494,11 @@ class Pool:
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    if self._broken is not None:
-                        raise self._broken
+                    if self._final is not None:
+                        raise self._final
                     await self._idle.wait()
-                    if self._broken is not None:
-                        raise self._broken
+                    if self._final is not None:
+                        raise self._final
                     if self._outstanding == 0 and not self._pending and not self._writing:
                         break
                     self._idle.clear()
@@ -547,11 +597,7 @@ class Pool:
             if not fut.done():
                 fut.set_exception(WorkerLost(f"worker {slot.index} exited: {exit_text(detail)}"))
         slot.queries.clear()
-        lost = len(slot.inflight)
-        if slot.inflight:
-            slot.unsent.extendleft(reversed([(*m[:5], m[5] + 1) for m in slot.inflight]))
-            slot.inflight.clear()
-        slot.flush_sent = False
+        lost = self._rewind(slot)
         kind = "stopped" if self._closing and detail.get("exitcode") == 0 else "died"
         self._events.emit(
             kind,
@@ -563,6 +609,16 @@ class Pool:
         )
         return detail
 
+    def _rewind(self, slot: _Slot) -> int:
+        """Put the slot's unacknowledged messages back in front, to be sent again; how many."""
+        n = len(slot.inflight)
+        if n:
+            slot.unsent.extendleft(reversed([(*m[:5], m[5] + 1) for m in slot.inflight]))
+            slot.inflight.clear()
+        slot.flush_sent = False
+        self._wake.set()
+        return n
+
     async def _read(self, slot: _Slot, handle: WorkerHandle) -> None:
         channel = handle.channel
         while True:
@@ -573,6 +629,10 @@ class Pool:
             kind = frame[0]
             if kind == "ack":
                 self._on_ack(slot, frame[1], frame[2])
+            elif kind == "rewind":
+                n = self._rewind(slot)
+                channel.send_nowait(("rewound",))
+                self._events.emit("rewound", slot.index, handle.pid, position=frame[1], messages=n)
             elif kind == "state":
                 fut = slot.queries.pop(frame[1], None)
                 if fut is not None and not fut.done():
@@ -615,6 +675,13 @@ class Pool:
         self._fail_waiters(err)
 
     def _fail_waiters(self, err: Exception) -> None:
+        if self._final is None:
+            self._final = err
+        self._ended.set()
+        if self._writing_batch is not None:
+            for _, fut in self._writing_batch:
+                if not fut.done():
+                    fut.set_exception(err)
         for _, fut in self._pending:
             if not fut.done():
                 fut.set_exception(err)
@@ -630,6 +697,18 @@ class Pool:
     def _slot_of(self, key: str) -> _Slot:
         return self._slots[partition_of(check_key(key), self.partitions) % self.workers]
 
+    async def _until(self, event: asyncio.Event) -> None:
+        """Wait for ``event``; raise what the pool ended with if it ends first."""
+        if self._final is None and not event.is_set():
+            waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._ended.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+        if self._final is not None:
+            raise self._final
+
     async def query(self, key: str, timeout: float = 30.0) -> Any:
         """The current state of ``key`` in its worker (every message it was sent is applied)."""
         if not self._started or self._closed:
@@ -637,9 +716,7 @@ class Pool:
         slot = self._slot_of(key)
         async with asyncio.timeout(timeout):
             while True:
-                if self._broken is not None:
-                    raise self._broken
-                await slot.ready.wait()
+                await self._until(slot.ready)
                 if slot.handle is None:
                     continue
                 rid = next(self._rids)

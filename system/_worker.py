@@ -1,9 +1,11 @@
 """The worker side: one event loop that feeds frames to the core and checkpoints on time.
 
 ``serve`` is the same coroutine under every runner. Frames from the supervisor:
-``("batch", [wire, ...])``, ``("query", rid, key)``, ``("flush",)``, ``("stop",)``. Frames to it:
-``("ready", pid, committed)``, ``("ack", position, offsets)`` after each checkpoint (every message
-at or below ``position`` that this worker was sent is committed), ``("state", rid, pickle)``.
+``("batch", [wire, ...])``, ``("query", rid, key)``, ``("flush",)``, ``("rewound",)``,
+``("stop",)``. Frames to it: ``("ready", pid, committed)``, ``("ack", position, offsets)`` after
+each checkpoint (every message at or below ``position`` that this worker was sent is committed),
+``("rewind", position)`` (resend everything after ``position``; see ``WorkerCore.apply``),
+``("state", rid, pickle)``.
 
 A checkpoint is taken every ``checkpoint_every`` messages or ``checkpoint_interval`` seconds after
 the first uncommitted one, on ``flush``, and on the way out (stop, SIGTERM, end of channel).
@@ -94,7 +96,10 @@ async def serve(channel: Any, core: WorkerCore) -> None:
                 failpoint("worker.recv", pipe=channel.break_, kind=frame[0])
             kind = frame[0]
             if kind == "batch":
-                core.apply(frame[1])
+                for reply in core.apply(frame[1]):
+                    channel.send_nowait(reply)
+            elif kind == "rewound":
+                core.rewound()
             elif kind == "query":
                 state = pickle.dumps(core.state_of(frame[2]), protocol=pickle.HIGHEST_PROTOCOL)
                 channel.send_nowait(("state", frame[1], state))

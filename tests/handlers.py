@@ -19,3 +19,12 @@ def hang_on_request(state, message: Message):
     state = [] if state is None else state
     state.append(message.payload)
     return state
+
+
+def append_then_fail_on_bad(state, message: Message):
+    """Append in place, then raise on the payload ``"bad"`` (damaging the state it was given)."""
+    state = [] if state is None else state
+    state.append(message.payload)
+    if message.payload == "bad":
+        raise ValueError("bad payload")
+    return state

@@ -71,7 +71,12 @@ def test_the_guard_refuses_init_itself_and_processes_outside_its_tree(puppet) ->
             kill(pid)
     # A process we started but that left our tree (double fork) is refused too, unless allowed.
     code = (
-        "import os, time\nif os.fork() == 0:\n    print(os.getpid(), flush=True)\n    time.sleep(9)"
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    print(os.getpid(), flush=True)\n"
+        "    os.close(1)  # so that the caller's read ends now\n"
+        "    os.close(2)\n"
+        "    time.sleep(60)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     orphan = int(out.stdout)

@@ -37,7 +37,7 @@ def test_replay_after_a_crash_applies_each_message_once(tmp_path: Path) -> None:
     b = core(tmp_path)  # the replacement
     assert b.applied == {0: 1, 1: 2}
     # The dispatcher resends everything unacknowledged, and some of what was acknowledged.
-    assert b.apply([wire(1), wire(2, part=1, key="j"), wire(3), wire(4), wire(5)]) == 3
+    assert b.apply([wire(1), wire(2, part=1, key="j"), wire(3), wire(4), wire(5)]) == []
     assert b.state_of("k") == [0, 1, 3, 4, 5]
     assert b.checkpoint() == (5, {0: 5})
     assert CheckpointStore(tmp_path).load_state("k") == (True, [0, 1, 3, 4, 5])
@@ -48,7 +48,7 @@ def test_an_ack_covers_replayed_duplicates_even_with_nothing_to_commit(tmp_path:
     a.apply([wire(0), wire(1)])
     a.checkpoint()
     b = core(tmp_path)
-    assert b.apply([wire(0), wire(1)]) == 0
+    assert b.apply([wire(0), wire(1)]) == []
     assert b.checkpoint_due() is not None  # the supervisor still waits for an ack of these
     assert b.checkpoint() == (1, {})
     assert b.checkpoint() is None
@@ -76,16 +76,49 @@ def test_poison_is_dead_lettered_and_the_rest_goes_on(tmp_path: Path) -> None:
 
     c = core(tmp_path, handler=handler)
     bad_pickle = (1, "m1", "k", 0, b"\x80\x05not a pickle", 1)
-    c.apply([wire(0, payload=1), bad_pickle, wire(2, payload="boom"), wire(3, payload=3)])
+    # "boom" meets a clean key (nothing uncommitted for "j"): dead-lettered in place.
+    frames = c.apply(
+        [wire(0, payload=1), bad_pickle, wire(2, key="j", payload="boom"), wire(3, payload=3)]
+    )
+    assert frames == []
     c.checkpoint()
     store = CheckpointStore(tmp_path)
     assert store.load_state("k") == (True, 2)
+    assert store.load_state("j") == (False, None)
     assert store.result("m3") == (True, "done m3")
     dead = {d["id"]: d for d in store.dead_letters()}
     assert set(dead) == {"m1", "m2"}
     assert "cannot be unpickled" in dead["m1"]["reason"]
     assert "handler raised ValueError('bad payload')" in dead["m2"]["reason"]
     assert "ValueError: bad payload" in dead["m2"]["traceback"]
+
+
+def test_a_handler_that_damages_a_dirty_state_and_raises_is_replayed_clean(
+    tmp_path: Path,
+) -> None:
+    def handler(state, message: Message):
+        state = [] if state is None else state
+        state.append(message.payload)  # in place, before deciding to fail
+        if message.payload == "bad":
+            raise ValueError("bad")
+        return state
+
+    c = core(tmp_path, handler=handler)
+    c.apply([wire(0, payload=1)])
+    assert c.checkpoint() == (0, {0: 0})
+    batch = [wire(1, payload=2), wire(2, payload="bad"), wire(3, payload=4)]
+    # m2 raised after appending to a state holding m1's uncommitted append: ask for a replay.
+    assert c.apply(batch) == [("rewind", 0)]
+    assert c.apply([wire(4, payload=5)]) == []  # stale frames are ignored until "rewound"
+    c.rewound()
+    replay = [(o, i, k, p, b, a + 1) for o, i, k, p, b, a in [*batch, wire(4, payload=5)]]
+    frames = c.apply(replay)
+    assert frames == [("ack", 1, {0: 1})]  # checkpointed just before the suspect message
+    c.checkpoint()
+    store = CheckpointStore(tmp_path)
+    assert store.load_state("k") == (True, [1, 2, 4, 5])  # no trace of "bad"
+    assert [d["id"] for d in store.dead_letters()] == ["m2"]
+    assert store.committed()[0] == 4
 
 
 def test_initial_state_factory_and_message_fields(tmp_path: Path) -> None:

@@ -37,8 +37,16 @@ def test_a_duplicate_id_is_refused_by_the_log(tmp_path: Path) -> None:
 def test_read_after_skips_what_each_partition_committed(tmp_path: Path) -> None:
     log = IntakeLog(tmp_path, 8)
     log.append(rows(0, [f"m{i}" for i in range(12)]))  # partitions 0,1,2,3,0,1,...
-    left = list(log.read_after({0: 4, 1: 9, 2: -1}))
+    left = list(log.read_after({0: 4, 1: 9, 2: -1}, 4))
     assert [r[0] for r in left] == [2, 3, 6, 7, 8, 10, 11]
+    log.close()
+
+
+def test_read_after_replays_never_claimed_partitions_from_the_start(tmp_path: Path) -> None:
+    log = IntakeLog(tmp_path, 4)
+    log.append(rows(0, [f"m{i}" for i in range(8)]))
+    # Only partition 0 was ever claimed and committed (say the pool died before the others ran).
+    assert [r[0] for r in log.read_after({0: 4}, 4)] == [1, 2, 3, 5, 6, 7]
     log.close()
 
 
