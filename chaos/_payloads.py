@@ -17,7 +17,7 @@ import threading
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 REFUSED, DEAD_LETTERED, OK = "refused", "dead_lettered", "ok"
 
@@ -140,8 +140,20 @@ CATALOG: tuple[PayloadFault, ...] = (
 BY_NAME = {fault.name: fault for fault in CATALOG}
 
 
+class Labelled(NamedTuple):
+    """A payload and its fault (None for a good one), with a repr that stays short."""
+
+    fault: PayloadFault | None
+    value: Any
+
+    def __repr__(self) -> str:
+        if self.fault is None:
+            return f"Labelled(good, {self.value!r:.80})"
+        return f"Labelled({self.fault.name}, <{type(self.value).__name__}>)"
+
+
 def payloads(good: Any = None, bad: tuple[PayloadFault, ...] = CATALOG) -> Any:
-    """A Hypothesis strategy of ``(fault or None, payload)``: good payloads mixed with bad ones.
+    """A Hypothesis strategy of ``Labelled(fault or None, payload)``: good mixed with bad ones.
 
     ``good`` is a strategy of valid payloads (default: JSON-like data); a good payload comes with
     ``None`` for its fault, so a test knows what to expect of each.
@@ -159,6 +171,6 @@ def payloads(good: Any = None, bad: tuple[PayloadFault, ...] = CATALOG) -> Any:
             max_leaves=10,
         )
     return st.one_of(
-        good.map(lambda value: (None, value)),
-        st.sampled_from(bad).map(lambda fault: (fault, fault.make())),
+        good.map(lambda value: Labelled(None, value)),
+        st.sampled_from(bad).map(lambda fault: Labelled(fault, fault.make())),
     )
