@@ -18,6 +18,7 @@ import threading
 KEEP: list[bytearray] = []
 HOGS: list[threading.Thread] = []
 RELEASE = threading.Event()
+HOGGING: list = []
 
 
 def run(cmd: str, *args: str) -> str:
@@ -40,6 +41,16 @@ def run(cmd: str, *args: str) -> str:
             HOGS.append(t)
             started += 1
         return f"started {started}"
+    if cmd == "hogging":
+        from chaos import hogging_threads
+
+        HOGGING.append(hogging_threads(int(args[0])))
+        hog = HOGGING[-1].__enter__()
+        refused = f" refused: {hog.refused}" if hog.refused else ""
+        return f"held {len(hog.threads)}{refused}"
+    if cmd == "release":
+        HOGGING.pop().__exit__(None, None, None)
+        return "ok"
     if cmd == "alloc":
         try:
             KEEP.append(bytearray(int(args[0]) * 2**20))

@@ -168,11 +168,14 @@ SITES = {  # site -> where it runs
 }
 
 
-async def test_every_site_in_the_pool_is_reached(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+async def test_every_site_in_the_pool_is_reached(tmp_path: Path, monkeypatch, start_method) -> None:
     log = tmp_path / "fp.log"
     monkeypatch.setenv(fp.ENV_LOG, str(log))
+    # Set after any forkserver started: workers get the settings with their spec, not the env.
     set_failpoints(";".join(f"{site}=sleep(0)" for site in SITES))
-    async with Pool(append_payload, tmp_path / "d", workers=2, partitions=4) as pool:
+    pool = Pool(append_payload, tmp_path / "d", workers=2, partitions=4, start_method=start_method)
+    async with pool:
         await pool.submit_many([(f"k{i}", i) for i in range(100)])
         await pool.drain(timeout=60)
         workers = set(pool.worker_pids())
