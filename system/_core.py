@@ -26,6 +26,9 @@ from ._message import Message, Output, Wire
 Handler = Callable[[Any, Message], Any]
 
 
+_RETRY = object()
+
+
 class _Unpicklable(Exception):
     """A handler's output could not be pickled (handled like the handler raising)."""
 
@@ -41,6 +44,10 @@ class WorkerCore:
         checkpoint_every: int = 5000,
         checkpoint_interval: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
+        progress: Any = None,
+        poison: dict[int, str] | None = None,
+        retries: int = 2,
+        retry_backoff: float = 0.01,
     ):
         self.handler = handler
         self.store = store
@@ -62,6 +69,12 @@ class WorkerCore:
         self.committed: dict[int, int] = {}
         self.rewinding = False
         self._suspects: set[int] = set()  # offsets whose handler raised on a dirty state
+        # The progress cell: [0] offset being applied, [1] messages started (see _progress).
+        self.progress = progress.cells if progress is not None else [-1, 0, 0, 0]
+        self.poison = dict(poison or {})  # offset -> why it is dead-lettered without applying
+        self.retries = retries
+        self.retry_backoff = retry_backoff
+        self.stop_requested = False  # set (by a signal) to stop after the current message
 
     def start(self) -> dict[int, int]:
         """Claim the partitions; return their committed offsets (the replay positions)."""
@@ -95,9 +108,21 @@ class WorkerCore:
             return out  # sent before the supervisor saw our rewind; it will resend them
         applied = self.applied
         sites = _failpoints.ACTIVE  # empty (falsy) unless a test configured failpoints
+        cell = self.progress
         new = 0
         for offset, mid, key, part, payload, attempt in batch:
+            if self.stop_requested:
+                break  # recycling: the rest is resent to the replacement
             if offset > applied.get(part, -1):  # else a replayed duplicate, already applied
+                cell[0] = offset
+                cell[1] += 1
+                if self.poison and offset in self.poison:
+                    self._dead_letter(offset, mid, key, part, self.poison.pop(offset), "")
+                    applied[part] = offset
+                    self._touched.add(part)
+                    self.last_applied = offset
+                    new += 1
+                    continue
                 if self._suspects and offset in self._suspects and key in self._dirty:
                     ack = self.checkpoint()
                     if ack is not None:
@@ -106,7 +131,7 @@ class WorkerCore:
                     failpoint("worker.before_apply", id=mid, offset=offset)
                 if not self._apply_one(offset, mid, key, part, payload, attempt):
                     self._suspects.add(offset)
-                    self._reset()
+                    self.reset()
                     self.rewinding = True
                     out.append(("rewind", self.acked))
                     return out
@@ -117,6 +142,7 @@ class WorkerCore:
                 self._touched.add(part)
                 new += 1
             self.last_applied = offset
+        cell[0] = -1
         if batch and self._first_uncommitted_at is None:
             self._first_uncommitted_at = self.clock()  # duplicates need an ack too
         self.uncommitted += new
@@ -126,7 +152,7 @@ class WorkerCore:
         """The supervisor has rewound: batches from now on are the resent ones."""
         self.rewinding = False
 
-    def _reset(self) -> None:
+    def reset(self) -> None:
         """Forget everything not committed: states, offsets, outputs, dead letters."""
         self.states.clear()
         self._dirty.clear()
@@ -147,6 +173,19 @@ class WorkerCore:
         except Exception as e:
             self._dead_letter(offset, mid, key, part, f"payload cannot be unpickled: {e!r}")
             return True
+        retry = 0
+        while True:
+            last = retry >= self.retries
+            outcome = self._call(offset, mid, key, part, value, attempt + retry, last)
+            if outcome is not _RETRY:
+                return outcome
+            time.sleep(self.retry_backoff * 2**retry)  # backoff: 1x, 2x, 4x ...
+            retry += 1
+
+    def _call(
+        self, offset: int, mid: str, key: str, part: int, value: Any, attempt: int, last: bool
+    ) -> Any:
+        """One try of the handler: True (done), False (needs a clean replay) or _RETRY."""
         state = self.state_of(key)
         try:
             new = self.handler(state, Message(mid, key, value, offset, attempt))
@@ -157,19 +196,29 @@ class WorkerCore:
                     raise _Unpicklable(f"output cannot be pickled: {e!r}") from e
                 self._results.append((mid, part, offset, blob))
                 new = new.state
+        except MemoryError:
+            raise  # not the message's fault alone: the worker recycles (see serve)
         except Exception as e:
             if key in self._dirty:
                 return False  # the state may be damaged in place: replay from the checkpoint
             self.states.pop(key, None)  # clean: the committed state is reloaded next time
-            reason = str(e) if isinstance(e, _Unpicklable) else f"handler raised {e!r}"
-            self._dead_letter(offset, mid, key, part, reason)
+            if isinstance(e, _Unpicklable):
+                self._dead_letter(offset, mid, key, part, str(e))
+                return True
+            if not last:
+                return _RETRY
+            tries = self.retries + 1
+            self._dead_letter(offset, mid, key, part, f"handler raised {e!r} ({tries} tries)")
             return True
         self.states[key] = new
         self._dirty[key] = part
         return True
 
-    def _dead_letter(self, offset: int, mid: str, key: str, part: int, reason: str) -> None:
-        self._dead.append((mid, part, offset, key, reason, traceback.format_exc()))
+    def _dead_letter(
+        self, offset: int, mid: str, key: str, part: int, reason: str, trace: str | None = None
+    ) -> None:
+        trace = traceback.format_exc() if trace is None else trace
+        self._dead.append((mid, part, offset, key, reason, trace))
 
     # -- checkpoints -----------------------------------------------------------------------------
     def checkpoint_due(self) -> float | None:
@@ -180,8 +229,8 @@ class WorkerCore:
             return 0.0
         return max(0.0, self._first_uncommitted_at + self.checkpoint_interval - self.clock())
 
-    def checkpoint(self) -> tuple[int, dict[int, int]] | None:
-        """Commit everything applied; return ``(position, offsets)`` to acknowledge, or None.
+    def checkpoint(self) -> tuple[int, dict[int, int], list[tuple[str, int, str]]] | None:
+        """Commit everything applied; ``(position, offsets, dead letters)`` to ack, or None.
 
         ``position`` is the highest offset this worker has applied: every message at or below it
         that was sent to this worker is now committed (a replayed duplicate was committed before).
@@ -189,6 +238,7 @@ class WorkerCore:
         self._first_uncommitted_at = None
         self.uncommitted = 0
         offsets: dict[int, int] = {}
+        dead = [(mid, offset, reason) for mid, _, offset, _, reason, _ in self._dead]
         if self._touched:
             dumps = pickle.dumps
             states = [
@@ -209,4 +259,4 @@ class WorkerCore:
         if self.last_applied <= self.acked:
             return None
         self.acked = self.last_applied
-        return self.last_applied, offsets
+        return self.last_applied, offsets, dead

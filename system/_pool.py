@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import multiprocessing
 import os
@@ -40,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from chaos import _failpoints
 from chaos._failpoints import failpoint
 
@@ -49,9 +52,11 @@ from ._errors import DataDirError, PayloadError, PoolBroken, PoolClosed, UsageEr
 from ._events import EventLog, monotonic
 from ._intake import IntakeLog, check_data_dir, lock_data_dir
 from ._message import Wire, check_key, partition_of
+from ._progress import ProgressCell
 from ._restart import RestartPolicy
 from ._runners import MODES, WorkerHandle, exit_text, launch
-from ._worker import WorkerSpec
+from ._watchdog import Liveness, MemoryTrend, PoisonStreak
+from ._worker import EXIT_MEMORY, WorkerSpec
 
 log = logging.getLogger("system")
 _PICKLE = pickle.HIGHEST_PROTOCOL
@@ -70,6 +75,13 @@ class _Slot:
     started_at: float = 0.0
     was_ready: bool = False
     failed_starts: int = 0  # consecutive deaths before ready
+    cell: ProgressCell | None = None
+    liveness: Liveness | None = None
+    memory: MemoryTrend = field(default_factory=MemoryTrend)
+    streak: PoisonStreak = field(default_factory=PoisonStreak)
+    poison: dict[int, str] = field(default_factory=dict)  # offset -> reason, for the next worker
+    hanging: bool = False
+    recycling: str | None = None  # why the worker was asked to stop after its current message
     restarts: int = 0
     queries: dict[int, asyncio.Future[bytes]] = field(default_factory=dict)
 
@@ -94,6 +106,16 @@ class Pool:
         max_outstanding: int = 200_000,
         max_batch_bytes: int = 16 * 2**20,
         max_payload_bytes: int = 256 * 2**20,
+        hang_timeout: float = 10.0,
+        hang_grace: float = 2.0,
+        heartbeat_interval: float = 0.2,
+        retries: int = 2,
+        retry_backoff: float = 0.01,
+        poison_after: int = 3,
+        memory_soft_limit: int | None = None,
+        memory_hard_limit: int | None = None,
+        memory_interval: float = 0.5,
+        memory_horizon: float = 5.0,
         restart: RestartPolicy | None = None,
         start_method: str = "forkserver",
     ):
@@ -115,6 +137,15 @@ class Pool:
         if partitions is not None and (not isinstance(partitions, int) or partitions < workers):
             raise UsageError(
                 f"partitions must be an int >= workers ({workers}); got {partitions!r}"
+            )
+        if not 0 < heartbeat_interval <= hang_timeout / 2:
+            raise UsageError(
+                f"heartbeat_interval must be > 0 and at most hang_timeout / 2 "
+                f"({hang_timeout / 2}); got {heartbeat_interval!r}"
+            )
+        if poison_after < 1 or retries < 0:
+            raise UsageError(
+                f"poison_after must be >= 1 and retries >= 0; got {poison_after}, {retries}"
             )
         if not checkpoint_interval > 0:
             raise UsageError(
@@ -143,6 +174,16 @@ class Pool:
         self.max_outstanding = max_outstanding
         self.max_batch_bytes = max_batch_bytes
         self.max_payload_bytes = max_payload_bytes
+        self.hang_timeout = hang_timeout
+        self.hang_grace = hang_grace
+        self.heartbeat_interval = heartbeat_interval
+        self.retries = retries
+        self.retry_backoff = retry_backoff
+        self.poison_after = poison_after
+        self.memory_soft_limit = memory_soft_limit
+        self.memory_hard_limit = memory_hard_limit
+        self.memory_interval = memory_interval
+        self.memory_horizon = memory_horizon
         self.restart = restart or RestartPolicy()
         self.start_method = start_method
         self._started = False
@@ -164,6 +205,7 @@ class Pool:
         self._id_prefix = os.urandom(6).hex()
         self._rids = itertools.count()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._side_tasks: set[asyncio.Task[Any]] = set()  # hang handlers
         self.stop_signal: int | None = None  # set by the handlers of add_signal_handlers()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -220,6 +262,13 @@ class Pool:
         self._ended = asyncio.Event()  # set when the pool is closed or broken
         w = self.workers
         self._slots = [_Slot(i, tuple(range(i, self.partitions, w))) for i in range(w)]
+        for slot in self._slots:
+            slot.cell = ProgressCell(
+                self.data_dir / "run" / f"worker-{slot.index}.cell", create=True
+            )
+            slot.liveness = Liveness(self.hang_timeout)
+            slot.memory = MemoryTrend(self.memory_horizon)
+            slot.streak = PoisonStreak(self.poison_after)
         for row in self._intake.read_after(committed, self.partitions):
             self._slots[row[3] % w].unsent.append((*row, 1))
             self._recovered += 1
@@ -239,6 +288,7 @@ class Pool:
         ]
         self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatch"))
         self._tasks.append(asyncio.create_task(self._write_intake(), name="intake"))
+        self._tasks.append(asyncio.create_task(self._watch(), name="watchdog"))
         self._started = True
         self._wake.set()
 
@@ -277,9 +327,13 @@ class Pool:
                 while self._writing:
                     await asyncio.sleep(0.005)
         self._fail_waiters(PoolClosed("the pool was closed before this was done"))
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._side_tasks]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for slot in self._slots:
+            if slot.cell is not None:
+                slot.cell.close()
         self._writer.shutdown(wait=True)
         self._intake.close()
         self._store.close()
@@ -469,6 +523,9 @@ class Pool:
         self._outstanding -= n
         self._committed += n
         slot.flush_sent = False
+        if slot.poison:
+            for offset in [o for o in slot.poison if o <= position]:
+                del slot.poison[offset]
         pid = slot.handle.pid if slot.handle else None
         self._events.emit(
             "checkpointed", slot.index, pid, messages=n, position=position, partitions=len(offsets)
@@ -520,6 +577,12 @@ class Pool:
             self.checkpoint_interval,
             self.durability,
             tuple(sorted(env.items())) if self.mode == "process" else (),
+            str(slot.cell.path) if slot.cell else None,
+            self.heartbeat_interval,
+            tuple(slot.poison.items()),
+            self.retries,
+            self.retry_backoff,
+            self.memory_hard_limit if self.mode == "process" else None,
         )
 
     async def _supervise(self, slot: _Slot) -> None:
@@ -531,6 +594,8 @@ class Pool:
                     failpoint("worker.spawn", worker=slot.index)
                 handle = await launch(self.mode, self._spec(slot), self._ctx)
                 slot.handle, slot.started_at, slot.was_ready = handle, monotonic(), False
+                slot.hanging, slot.recycling = False, None
+                slot.memory.samples.clear()
                 self._events.emit(
                     "started",
                     slot.index,
@@ -551,6 +616,9 @@ class Pool:
                 cause = await self._run_session(slot, handle)
                 if self._closing:
                     break
+                if cause.get("recycled"):
+                    delay = 0.0
+                    continue  # asked for (memory): not a failure, no backoff
                 slot.failed_starts = 0 if slot.was_ready else slot.failed_starts + 1
                 if slot.failed_starts >= MAX_FAILED_STARTS:
                     self._give_up(slot, cause, before_ready=True)
@@ -598,7 +666,20 @@ class Pool:
                 fut.set_exception(WorkerLost(f"worker {slot.index} exited: {exit_text(detail)}"))
         slot.queries.clear()
         lost = self._rewind(slot)
+        in_flight = slot.cell.read()[0] if slot.cell else -1
+        if slot.recycling and detail.get("exitcode") == 0:
+            detail["recycled"] = slot.recycling
+        elif detail.get("exitcode") == EXIT_MEMORY:
+            detail["recycled"] = "MemoryError in the handler (memory_hard_limit)"
+            self._events.emit(
+                "recycled", slot.index, handle.pid, reason=detail["recycled"], offset=in_flight
+            )
+        if (in_flight >= 0 and not detail.get("recycled")) or detail.get("exitcode") == EXIT_MEMORY:
+            if slot.streak.death(in_flight):
+                self._poison(slot, in_flight, detail)
         kind = "stopped" if self._closing and detail.get("exitcode") == 0 else "died"
+        if detail.get("recycled") and detail.get("exitcode") == 0:
+            kind = "stopped"
         self._events.emit(
             kind,
             slot.index,
@@ -629,6 +710,15 @@ class Pool:
             kind = frame[0]
             if kind == "ack":
                 self._on_ack(slot, frame[1], frame[2])
+                for mid, offset, reason in frame[3] if len(frame) > 3 else ():
+                    self._events.emit(
+                        "dead_lettered",
+                        slot.index,
+                        handle.pid,
+                        id=mid,
+                        offset=offset,
+                        reason=reason,
+                    )
             elif kind == "rewind":
                 n = self._rewind(slot)
                 channel.send_nowait(("rewound",))
@@ -648,6 +738,122 @@ class Pool:
                 slot.was_ready = True
                 slot.ready.set()
                 self._wake.set()
+
+    def _poison(self, slot: _Slot, offset: int, detail: dict[str, Any]) -> None:
+        reason = (
+            f"in flight during {self.poison_after} consecutive deaths of worker {slot.index} "
+            f"(last: {exit_text(detail)}); poison_after={self.poison_after}"
+        )
+        slot.poison[offset] = reason
+        mid = next((m[1] for m in slot.unsent if m[0] == offset), None)
+        self._events.emit("poisoned", slot.index, None, id=mid, offset=offset, reason=reason)
+
+    async def _watch(self) -> None:
+        """Every heartbeat interval: is each worker alive? Every memory interval: its RSS."""
+        next_memory = 0.0
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            now = monotonic()
+            for slot in self._slots:
+                handle, cell, live = slot.handle, slot.cell, slot.liveness
+                if handle is None or cell is None or live is None or not slot.was_ready:
+                    if live is not None and cell is not None:
+                        live.reset(now, cell.read()[1:3])
+                    continue
+                live.observe(now, cell.read()[1:3])
+                if live.hung(now) and not slot.hanging:
+                    slot.hanging = True
+                    task = asyncio.create_task(self._on_hang(slot, handle, live.silence(now)))
+                    self._side_tasks.add(task)
+                    task.add_done_callback(self._side_tasks.discard)
+            if self.memory_soft_limit and self.mode == "process" and now >= next_memory:
+                next_memory = now + self.memory_interval
+                self._watch_memory(now)
+
+    def _watch_memory(self, now: float) -> None:
+        assert self.memory_soft_limit is not None
+        for slot in self._slots:
+            handle = slot.handle
+            if handle is None or not slot.was_ready or slot.recycling or slot.hanging:
+                continue
+            try:
+                rss = psutil.Process(handle.pid).memory_info().rss
+            except psutil.Error:
+                continue
+            slot.memory.add(now, rss)
+            verdict = slot.memory.verdict(self.memory_soft_limit)
+            if verdict is None:
+                continue
+            slot.recycling = (
+                "rss over memory_soft_limit"
+                if verdict == "over"
+                else f"rss trend crosses memory_soft_limit within {self.memory_horizon} s"
+            )
+            self._events.emit(
+                "recycled",
+                slot.index,
+                handle.pid,
+                reason=slot.recycling,
+                rss=rss,
+                soft_limit=self.memory_soft_limit,
+                slope_bytes_per_s=round(slot.memory.slope()),
+            )
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(handle.pid, signal.SIGUSR1)  # stop after the current message
+
+    async def _on_hang(self, slot: _Slot, handle: WorkerHandle, silence: float) -> None:
+        """Dump the hung worker's stacks, then SIGTERM, a grace period, SIGKILL."""
+        in_flight = slot.cell.read()[0] if slot.cell else -1
+        mid = next((m[1] for m in slot.inflight if m[0] == in_flight), None)
+        path, blocked = await self._dump(slot, handle)
+        self._events.emit(
+            "hung",
+            slot.index,
+            handle.pid,
+            silence=round(silence, 3),
+            hang_timeout=self.hang_timeout,
+            offset=in_flight,
+            id=mid,
+            dump=path,
+            blocked=blocked,
+        )
+        if handle.mode != "process":
+            handle.abandon()  # a thread cannot be killed: replace it, fenced off by epoch
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(handle.pid, signal.SIGTERM)
+            os.kill(handle.pid, signal.SIGCONT)  # a frozen process gets to handle it
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(handle.exited), self.hang_grace)
+        if not handle.exited.done():
+            self._events.emit("killed", slot.index, handle.pid, reason="hung past hang_grace")
+            handle.kill()
+
+    async def _dump(self, slot: _Slot, handle: WorkerHandle) -> tuple[str | None, str | None]:
+        """py-spy dump of the worker into <data dir>/dumps/; (path, the blocked frame)."""
+        from chaos import dump_stacks  # only when a worker hangs
+
+        try:
+            dump = await asyncio.to_thread(dump_stacks, handle.pid, timeout=5.0)
+        except RuntimeError:  # no thread to be had: dump from the loop rather than not at all
+            dump = dump_stacks(handle.pid, timeout=5.0)
+        folder = self.data_dir / "dumps"
+        folder.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        path = folder / f"{stamp}-worker{slot.index}-pid{handle.pid}.txt"
+        header = f"# hung worker {slot.index} (pid {handle.pid}); method: {dump.method}"
+        if dump.reason:
+            header += f" ({dump.reason})"
+        path.write_text(f"{header}\n{dump.text}\n")
+        path.with_suffix(".json").write_text(json.dumps(dump.as_dict(), indent=1))
+        blocked = dump.blocked_frames()
+        if blocked:
+            thread, frame = blocked[0]
+            return str(path), f"{frame} in thread {thread.name!r}: {thread.waiting}"
+        busy = [t for t in dump.threads if t.active and t.frames]
+        return str(path), (
+            f"{busy[0].frames[0]} in thread {busy[0].name!r} (busy)" if busy else None
+        )
 
     def _give_up(self, slot: _Slot, cause: dict[str, Any], before_ready: bool = False) -> None:
         r = self.restart

@@ -38,6 +38,16 @@ class WorkerHandle:
         """Stop the worker at once (SIGKILL for a process; close the channel otherwise)."""
         self._kill()
 
+    def abandon(self) -> None:
+        """Give up on a thread or inline worker that cannot be stopped (hung): count it exited.
+
+        Its replacement claims the partitions with a newer epoch, so whatever the abandoned one
+        does if it ever wakes up is fenced off from the checkpoint store.
+        """
+        self._kill()
+        if not self.exited.done():
+            self.exited.set_result({"exitcode": None, "signal": None, "error": "abandoned (hung)"})
+
 
 def describe_exit(code: int | None) -> dict[str, Any]:
     """``{"exitcode": -9, "signal": "SIGKILL(-9)"}``-style detail for an exit status."""
@@ -132,7 +142,10 @@ def _launch_inline(spec: WorkerSpec) -> WorkerHandle:
     loop = asyncio.get_running_loop()
     ours, theirs = MemoryChannel.pair()
     exited: asyncio.Future[dict[str, Any]] = loop.create_future()
-    task = loop.create_task(serve(theirs, spec.make_core()), name=f"chaosgate-worker-{spec.worker}")
+    task = loop.create_task(
+        serve(theirs, spec.make_core(), spec.heartbeat_interval),
+        name=f"chaosgate-worker-{spec.worker}",
+    )
 
     def done(t: asyncio.Task[None]) -> None:
         detail: dict[str, Any] = {"exitcode": 0, "signal": None}

@@ -23,6 +23,7 @@ import contextlib
 import ctypes
 import os
 import pickle
+import resource
 import signal
 import socket
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from chaos._failpoints import failpoint
 
 from ._checkpoint import CheckpointStore
 from ._core import Handler, WorkerCore
+from ._progress import ProgressCell
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,20 @@ class WorkerSpec:
     checkpoint_interval: float = 0.05
     durability: str = "fsync"
     environment: tuple[tuple[str, str], ...] = ()  # CHAOSGATE_* settings (failpoints) to apply
+    progress_path: str | None = None  # the progress cell (see _progress)
+    heartbeat_interval: float = 0.2
+    poison: tuple[tuple[int, str], ...] = ()  # offsets to dead-letter without applying
+    retries: int = 2
+    retry_backoff: float = 0.01
+    memory_hard_limit: int | None = None  # RLIMIT_AS in bytes, process workers only
 
     def make_core(self) -> WorkerCore:
         from pathlib import Path
 
         store = CheckpointStore(Path(self.data_dir), durability=self.durability)
+        cell = ProgressCell(self.progress_path) if self.progress_path else None
+        if cell is not None:
+            cell.cells[3] = os.getpid()
         return WorkerCore(
             self.handler,
             store,
@@ -60,12 +71,33 @@ class WorkerSpec:
             initial_state=self.initial_state,
             checkpoint_every=self.checkpoint_every,
             checkpoint_interval=self.checkpoint_interval,
+            progress=cell,
+            poison=dict(self.poison),
+            retries=self.retries,
+            retry_backoff=self.retry_backoff,
         )
 
 
-async def serve(channel: Any, core: WorkerCore) -> None:
-    """Run a worker until ``stop``, end of channel, or cancellation; always checkpoint on exit."""
+EXIT_MEMORY = 3  # a worker process that met MemoryError exits with this code, to be recycled
+
+
+async def serve(channel: Any, core: WorkerCore, heartbeat_interval: float = 0.2) -> None:
+    """Run a worker until ``stop``, end of channel, or cancellation; always checkpoint on exit.
+
+    While the event loop runs it ticks the progress cell every ``heartbeat_interval``; while a
+    batch is applied the core counts messages there: a worker that does neither is hung.
+    A ``MemoryError`` from a handler drops everything uncommitted and ends the worker (it is
+    recycled; the message is retried, and dead-lettered if it keeps doing so).
+    """
     loop = asyncio.get_running_loop()
+    cell = core.progress
+
+    def tick() -> None:
+        nonlocal ticker
+        cell[2] += 1
+        ticker = loop.call_later(heartbeat_interval, tick)
+
+    ticker = loop.call_later(heartbeat_interval, tick)
 
     def checkpoint() -> None:
         ack = core.checkpoint()
@@ -96,8 +128,15 @@ async def serve(channel: Any, core: WorkerCore) -> None:
                 failpoint("worker.recv", pipe=channel.break_, kind=frame[0])
             kind = frame[0]
             if kind == "batch":
-                for reply in core.apply(frame[1]):
+                try:
+                    replies = core.apply(frame[1])
+                except MemoryError:
+                    core.reset()  # the state may be damaged, and memory is short: start over
+                    raise
+                for reply in replies:
                     channel.send_nowait(reply)
+                if core.stop_requested:
+                    return  # recycled: what was not applied is resent to the replacement
             elif kind == "rewound":
                 core.rewound()
             elif kind == "query":
@@ -109,6 +148,7 @@ async def serve(channel: Any, core: WorkerCore) -> None:
                 return
             await channel.flush()
     finally:
+        ticker.cancel()
         if recv is not None:
             recv.cancel()
         checkpoint()
@@ -137,15 +177,26 @@ def process_main(conn: Any, spec: WorkerSpec, parent: int) -> None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(conn.fileno()))
     conn.close()
 
+    if spec.memory_hard_limit is not None:
+        hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+        resource.setrlimit(resource.RLIMIT_AS, (spec.memory_hard_limit, hard))
+
     async def main() -> None:
         task = asyncio.current_task()
         assert task is not None
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         channel = await _open(sock)
+        core = spec.make_core()
+        # Recycle request: stop after the current message. A plain handler, not the loop's:
+        # it must run while a batch is being applied (between bytecodes), not after.
+        signal.signal(signal.SIGUSR1, lambda *_: setattr(core, "stop_requested", True))
         with contextlib.suppress(asyncio.CancelledError):
-            await serve(channel, spec.make_core())
+            await serve(channel, core, spec.heartbeat_interval)
 
-    run_loop(main())
+    try:
+        run_loop(main())
+    except MemoryError:
+        os._exit(EXIT_MEMORY)
 
 
 async def _open(sock: socket.socket) -> Any:
@@ -180,6 +231,6 @@ def thread_main(sock: socket.socket, spec: WorkerSpec) -> None:
 
     async def main() -> None:
         channel = await _open(sock)
-        await serve(channel, spec.make_core())
+        await serve(channel, spec.make_core(), spec.heartbeat_interval)
 
     run_loop(main())

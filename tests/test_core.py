@@ -32,14 +32,14 @@ def core(path: Path, handler=append_payload, **kw) -> WorkerCore:
 def test_replay_after_a_crash_applies_each_message_once(tmp_path: Path) -> None:
     a = core(tmp_path)
     a.apply([wire(0), wire(1), wire(2, part=1, key="j")])
-    assert a.checkpoint() == (2, {0: 1, 1: 2})
+    assert a.checkpoint() == (2, {0: 1, 1: 2}, [])
     a.apply([wire(3), wire(4)])  # applied, never committed: the worker "dies" here
     b = core(tmp_path)  # the replacement
     assert b.applied == {0: 1, 1: 2}
     # The dispatcher resends everything unacknowledged, and some of what was acknowledged.
     assert b.apply([wire(1), wire(2, part=1, key="j"), wire(3), wire(4), wire(5)]) == []
     assert b.state_of("k") == [0, 1, 3, 4, 5]
-    assert b.checkpoint() == (5, {0: 5})
+    assert b.checkpoint() == (5, {0: 5}, [])
     assert CheckpointStore(tmp_path).load_state("k") == (True, [0, 1, 3, 4, 5])
 
 
@@ -50,7 +50,7 @@ def test_an_ack_covers_replayed_duplicates_even_with_nothing_to_commit(tmp_path:
     b = core(tmp_path)
     assert b.apply([wire(0), wire(1)]) == []
     assert b.checkpoint_due() is not None  # the supervisor still waits for an ack of these
-    assert b.checkpoint() == (1, {})
+    assert b.checkpoint() == (1, {}, [])
     assert b.checkpoint() is None
 
 
@@ -105,7 +105,7 @@ def test_a_handler_that_damages_a_dirty_state_and_raises_is_replayed_clean(
 
     c = core(tmp_path, handler=handler)
     c.apply([wire(0, payload=1)])
-    assert c.checkpoint() == (0, {0: 0})
+    assert c.checkpoint() == (0, {0: 0}, [])
     batch = [wire(1, payload=2), wire(2, payload="bad"), wire(3, payload=4)]
     # m2 raised after appending to a state holding m1's uncommitted append: ask for a replay.
     assert c.apply(batch) == [("rewind", 0)]
@@ -113,7 +113,7 @@ def test_a_handler_that_damages_a_dirty_state_and_raises_is_replayed_clean(
     c.rewound()
     replay = [(o, i, k, p, b, a + 1) for o, i, k, p, b, a in [*batch, wire(4, payload=5)]]
     frames = c.apply(replay)
-    assert frames == [("ack", 1, {0: 1})]  # checkpointed just before the suspect message
+    assert frames == [("ack", 1, {0: 1}, [])]  # checkpointed just before the suspect message
     c.checkpoint()
     store = CheckpointStore(tmp_path)
     assert store.load_state("k") == (True, [1, 2, 4, 5])  # no trace of "bad"
