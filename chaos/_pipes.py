@@ -12,6 +12,7 @@ action ``pipe`` breaks a channel at a named site; killing a peer mid-write is ``
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import platform
 import socket
@@ -54,6 +55,10 @@ def steal_fd(pid: int, fd: int) -> int:
         got = libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
         if got < 0:
             err = ctypes.get_errno()
+            if err == errno.ESRCH:
+                raise ProcessLookupError(f"no process {pid}: it has exited")
+            if err == errno.EBADF:
+                raise ValueError(f"pid {pid} has no fd {fd} (any more)")
             raise InjectorUnavailable(
                 f"pidfd_getfd({pid}, {fd}) failed: {os.strerror(err)}; it needs Linux 5.6+ and "
                 "ptrace rights on the target (root or CAP_SYS_PTRACE)"
@@ -81,8 +86,17 @@ def break_socket(pid: int, fd: int, *, allow_outside: bool = False) -> Injected:
 
 
 def break_sockets(pid: int, *, allow_outside: bool = False) -> list[Injected]:
-    """Break every socket the target holds (for a pool worker: its channel)."""
-    return [break_socket(pid, s.fd, allow_outside=allow_outside) for s in sockets_of(pid)]
+    """Break every socket the target holds (for a pool worker: its channel). A target that
+    exits on the first break (as a worker should) ends the list early."""
+    done = []
+    for sock in sockets_of(pid):
+        try:
+            done.append(break_socket(pid, sock.fd, allow_outside=allow_outside))
+        except (ProcessLookupError, ValueError):
+            if not done:
+                raise
+            break
+    return done
 
 
 def _injected(pid: int, fd: int) -> Injected:

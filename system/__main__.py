@@ -60,8 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in [
         ("verify", "check every key's state is exactly its payloads, in order"),
         ("dump", "print every key's committed state as one JSON object"),
+        ("dead-letters", "list the dead-lettered messages with their reasons"),
     ]:
-        sub.add_parser(name, help=text).add_argument("--data-dir", required=True)
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--data-dir", required=True)
+        if name == "dead-letters":
+            cmd.add_argument("--json", action="store_true", help="as a JSON list")
     return p
 
 
@@ -87,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.command == "verify":
             return _demo.verify(args.data_dir)
+        if args.command == "dead-letters":
+            return _demo.dead_letters(args.data_dir, args.json)
+        if args.command == "dead-letters":
+            return _demo.dead_letters(args.data_dir, args.json)
         return _demo.dump(args.data_dir)
     except UsageError as e:
         print(f"python -m system {args.command}: error: {e}", file=sys.stderr)

@@ -188,6 +188,29 @@ def _out_of_order(order: list[tuple[int, str]]) -> list[str]:
     return [mid for j, (_, mid) in enumerate(order) if j not in keep]
 
 
+def dead_letters(data_dir: str, as_json: bool = False) -> int:
+    path = check_data_dir(data_dir, create=False)
+    if not (path / "checkpoints.db").exists():
+        found: list[dict[str, Any]] = []
+    else:
+        store = CheckpointStore(path)
+        try:
+            found = store.dead_letters()
+        finally:
+            store.close()
+    if as_json:
+        json.dump(found, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    print(f"{len(found)} dead-lettered message(s) in {path}")
+    for d in found:
+        last = d["traceback"].strip().splitlines()[-1:] or [""]
+        print(f"{d['id']}  key={d['key']}  offset={d['offset']}  {d['reason']}")
+        if last[0]:
+            print(f"    {last[0]}")
+    return 0
+
+
 def verify(data_dir: str) -> int:
     submitted, states, dead = _read(data_dir)
     found = check(submitted, states, dead)

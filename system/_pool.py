@@ -83,6 +83,7 @@ class _Slot:
     hanging: bool = False
     recycling: str | None = None  # why the worker was asked to stop after its current message
     restarts: int = 0
+    recycles: int = 0
     queries: dict[int, asyncio.Future[bytes]] = field(default_factory=dict)
 
 
@@ -603,7 +604,9 @@ class Pool:
                     mode=self.mode,
                     partitions=len(slot.partitions),
                 )
-                if cause is not None:
+                if cause is not None and cause.get("recycled"):
+                    slot.recycles += 1  # asked for: not counted as a failure
+                elif cause is not None:
                     slot.restarts += 1
                     self._events.emit(
                         "restarted",
@@ -959,6 +962,7 @@ class Pool:
             "committed": self._committed,
             "outstanding": self._outstanding,
             "restarts": sum(s.restarts for s in self._slots),
+            "recycles": sum(s.recycles for s in self._slots),
             "time": time.time(),
             "workers": [
                 {
