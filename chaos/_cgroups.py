@@ -80,8 +80,11 @@ def current(pid: int, h: Hierarchy, controller: str) -> Path:
 
 
 @contextlib.contextmanager
-def limited(pid: int, controller: str, settings: dict[str, str]) -> Iterator[Path]:
-    """Move ``pid`` into a new child cgroup with ``settings`` (file -> value) for the block."""
+def limited(
+    pid: int, controller: str, settings: dict[str, str], also: tuple[int, ...] = ()
+) -> Iterator[Path]:
+    """Move ``pid`` (and the pids in ``also``, e.g. its descendants) into a new child cgroup
+    with ``settings`` (file -> value) for the block; put them all back afterwards."""
     ok, why = available(controller)
     if not ok:
         raise InjectorUnavailable(why)
@@ -98,7 +101,9 @@ def limited(pid: int, controller: str, settings: dict[str, str]) -> Iterator[Pat
     try:
         for name, value in settings.items():
             (group / name).write_text(value)
-        (group / "cgroup.procs").write_text(str(pid))
+        for member in (pid, *also):
+            with contextlib.suppress(ProcessLookupError):
+                (group / "cgroup.procs").write_text(str(member))
         yield group
     finally:
         _move_back(pid, home, group)
@@ -111,7 +116,7 @@ def _enable(parent: Path, controller: str) -> None:
         control.write_text(f"+{controller}")
 
 
-def _move_back(pid: int, home: Path, group: Path) -> None:
+def _move_back(pid: int, home: Path, group: Path) -> None:  # every member, and their children
     with contextlib.suppress(OSError):
         for p in (group / "cgroup.procs").read_text().split():
             with contextlib.suppress(OSError):

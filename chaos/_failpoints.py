@@ -9,10 +9,12 @@ Terms run in sequence: a term with ``N*`` fires N times and then hands over to t
 term without a count stays. ``P%`` makes a term fire on that share of hits only, decided by a
 hash of (seed, scope, site, hit number) -- so a run replays from its seed whatever the timing.
 Actions: ``off``; ``return(v)`` (the site gets ``v``, a Python literal or a string);
-``raise(ExceptionName[, message])``; ``sleep(ms)``; ``busy(ms)`` (spin, holding the GIL; no
-argument: forever); ``hang`` (block on a lock forever, so a stack dump shows the waiting frame);
-``kill(SIGNAL)`` (this process); ``leak(MB)``; ``threads(n)`` (start n threads that never end);
-``pipe`` (break the site's channel: the site passes ``pipe=callable``; else BrokenPipeError).
+``raise(ExceptionName[, message])`` (for OSError an errno name as the message, e.g.
+``raise(OSError, ENOMEM)``, gives that errno); ``sleep(ms)``; ``busy(ms)`` (spin, holding the
+GIL; no argument: forever); ``hang`` (block on a lock forever, so a stack dump shows the
+waiting frame); ``kill(SIGNAL)`` (this process); ``leak(MB)``; ``threads(n)`` (start n
+threads that never end); ``pipe`` (break the site's channel: the site passes
+``pipe=callable``; else BrokenPipeError).
 
 Configured from the environment variable ``CHAOSGATE_FAILPOINTS`` when this module is imported,
 and at run time with ``set_failpoints()``. ``CHAOSGATE_FAILPOINT_SEED`` seeds probabilities.
@@ -35,6 +37,7 @@ from __future__ import annotations
 import ast
 import builtins
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -297,6 +300,9 @@ def _act(name: str, term: Term, pipe: Callable[[], None] | None) -> Any:
             return arg
     if action == "raise":
         exc, message = _exception(arg, where)
+        code = getattr(errno, message, None) if issubclass(exc, OSError) else None
+        if isinstance(code, int):  # raise(OSError, ENOMEM): a real errno, as the kernel gives
+            raise exc(code, os.strerror(code))
         raise exc(message or f"raised by {where}")
     if action == "sleep":
         time.sleep(int(arg or 0) / 1000)

@@ -31,10 +31,14 @@ from ._process_faults import check_target
 
 @contextlib.contextmanager
 def pids_limit(pid: int, extra: int = 0, *, allow_outside: bool = False) -> Iterator[Path]:
-    """Cap the target's tasks (threads + processes) at its current count + ``extra``."""
+    """Cap the tasks (threads + processes) of the target *and its descendants* at their current
+    count + ``extra``: none of them can start a thread or a process beyond that."""
     proc = check_target(pid, allow_outside=allow_outside)
-    limit = proc.num_threads() + sum(c.num_threads() for c in proc.children(recursive=True))
-    with _cgroups.limited(pid, "pids", {"pids.max": str(limit + extra)}) as group:
+    children = proc.children(recursive=True)
+    limit = proc.num_threads() + sum(c.num_threads() for c in children)
+    tree = tuple(c.pid for c in children)
+    cap = str(max(0, limit + extra))  # below the current count: nothing new, the rest lives on
+    with _cgroups.limited(pid, "pids", {"pids.max": cap}, also=tree) as group:
         yield group
 
 

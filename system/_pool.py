@@ -50,6 +50,7 @@ from ._checkpoint import CheckpointStore
 from ._core import Handler
 from ._errors import DataDirError, PayloadError, PoolBroken, PoolClosed, UsageError, WorkerLost
 from ._events import EventLog, monotonic
+from ._fallback import WORKER_MEMORY, choose_mode, is_refusal, next_rung
 from ._intake import IntakeLog, check_data_dir, lock_data_dir
 from ._message import Wire, check_key, partition_of
 from ._progress import ProgressCell
@@ -119,9 +120,11 @@ class Pool:
         memory_horizon: float = 5.0,
         restart: RestartPolicy | None = None,
         start_method: str = "forkserver",
+        fallback_cooldown: float | None = 60.0,
+        worker_memory: int = WORKER_MEMORY,
     ):
-        if mode not in MODES:
-            raise UsageError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        if mode not in (*MODES, "auto"):
+            raise UsageError(f"mode must be one of auto, {', '.join(MODES)}; got {mode!r}")
         if durability not in ("fsync", "process"):
             raise UsageError(f"durability must be 'fsync' or 'process'; got {durability!r}")
         for name, value in [
@@ -152,11 +155,13 @@ class Pool:
             raise UsageError(
                 f"checkpoint_interval must be > 0 seconds; got {checkpoint_interval!r}"
             )
-        if mode == "process":
-            for what, obj in [("handler", handler), ("initial_state", initial_state)]:
-                try:
-                    pickle.dumps(obj)
-                except Exception as e:
+        self._picklable = True
+        for what, obj in [("handler", handler), ("initial_state", initial_state)]:
+            try:
+                pickle.dumps(obj)
+            except Exception as e:
+                self._picklable = False
+                if mode == "process":
                     raise UsageError(
                         f"{what} {obj!r:.80} cannot be sent to worker processes ({e}); define it "
                         "at module level, or use mode='thread'"
@@ -187,6 +192,14 @@ class Pool:
         self.memory_horizon = memory_horizon
         self.restart = restart or RestartPolicy()
         self.start_method = start_method
+        self.fallback_cooldown = fallback_cooldown
+        self.worker_memory = worker_memory
+        self._climb: list[tuple[str, int]] = []  # rungs stepped down from, to climb back to
+        self._last_step = 0.0
+        self._reconfiguring = False
+        self._reconfigure_task: asyncio.Task[None] | None = None
+        self._supervisors: list[asyncio.Task[None]] = []
+        self.mode_reason = "asked for"
         self._started = False
         self._closing = False
         self._closed = False
@@ -249,10 +262,16 @@ class Pool:
             for thing in reversed(opened):
                 thing.close()
             raise
-        self._ctx = (
-            multiprocessing.get_context(self.start_method) if self.mode == "process" else None
-        )
-        if self.start_method == "forkserver" and self._ctx is not None:
+        if self.mode == "auto":
+            if self._picklable:
+                available = psutil.virtual_memory().available
+                self.mode, self.mode_reason = choose_mode(
+                    self.workers, available, self.worker_memory
+                )
+            else:
+                self.mode, self.mode_reason = "thread", "the handler cannot be sent to processes"
+        self._ctx = multiprocessing.get_context(self.start_method)
+        if self.start_method == "forkserver":
             self._ctx.set_forkserver_preload(["system._worker"])
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="chaosgate-intake")
         self._wake = asyncio.Event()
@@ -262,14 +281,7 @@ class Pool:
         self._room.set()
         self._ended = asyncio.Event()  # set when the pool is closed or broken
         w = self.workers
-        self._slots = [_Slot(i, tuple(range(i, self.partitions, w))) for i in range(w)]
-        for slot in self._slots:
-            slot.cell = ProgressCell(
-                self.data_dir / "run" / f"worker-{slot.index}.cell", create=True
-            )
-            slot.liveness = Liveness(self.hang_timeout)
-            slot.memory = MemoryTrend(self.memory_horizon)
-            slot.streak = PoisonStreak(self.poison_after)
+        self._slots = self._make_slots()
         for row in self._intake.read_after(committed, self.partitions):
             self._slots[row[3] % w].unsent.append((*row, 1))
             self._recovered += 1
@@ -282,16 +294,29 @@ class Pool:
             partitions=self.partitions,
             replaying=self._recovered,
             pid_pool=os.getpid(),
+            mode_reason=self.mode_reason,
         )
-        self._tasks = [
+        self._supervisors = [
             asyncio.create_task(self._supervise(s), name=f"supervise-{s.index}")
             for s in self._slots
         ]
-        self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatch"))
+        self._tasks = [asyncio.create_task(self._dispatch(), name="dispatch")]
         self._tasks.append(asyncio.create_task(self._write_intake(), name="intake"))
         self._tasks.append(asyncio.create_task(self._watch(), name="watchdog"))
         self._started = True
         self._wake.set()
+
+    def _make_slots(self) -> list[_Slot]:
+        w = self.workers
+        slots = [_Slot(i, tuple(range(i, self.partitions, w))) for i in range(w)]
+        for slot in slots:
+            slot.cell = ProgressCell(
+                self.data_dir / "run" / f"worker-{slot.index}.cell", create=True
+            )
+            slot.liveness = Liveness(self.hang_timeout)
+            slot.memory = MemoryTrend(self.memory_horizon)
+            slot.streak = PoisonStreak(self.poison_after)
+        return slots
 
     async def close(self, grace: float = 10.0) -> None:
         """Stop intake, drain, checkpoint, stop the workers; SIGKILL stragglers at ``grace``."""
@@ -309,7 +334,10 @@ class Pool:
             if slot.handle is not None:
                 with contextlib.suppress(EOFError):
                     slot.handle.channel.send_nowait(("stop",))
-        supervisors = dict(zip(self._tasks, self._slots, strict=False))
+        if self._reconfigure_task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._reconfigure_task), 15.0)
+        supervisors = dict(zip(self._supervisors, self._slots, strict=True))
         _, late = await asyncio.wait(supervisors, timeout=max(0.5, deadline - monotonic()))
         dying = set()
         for task in late:
@@ -328,7 +356,7 @@ class Pool:
                 while self._writing:
                     await asyncio.sleep(0.005)
         self._fail_waiters(PoolClosed("the pool was closed before this was done"))
-        tasks = [*self._tasks, *self._side_tasks]
+        tasks = [*self._supervisors, *self._tasks, *self._side_tasks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -590,12 +618,24 @@ class Pool:
         try:
             cause: dict[str, Any] | None = None
             delay = 0.0
-            while not self._closing:
-                if _failpoints.ACTIVE:
-                    failpoint("worker.spawn", worker=slot.index)
-                handle = await launch(self.mode, self._spec(slot), self._ctx)
+            while not self._closing and not self._reconfiguring:
+                try:
+                    if _failpoints.ACTIVE:
+                        failpoint("worker.spawn", worker=slot.index)
+                    handle = await launch(self.mode, self._spec(slot), self._ctx)
+                except Exception as e:
+                    if is_refusal(e) or self._failed_start(slot):
+                        self._step_down(f"starting worker {slot.index} failed: {e!r}", slot, e)
+                        return
+                    cause = {"exitcode": None, "signal": None, "error": f"spawn failed: {e!r}"}
+                    self._events.emit("died", slot.index, None, **cause, inflight=0, uptime=0.0)
+                    await asyncio.sleep(self.restart.on_death(slot.index, 0.0) or 0.0)
+                    continue
                 slot.handle, slot.started_at, slot.was_ready = handle, monotonic(), False
                 slot.hanging, slot.recycling = False, None
+                if self._closing or self._reconfiguring:  # started while the pool was stopping
+                    with contextlib.suppress(EOFError):
+                        handle.channel.send_nowait(("stop",))
                 slot.memory.samples.clear()
                 self._events.emit(
                     "started",
@@ -617,18 +657,19 @@ class Pool:
                         after=cause,
                     )
                 cause = await self._run_session(slot, handle)
-                if self._closing:
+                if self._closing or self._reconfiguring:
                     break
                 if cause.get("recycled"):
                     delay = 0.0
                     continue  # asked for (memory): not a failure, no backoff
-                slot.failed_starts = 0 if slot.was_ready else slot.failed_starts + 1
-                if slot.failed_starts >= MAX_FAILED_STARTS:
-                    self._give_up(slot, cause, before_ready=True)
+                if slot.was_ready:
+                    slot.failed_starts = 0
+                elif self._failed_start(slot):
+                    self._step_down(self._why_give_up(slot, cause, before_ready=True), slot)
                     return
                 delay = self.restart.on_death(slot.index, monotonic() - slot.started_at)
                 if delay is None:
-                    self._give_up(slot, cause)
+                    self._step_down(self._why_give_up(slot, cause), slot)
                     return
                 await asyncio.sleep(delay)
         except asyncio.CancelledError:
@@ -680,7 +721,8 @@ class Pool:
         if (in_flight >= 0 and not detail.get("recycled")) or detail.get("exitcode") == EXIT_MEMORY:
             if slot.streak.death(in_flight):
                 self._poison(slot, in_flight, detail)
-        kind = "stopped" if self._closing and detail.get("exitcode") == 0 else "died"
+        stopping = self._closing or self._reconfiguring
+        kind = "stopped" if stopping and detail.get("exitcode") == 0 else "died"
         if detail.get("recycled") and detail.get("exitcode") == 0:
             kind = "stopped"
         self._events.emit(
@@ -769,6 +811,7 @@ class Pool:
                     task = asyncio.create_task(self._on_hang(slot, handle, live.silence(now)))
                     self._side_tasks.add(task)
                     task.add_done_callback(self._side_tasks.discard)
+            self._try_climb(now)
             if self.memory_soft_limit and self.mode == "process" and now >= next_memory:
                 next_memory = now + self.memory_interval
                 self._watch_memory(now)
@@ -858,25 +901,113 @@ class Pool:
             f"{busy[0].frames[0]} in thread {busy[0].name!r} (busy)" if busy else None
         )
 
-    def _give_up(self, slot: _Slot, cause: dict[str, Any], before_ready: bool = False) -> None:
+    def _failed_start(self, slot: _Slot) -> bool:
+        """Count a worker that died before it was ready; True when that happened too often."""
+        slot.failed_starts += 1
+        return slot.failed_starts >= MAX_FAILED_STARTS
+
+    def _why_give_up(self, slot: _Slot, cause: dict[str, Any], before_ready: bool = False) -> str:
         r = self.restart
         if before_ready:
-            err = PoolBroken(
+            return (
                 f"worker {slot.index} died before it was ready {slot.failed_starts} times in a "
                 f"row (last exit: {exit_text(cause)}); its traceback is on the pool's stderr. "
                 "Is the handler importable in a fresh process (not defined in __main__ of "
                 "`python -c` or a notebook)? Can the data dir be written? Nothing acknowledged is "
                 "lost: fix the cause and reopen the data dir"
             )
-        else:
-            err = PoolBroken(
-                f"worker {slot.index} died ({exit_text(cause)}) and the restart "
-                f"intensity is exceeded: {r.restarts_in_window()} restarts within {r.window}s "
-                f"(RestartPolicy(max_restarts={r.max_restarts}, window={r.window})). Every "
-                "acknowledged message is in the intake log: fix the cause and reopen the data dir"
+        return (
+            f"worker {slot.index} died ({exit_text(cause)}) and the restart "
+            f"intensity is exceeded: {r.restarts_in_window()} restarts within {r.window}s "
+            f"(RestartPolicy(max_restarts={r.max_restarts}, window={r.window})). Every "
+            "acknowledged message is in the intake log: fix the cause and reopen the data dir"
+        )
+
+    def _step_down(self, reason: str, slot: _Slot, error: BaseException | None = None) -> None:
+        """Take the next rung of the fallback ladder, or give up when there is none."""
+        rung = next_rung(self.mode, self.workers)
+        if rung is None:
+            err = PoolBroken(reason)
+            err.__cause__ = error
+            self._events.emit("gave_up", slot.index, None, reason=reason)
+            self._set_broken(err)
+        elif self._reconfigure_task is None or self._reconfigure_task.done():
+            self._climb.append((self.mode, self.workers))
+            self._reconfigure_task = asyncio.create_task(
+                self._reconfigure(*rung, reason=reason, kind="degraded")
             )
-        self._events.emit("gave_up", slot.index, None, reason=str(err))
-        self._set_broken(err)
+
+    async def _reconfigure(self, mode: str, workers: int, *, reason: str, kind: str) -> None:
+        """Stop every worker, then serve the same partitions with ``workers`` ``mode`` workers.
+
+        Nothing is lost or applied twice: each old worker checkpoints as it stops (or is killed,
+        its uncommitted work replayed), every unacknowledged message goes back to be sent, and
+        the new workers claim the partitions with newer epochs, fencing off any straggler.
+        """
+        self._reconfiguring = True
+        old, supervisors = self._slots, self._supervisors
+        for slot in old:
+            if slot.handle is not None:
+                with contextlib.suppress(EOFError):
+                    slot.handle.channel.send_nowait(("stop",))
+        _, late = await asyncio.wait(supervisors, timeout=self.hang_grace + 5.0)
+        for task in late:
+            handle = old[supervisors.index(task)].handle
+            if handle is not None:
+                handle.kill()
+        if late:
+            _, still = await asyncio.wait(late, timeout=5.0)
+            for task in still:
+                task.cancel()
+        messages = sorted(m for slot in old for m in (*slot.inflight, *slot.unsent))
+        poison = {o: why for slot in old for o, why in slot.poison.items()}
+        for slot in old:
+            if slot.cell is not None:
+                slot.cell.close()
+        before = (self.mode, self.workers)
+        self.mode, self.workers = mode, workers
+        self._slots = self._make_slots()
+        for m in messages:
+            slot = self._slots[m[3] % workers]
+            slot.unsent.append(m)
+            if m[0] in poison:
+                slot.poison[m[0]] = poison[m[0]]
+        self.restart.forget()  # a new configuration starts with a fresh restart budget
+        self._last_step = monotonic()
+        self._events.emit(
+            kind,
+            None,
+            None,
+            reason=reason,
+            mode=mode,
+            workers=workers,
+            was_mode=before[0],
+            was_workers=before[1],
+            replaying=len(messages),
+        )
+        self._reconfiguring = False
+        self._supervisors = [
+            asyncio.create_task(self._supervise(s), name=f"supervise-{s.index}")
+            for s in self._slots
+        ]
+        self._wake.set()
+
+    def _try_climb(self, now: float) -> None:
+        """After ``fallback_cooldown`` s without trouble, try the rung we stepped down from."""
+        cooldown = self.fallback_cooldown
+        if not self._climb or cooldown is None or self._reconfiguring or self._closing:
+            return
+        if now - self._last_step < cooldown * 2 ** (len(self._climb) - 1):
+            return
+        mode, workers = self._climb.pop()
+        self._reconfigure_task = asyncio.create_task(
+            self._reconfigure(
+                mode,
+                workers,
+                kind="recovered",
+                reason=f"no trouble for {now - self._last_step:.0f} s (fallback_cooldown)",
+            )
+        )
 
     def _set_broken(self, err: PoolBroken) -> None:
         if self._broken is None:
@@ -922,9 +1053,9 @@ class Pool:
         """The current state of ``key`` in its worker (every message it was sent is applied)."""
         if not self._started or self._closed:
             raise UsageError("query() needs a started, open pool")
-        slot = self._slot_of(key)
         async with asyncio.timeout(timeout):
             while True:
+                slot = self._slot_of(key)  # anew each time: a step down changes the slots
                 await self._until(slot.ready)
                 if slot.handle is None:
                     continue

@@ -51,5 +51,10 @@ class RestartPolicy:
         delay = min(self.cap, self.base * 2 ** (streak - 1))
         return delay * (1 - self.jitter * self.rng.random())
 
+    def forget(self) -> None:
+        """Start afresh: no recent restarts, no streaks (e.g. after the pool was reconfigured)."""
+        self._recent.clear()
+        self._streak.clear()
+
     def restarts_in_window(self) -> int:
         return len(self._recent)

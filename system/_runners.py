@@ -9,6 +9,7 @@ event loop, so a ``kill -9`` is seen within milliseconds; a thread's or a task's
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import multiprocessing
 import os
@@ -88,6 +89,14 @@ async def _launch_process(spec: WorkerSpec, ctx: Any) -> WorkerHandle:
     )
     try:
         proc.start()
+    except EOFError as e:
+        # The forkserver died while forking: the system refused it a process (fork failing
+        # with EAGAIN or ENOMEM is what ends a forkserver; it cannot tell us the errno).
+        raise OSError(
+            errno.EAGAIN,
+            "the forkserver exited while forking a worker (the system refused a "
+            "new process, as with EAGAIN or ENOMEM)",
+        ) from e
     finally:
         child_conn.close()
     pid = proc.pid
