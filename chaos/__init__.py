@@ -16,6 +16,7 @@ from ._errors import BlastRadiusError, ChaosError, FailpointError, InjectorUnava
 from ._failpoints import clear as clear_failpoints
 from ._failpoints import counts as failpoint_counts
 from ._failpoints import failpoint, set_failpoints
+from ._failpoints import log_path as failpoint_log
 from ._memory import address_space_limit, leaking, memory_cgroup
 from ._payloads import CATALOG as PAYLOAD_CATALOG
 from ._payloads import PayloadFault, payloads
@@ -54,6 +55,7 @@ __all__ = [
     "dump_stacks",
     "failpoint",
     "failpoint_counts",
+    "failpoint_log",
     "freeze",
     "frozen",
     "hogging_threads",

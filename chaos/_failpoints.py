@@ -21,12 +21,13 @@ and at run time with ``set_failpoints()``. ``CHAOSGATE_FAILPOINT_SEED`` seeds pr
 Processes that should share a configuration get it passed explicitly (``environment()``), since
 a forkserver or spawn parent may have been started before the variable was set.
 
-Counters: with ``CHAOSGATE_FAILPOINT_LOG=<file>``, every hit of a configured site and every
-firing is appended to that file (one short line, O_APPEND, before the action runs -- so a
-``kill(SIGKILL)`` is counted too), from every process; ``counts(file)`` sums them up. The same
-setting makes ``N*`` and hit numbers run-wide: they live in ``<file>.counts``, updated under an
-flock, so ``1*kill(SIGKILL)`` kills one process of the run, not every replacement in turn (a
-configured site then costs a few tens of microseconds per hit; unconfigured ones nothing).
+Counters are run-wide: every hit of a configured site and every firing is appended to one log
+(``CHAOSGATE_FAILPOINT_LOG``, or a temporary file made by the first process that configures
+failpoints and handed to the workers it starts) -- one short line, O_APPEND, before the action
+runs, so a ``kill(SIGKILL)`` is counted too; ``counts()`` sums them up. ``N*`` and hit numbers
+live next to it in ``<log>.counts``, updated under an flock, so ``1*kill(SIGKILL)`` kills one
+process of the run, not every replacement in turn (a configured site costs some tens of
+microseconds per hit; an unconfigured one nothing).
 
 Cost when disabled: sites check the module-level dict ``ACTIVE`` (empty = falsy) before calling,
 so a disabled site costs one global lookup and a truth test (see bench/failpoints.py).
@@ -35,6 +36,7 @@ so a disabled site costs one global lookup and a truth test (see bench/failpoint
 from __future__ import annotations
 
 import ast
+import atexit
 import builtins
 import contextlib
 import errno
@@ -44,6 +46,7 @@ import json
 import os
 import re
 import signal
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -120,6 +123,7 @@ class Failpoint:
 
 #: Configured failpoints by site name. Sites test ``if ACTIVE:`` before calling ``failpoint``.
 ACTIVE: dict[str, Failpoint] = {}
+_LOG: str | None = None  # the counter file made by this process, when none was given
 _LEAKED: list[bytearray] = []
 _HOGS: list[threading.Thread] = []
 
@@ -204,11 +208,44 @@ def _exception(arg: str | None, where: str) -> tuple[type[BaseException], str]:
     return exc, message.strip()
 
 
-def set_failpoints(spec: str, *, replace: bool = False) -> None:
-    """Configure failpoints in this process (``replace``: drop the others first)."""
+def log_path() -> str | None:
+    """The file of run-wide counters this process (and the children it configures) share."""
+    return os.environ.get(ENV_LOG) or _LOG
+
+
+def _ensure_log() -> str:
+    global _LOG
+    path = log_path()
+    if path is None:
+        fd, path = tempfile.mkstemp(prefix="chaosgate-failpoints-", suffix=".log")
+        os.close(fd)
+        _LOG = path
+        atexit.register(_remove, path)
+    return path
+
+
+def _remove(path: str) -> None:
+    for p in (path, path + ".counts"):
+        with contextlib.suppress(OSError):
+            os.remove(p)
+
+
+def set_failpoints(spec: str, *, replace: bool = False, reset_counts: bool = True) -> None:
+    """Configure failpoints in this process (``replace``: drop the others first).
+
+    Counting is run-wide: this process and every worker it configures (``environment()``) share
+    one counter file (``CHAOSGATE_FAILPOINT_LOG``, or a temporary one made here), so ``1*kill``
+    fires once in all of them. ``reset_counts`` starts the named sites' counts afresh.
+    """
     parsed = parse(spec)
     if replace:
         ACTIVE.clear()
+    if parsed:
+        log = _ensure_log()
+        if reset_counts:
+            with _shared_counts(log) as shared:
+                for name in parsed:
+                    shared.pop(name, None)
     for name, terms in parsed.items():
         if len(terms) == 1 and terms[0].action == "off" and terms[0].count is None:
             ACTIVE.pop(name, None)
@@ -229,6 +266,9 @@ def environment() -> dict[str, str]:
     """The CHAOSGATE_* variables a child process needs to share this process's failpoints."""
     env = {k: v for k, v in os.environ.items() if k.startswith("CHAOSGATE_")}
     env[ENV] = current_spec()
+    log = log_path()
+    if log:
+        env[ENV_LOG] = log
     return env
 
 
@@ -239,7 +279,7 @@ def apply_environment(env: dict[str, str]) -> None:
             os.environ[key] = env[key]
         else:
             os.environ.pop(key, None)
-    set_failpoints(env.get(ENV, ""), replace=True)
+    set_failpoints(env.get(ENV, ""), replace=True, reset_counts=False)
 
 
 def failpoint(name: str, pipe: Callable[[], None] | None = None, **context: Any) -> Any:
@@ -248,7 +288,7 @@ def failpoint(name: str, pipe: Callable[[], None] | None = None, **context: Any)
     if fp is None:
         return None
     seed = f"{os.environ.get(ENV_SEED, '0')}|{os.environ.get(ENV_SCOPE, '')}"
-    log = os.environ.get(ENV_LOG)
+    log = log_path()
     if log:
         with _shared_counts(log) as shared:
             term = fp.decide(seed, shared.setdefault(name, {}))
@@ -335,8 +375,12 @@ def _hang_forever() -> None:
     lock.acquire()  # deadlock: waits here forever
 
 
-def counts(path: str | os.PathLike[str]) -> dict[str, dict[str, int]]:
-    """``{site: {"hits": n, "fires": n, "processes": n}}`` summed over every process's lines."""
+def counts(path: str | os.PathLike[str] | None = None) -> dict[str, dict[str, int]]:
+    """``{site: {"hits": n, "fires": n, "processes": n}}`` summed over every process's lines
+    (of ``path``, by default this process's run-wide log)."""
+    path = path or log_path()
+    if path is None:
+        return {}
     hits: Counter[str] = Counter()
     fires: Counter[str] = Counter()
     pids: dict[str, set[str]] = {}

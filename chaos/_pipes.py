@@ -19,7 +19,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from ._errors import InjectorUnavailable
+from ._errors import BlastRadiusError, InjectorUnavailable
 from ._process_faults import Injected, check_target
 
 _SYS_PIDFD_GETFD = 438  # the same on every Linux architecture (a post-4.20 syscall number)
@@ -92,10 +92,10 @@ def break_sockets(pid: int, *, allow_outside: bool = False) -> list[Injected]:
     for sock in sockets_of(pid):
         try:
             done.append(break_socket(pid, sock.fd, allow_outside=allow_outside))
-        except (ProcessLookupError, ValueError):
+        except (ProcessLookupError, ValueError, BlastRadiusError):
             if not done:
                 raise
-            break
+            break  # the target is on its way out (no longer our descendant, or gone)
     return done
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import pickle
 import socket
 import struct
@@ -58,8 +59,10 @@ class StreamChannel:
         """Shut the socket down both ways, as a failed link would: the peer sees EOF or EPIPE."""
         sock = self._writer.get_extra_info("socket")
         if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+            # A duplicate of the fd shares the socket: shutting it down breaks the link for
+            # both (and works where the transport's socket object refuses shutdown(), uvloop).
+            with contextlib.suppress(OSError), socket.socket(fileno=os.dup(sock.fileno())) as s:
+                s.shutdown(socket.SHUT_RDWR)
 
 
 class MemoryChannel:

@@ -126,27 +126,30 @@ async def serve(channel: Any, core: WorkerCore, heartbeat_interval: float = 0.2)
             recv = None
             if _failpoints.ACTIVE:
                 failpoint("worker.recv", pipe=channel.break_, kind=frame[0])
-            kind = frame[0]
-            if kind == "batch":
-                try:
-                    replies = core.apply(frame[1])
-                except MemoryError:
-                    core.reset()  # the state may be damaged, and memory is short: start over
-                    raise
-                for reply in replies:
-                    channel.send_nowait(reply)
-                if core.stop_requested:
-                    return  # recycled: what was not applied is resent to the replacement
-            elif kind == "rewound":
-                core.rewound()
-            elif kind == "query":
-                state = pickle.dumps(core.state_of(frame[2]), protocol=pickle.HIGHEST_PROTOCOL)
-                channel.send_nowait(("state", frame[1], state))
-            elif kind == "flush":
-                checkpoint()
-            elif kind == "stop":
-                return
-            await channel.flush()
+            try:
+                kind = frame[0]
+                if kind == "batch":
+                    try:
+                        replies = core.apply(frame[1])
+                    except MemoryError:
+                        core.reset()  # the state may be damaged, and memory is short: start over
+                        raise
+                    for reply in replies:
+                        channel.send_nowait(reply)
+                    if core.stop_requested:
+                        return  # recycled: what was not applied is resent to the replacement
+                elif kind == "rewound":
+                    core.rewound()
+                elif kind == "query":
+                    state = pickle.dumps(core.state_of(frame[2]), protocol=pickle.HIGHEST_PROTOCOL)
+                    channel.send_nowait(("state", frame[1], state))
+                elif kind == "flush":
+                    checkpoint()
+                elif kind == "stop":
+                    return
+                await channel.flush()
+            except EOFError:
+                return  # our channel broke: leave; the supervisor replays what is not acked
     finally:
         ticker.cancel()
         if recv is not None:

@@ -76,7 +76,8 @@ def test_raise_sleep_busy_pipe() -> None:
     assert time.monotonic() - t0 >= 0.05
     cpu0 = time.process_time()
     failpoint("b")
-    assert time.process_time() - cpu0 >= 0.02  # busy burns CPU, unlike sleep
+    assert time.process_time() - cpu0 >= 0.005  # busy burns CPU (sleep does not); a loaded
+    # machine may give it less than the 30 ms of wall time
     broken = []
     failpoint("p", pipe=lambda: broken.append(True))
     assert broken == [True]
