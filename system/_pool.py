@@ -209,6 +209,7 @@ class Pool:
             tuple[list[tuple[str, str, int, bytes, bool]], asyncio.Future[Any]]
         ] = []
         self._writing = False
+        self._writer_inline = False  # no thread for the intake writer: write in the loop
         self._writing_batch: list[tuple[Any, asyncio.Future[Any]]] | None = None
         self._outstanding = 0
         self._submitted = 0
@@ -454,7 +455,7 @@ class Pool:
             batch, self._pending = self._pending, []
             self._writing, self._writing_batch = True, batch
             try:
-                rows, offsets = await self._loop.run_in_executor(self._writer, self._append, batch)
+                rows, offsets = await self._write_batch(batch)
             except Exception as e:
                 err = PoolBroken(
                     f"the intake log could not be written ({e!r}); nothing was lost "
@@ -481,6 +482,25 @@ class Pool:
                 i += len(entries)
             self._update_idle()
             self._wake.set()
+
+    async def _write_batch(self, batch: list[Any]) -> tuple[list[Any], list[int]]:
+        """Append in the writer thread; in the event loop itself if no thread can be had."""
+        if not self._writer_inline:
+            try:
+                return await self._loop.run_in_executor(self._writer, self._append, batch)
+            except RuntimeError as e:
+                if not is_refusal(e):
+                    raise
+                self._writer_inline = True
+                self._events.emit(
+                    "degraded",
+                    None,
+                    None,
+                    component="intake writer",
+                    reason=repr(e),
+                    detail="appending to the intake log in the event loop: slower, never lost",
+                )
+        return self._append(batch)
 
     def _append(self, batch: list[tuple[list[tuple[str, str, int, bytes, bool]], Any]]):
         intake = self._intake

@@ -134,3 +134,48 @@ def test_a_pool_refused_new_processes_and_threads_ends_inline(demo_run) -> None:
     verify = cli("verify", "--data-dir", str(d))
     assert verify.returncode == 0 and verify.stdout.startswith("lost=0 duplicated=0 reordered=0")
     assert fp  # the failpoint module is untouched here: the refusals are the kernel's
+
+
+POOL_SCRIPT = """
+import asyncio, sys
+from system import Pool
+from system._demo import append_payload
+
+async def main():
+    async with Pool(append_payload, sys.argv[1], workers=1, mode="inline", partitions=2) as pool:
+        print("ready", flush=True)
+        sys.stdin.readline()  # (blocking on purpose: a thread is what this test takes away)
+        await pool.submit_many([("k", i) for i in range(100)])
+        await pool.drain(timeout=30)
+        print("state", await pool.query("k") == list(range(100)), flush=True)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(not PIDS_OK, reason=f"no pids cgroup here: {PIDS_WHY}")
+def test_no_thread_for_the_intake_writer_means_writing_in_the_loop(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    d = tmp_path / "d"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", POOL_SCRIPT, str(d)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        with pids_limit(proc.pid):  # not one more thread: the writer thread cannot start
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline() == "state True\n"
+            assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+    (step,) = [e for e in read_events(d) if e["kind"] == "degraded"]
+    assert step["component"] == "intake writer" and "can't start new thread" in step["reason"]
