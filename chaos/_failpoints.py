@@ -7,7 +7,8 @@ configuration is a string in the grammar of fail-rs::
 
 Terms run in sequence: a term with ``N*`` fires N times and then hands over to the next one; a
 term without a count stays. ``P%`` makes a term fire on that share of hits only, decided by a
-hash of (seed, scope, site, hit number) -- so a run replays from its seed whatever the timing.
+hash of (seed, scope, site, hit number, term): the same seed gives the same decisions for the
+same sequence of hits.
 Actions: ``off``; ``return(v)`` (the site gets ``v``, a Python literal or a string);
 ``raise(ExceptionName[, message])`` (for OSError an errno name as the message, e.g.
 ``raise(OSError, ENOMEM)``, gives that errno); ``sleep(ms)``; ``busy(ms)`` (spin, holding the
@@ -21,13 +22,14 @@ and at run time with ``set_failpoints()``. ``CHAOSGATE_FAILPOINT_SEED`` seeds pr
 Processes that should share a configuration get it passed explicitly (``environment()``), since
 a forkserver or spawn parent may have been started before the variable was set.
 
-Counters are run-wide: every hit of a configured site and every firing is appended to one log
-(``CHAOSGATE_FAILPOINT_LOG``, or a temporary file made by the first process that configures
-failpoints and handed to the workers it starts) -- one short line, O_APPEND, before the action
-runs, so a ``kill(SIGKILL)`` is counted too; ``counts()`` sums them up. ``N*`` and hit numbers
-live next to it in ``<log>.counts``, updated under an flock, so ``1*kill(SIGKILL)`` kills one
-process of the run, not every replacement in turn (a configured site costs some tens of
-microseconds per hit; an unconfigured one nothing).
+Counters are run-wide: the first process that configures failpoints picks a log
+(``CHAOSGATE_FAILPOINT_LOG``, or a temporary file) and hands it to the workers it starts. A hit
+appends one byte to ``<log>.hits.<site>`` -- the offset after it is the hit's run-wide number,
+with no lock -- and a firing appends a line to the log *before* the action runs, so a
+``kill(SIGKILL)`` is counted too; ``counts()`` sums it all up. So ``1*kill(SIGKILL)`` kills one
+process of the run, not every replacement in turn, and ``P%`` decisions follow the seed and the
+run-wide hit number. A site with both ``N*`` and ``P%`` keeps its fired counts under an flock.
+A configured site costs a few microseconds per hit; an unconfigured one nothing.
 
 Cost when disabled: sites check the module-level dict ``ACTIVE`` (empty = falsy) before calling,
 so a disabled site costs one global lookup and a truth test (see bench/failpoints.py).
@@ -42,7 +44,6 @@ import contextlib
 import errno
 import fcntl
 import hashlib
-import json
 import os
 import re
 import signal
@@ -50,7 +51,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,30 +90,36 @@ class Failpoint:
         self.name = name
         self.terms = terms
         self.spec = spec
-        self.hits = 0
-        self.fires = 0
+        self.hits = 0  # in this process
+        self.fires = 0  # in this process
         self._lock = threading.Lock()
+        self.chancy = any(t.probability is not None for t in terms)
+        self.counted = any(t.count is not None for t in terms)
 
-    def decide(self, seed: str, shared: dict[str, Any] | None = None) -> Term | None:
-        """The term that fires on this hit, or None.
+    def decide(self, seed: str, hit: int, fired: list[int] | None = None) -> Term | None:
+        """The term that fires on hit number ``hit`` (run-wide), or None -- as fail-rs does:
+        the first term that still has count left and passes its probability fires; a term
+        that misses its probability hands the hit to the next one.
 
-        ``shared`` is the run-wide record of this site (hits, fired per term) when processes
-        share counters: then ``1*kill`` fires once in the whole run, not once per process.
+        Without probabilities a term's count is a span of hits, so ``hit`` alone decides.
+        With both, the run-wide ``fired`` counts per term decide (the caller holds a lock).
         """
         with self._lock:
             self.hits += 1
-            fired = [t.fired for t in self.terms]
-            hit = self.hits
-            if shared is not None:
-                shared["hits"] = hit = shared.get("hits", 0) + 1
-                fired = shared.setdefault("fired", [0] * len(self.terms))
+            cum = 0
             for i, term in enumerate(self.terms):
-                if term.count is not None and fired[i] >= term.count:
-                    continue
+                if fired is not None:
+                    if term.count is not None and fired[i] >= term.count:
+                        continue
+                elif not self.chancy and term.count is not None:
+                    if hit > cum + term.count:
+                        cum += term.count
+                        continue
                 p = term.probability
-                if p is not None and _chance(seed, self.name, hit) >= p:
-                    return None
-                fired[i] += 1
+                if p is not None and _chance(seed, self.name, hit, i) >= p:
+                    continue
+                if fired is not None:
+                    fired[i] += 1
                 term.fired += 1
                 if term.action == "off":
                     return None
@@ -128,8 +135,8 @@ _LEAKED: list[bytearray] = []
 _HOGS: list[threading.Thread] = []
 
 
-def _chance(seed: str, name: str, hit: int) -> float:
-    digest = hashlib.blake2b(f"{seed}|{name}|{hit}".encode(), digest_size=8).digest()
+def _chance(seed: str, name: str, hit: int, term: int) -> float:
+    digest = hashlib.blake2b(f"{seed}|{name}|{hit}|{term}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 
@@ -225,7 +232,9 @@ def _ensure_log() -> str:
 
 
 def _remove(path: str) -> None:
-    for p in (path, path + ".counts"):
+    import glob
+
+    for p in [path, *glob.glob(glob.escape(path) + ".*")]:
         with contextlib.suppress(OSError):
             os.remove(p)
 
@@ -243,9 +252,7 @@ def set_failpoints(spec: str, *, replace: bool = False, reset_counts: bool = Tru
     if parsed:
         log = _ensure_log()
         if reset_counts:
-            with _shared_counts(log) as shared:
-                for name in parsed:
-                    shared.pop(name, None)
+            _reset(log, parsed)
     for name, terms in parsed.items():
         if len(terms) == 1 and terms[0].action == "off" and terms[0].count is None:
             ACTIVE.pop(name, None)
@@ -289,43 +296,85 @@ def failpoint(name: str, pipe: Callable[[], None] | None = None, **context: Any)
         return None
     seed = f"{os.environ.get(ENV_SEED, '0')}|{os.environ.get(ENV_SCOPE, '')}"
     log = log_path()
-    if log:
-        with _shared_counts(log) as shared:
-            term = fp.decide(seed, shared.setdefault(name, {}))
-        _record(log, name, term)
+    if log is None:  # (only when counting was switched off by hand)
+        term = fp.decide(seed, fp.hits + 1)
     else:
-        term = fp.decide(seed)
+        hit = _count_hit(log, name)
+        if fp.chancy and fp.counted:
+            with _locked(log):
+                fired = _read_fired(log, name, len(fp.terms))
+                term = fp.decide(seed, hit, fired)
+                _write_fired(log, name, fired)
+        else:
+            term = fp.decide(seed, hit)
+        if term is not None:
+            _append(log, f"{os.getpid()} {name} fire {term}\n")
     if term is None:
         return None
     return _act(name, term, pipe)
 
 
+_HIT_FDS: dict[str, int] = {}  # site -> fd of its run-wide hit counter (this process)
+
+
+def _count_hit(log: str, name: str) -> int:
+    """Count a hit run-wide; return its number. One byte appended to a file per site: the
+    kernel serialises O_APPEND writes, so the file offset after ours is our hit number, with
+    no lock between processes."""
+    fd = _HIT_FDS.get(name)
+    if fd is None:
+        path = f"{log}.hits.{name}"
+        fd = _HIT_FDS[name] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        _append(log, f"{os.getpid()} {name} hit\n")  # once per process: who hit it
+    os.write(fd, b".")
+    return os.lseek(fd, 0, os.SEEK_CUR)
+
+
 @contextlib.contextmanager
-def _shared_counts(log: str) -> Iterator[dict[str, Any]]:
-    """The run-wide counters next to the log, read and written under an exclusive flock."""
-    fd = os.open(log + ".counts", os.O_RDWR | os.O_CREAT, 0o644)
+def _locked(log: str) -> Iterator[None]:
+    fd = os.open(log + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        raw = b""
-        while chunk := os.read(fd, 65536):
-            raw += chunk
-        state = json.loads(raw) if raw.strip() else {}
-        yield state
-        data = json.dumps(state).encode()
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.ftruncate(fd, 0)
-        os.write(fd, data)
+        yield
     finally:
         os.close(fd)  # releases the lock
 
 
-def _record(path: str, name: str, term: Term | None) -> None:
-    line = f"{os.getpid()} {name} {'fire ' + str(term) if term else 'hit'}\n".encode()
+def _read_fired(log: str, name: str, terms: int) -> list[int]:
+    try:
+        with open(f"{log}.fired.{name}", encoding="ascii") as f:
+            fired = [int(x) for x in f.read().split()]
+    except (FileNotFoundError, ValueError):
+        fired = []
+    return (fired + [0] * terms)[:terms]
+
+
+def _write_fired(log: str, name: str, fired: list[int]) -> None:
+    """Replace the counts atomically (a kill mid-write leaves the old ones, never none)."""
+    tmp = f"{log}.fired.{name}.{os.getpid()}"
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(" ".join(map(str, fired)))
+    os.replace(tmp, f"{log}.fired.{name}")
+
+
+def _append(path: str, line: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
+        os.write(fd, line.encode())
     finally:
         os.close(fd)
+
+
+def _reset(log: str, names: Iterable[str]) -> None:
+    """Start the run-wide counts of ``names`` afresh."""
+    for name in names:
+        fd = _HIT_FDS.pop(name, None)
+        if fd is not None:
+            os.close(fd)
+        for suffix in ("hits", "fired"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(f"{log}.{suffix}.{name}")
+        _append(log, f"{os.getpid()} {name} reset\n")
 
 
 def _act(name: str, term: Term, pipe: Callable[[], None] | None) -> Any:
@@ -376,30 +425,39 @@ def _hang_forever() -> None:
 
 
 def counts(path: str | os.PathLike[str] | None = None) -> dict[str, dict[str, int]]:
-    """``{site: {"hits": n, "fires": n, "processes": n}}`` summed over every process's lines
-    (of ``path``, by default this process's run-wide log)."""
-    path = path or log_path()
-    if path is None:
+    """``{site: {"hits": n, "fires": n, "processes": n}}`` over every process of the run
+    (read from ``path``, by default this process's run-wide log), since the last reset."""
+    path = str(path or log_path() or "")
+    if not path:
         return {}
-    hits: Counter[str] = Counter()
-    fires: Counter[str] = Counter()
-    pids: dict[str, set[str]] = {}
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
         return {}
+    fires: Counter[str] = Counter()
+    pids: dict[str, set[str]] = {}
     for line in lines:
-        parts = line.split(" ", 2)
+        parts = line.split(" ", 3)
         if len(parts) < 3:
             continue  # torn by a kill mid-write
-        pid, name, what = parts
-        hits[name] += 1
-        pids.setdefault(name, set()).add(pid)
-        if what.startswith("fire"):
+        pid, name, what = parts[:3]
+        if what == "reset":
+            fires.pop(name, None)
+            pids.pop(name, None)
+        elif what == "hit":
+            pids.setdefault(name, set()).add(pid)
+        elif what == "fire":
             fires[name] += 1
-    return {n: {"hits": hits[n], "fires": fires[n], "processes": len(pids[n])} for n in hits}
+    found = {}
+    for name in pids:
+        try:
+            hits = os.path.getsize(f"{path}.hits.{name}")
+        except OSError:
+            hits = 0
+        found[name] = {"hits": hits, "fires": fires[name], "processes": len(pids[name])}
+    return found
 
 
 if os.environ.get(ENV):
-    set_failpoints(os.environ[ENV])
+    set_failpoints(os.environ[ENV], reset_counts=False)  # a child joins its parent's counts

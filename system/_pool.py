@@ -147,6 +147,17 @@ class Pool:
                 f"heartbeat_interval must be > 0 and at most hang_timeout / 2 "
                 f"({hang_timeout / 2}); got {heartbeat_interval!r}"
             )
+        if memory_hard_limit is not None:
+            import resource
+
+            hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+            if memory_hard_limit < 64 * 2**20 or (0 <= hard < memory_hard_limit):
+                raise UsageError(
+                    f"memory_hard_limit={memory_hard_limit:,} bytes is unusable: it caps a "
+                    "worker's whole address space (RLIMIT_AS: interpreter, uvloop, SQLite, "
+                    "thread stacks), so give at least 64 MiB"
+                    + (f", and at most this process's hard limit {hard:,}" if hard >= 0 else "")
+                )
         if poison_after < 1 or retries < 0:
             raise UsageError(
                 f"poison_after must be >= 1 and retries >= 0; got {poison_after}, {retries}"
@@ -197,6 +208,7 @@ class Pool:
         self._climb: list[tuple[str, int]] = []  # rungs stepped down from, to climb back to
         self._last_step = 0.0
         self._reconfiguring = False
+        self._degrades = 0
         self._reconfigure_task: asyncio.Task[None] | None = None
         self._supervisors: list[asyncio.Task[None]] = []
         self.mode_reason = "asked for"
@@ -734,11 +746,17 @@ class Pool:
         if slot.recycling and detail.get("exitcode") == 0:
             detail["recycled"] = slot.recycling
         elif detail.get("exitcode") == EXIT_MEMORY:
-            detail["recycled"] = "MemoryError in the handler (memory_hard_limit)"
+            # Not a requested recycle: it counts against the restart policy (backoff, intensity,
+            # then a step down), so a worker that cannot even checkpoint does not loop forever.
+            where = "in the handler" if in_flight >= 0 else "between messages (e.g. a checkpoint)"
             self._events.emit(
-                "recycled", slot.index, handle.pid, reason=detail["recycled"], offset=in_flight
+                "recycled",
+                slot.index,
+                handle.pid,
+                offset=in_flight,
+                reason=f"MemoryError {where} under memory_hard_limit={self.memory_hard_limit}",
             )
-        if (in_flight >= 0 and not detail.get("recycled")) or detail.get("exitcode") == EXIT_MEMORY:
+        if not detail.get("recycled"):
             if slot.streak.death(in_flight):
                 self._poison(slot, in_flight, detail)
         stopping = self._closing or self._reconfiguring
@@ -821,9 +839,20 @@ class Pool:
             now = monotonic()
             for slot in self._slots:
                 handle, cell, live = slot.handle, slot.cell, slot.liveness
-                if handle is None or cell is None or live is None or not slot.was_ready:
-                    if live is not None and cell is not None:
-                        live.reset(now, cell.read()[1:3])
+                if handle is None or cell is None or live is None:
+                    continue
+                if not slot.was_ready:
+                    # Starting: allowed a while longer (imports, claiming partitions), but not
+                    # for ever -- a worker frozen or stuck before "ready" is hung too.
+                    if now - slot.started_at > max(2 * self.hang_timeout, 10.0):
+                        if not slot.hanging:
+                            slot.hanging = True
+                            task = asyncio.create_task(
+                                self._on_hang(slot, handle, now - slot.started_at)
+                            )
+                            self._side_tasks.add(task)
+                            task.add_done_callback(self._side_tasks.discard)
+                    live.reset(now, cell.read()[1:3])
                     continue
                 live.observe(now, cell.read()[1:3])
                 if live.hung(now) and not slot.hanging:
@@ -871,7 +900,10 @@ class Pool:
         """Dump the hung worker's stacks, then SIGTERM, a grace period, SIGKILL."""
         in_flight = slot.cell.read()[0] if slot.cell else -1
         mid = next((m[1] for m in slot.inflight if m[0] == in_flight), None)
-        path, blocked = await self._dump(slot, handle)
+        try:
+            path, blocked = await asyncio.wait_for(self._dump(slot, handle), 15.0)
+        except Exception as e:  # no dump (no thread, no process, no time): still stop it
+            path, blocked = None, f"no stack dump: {e!r}"
         self._events.emit(
             "hung",
             slot.index,
@@ -886,9 +918,10 @@ class Pool:
         if handle.mode != "process":
             handle.abandon()  # a thread cannot be killed: replace it, fenced off by epoch
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(handle.pid, signal.SIGTERM)
-            os.kill(handle.pid, signal.SIGCONT)  # a frozen process gets to handle it
+        if not handle.exited.done():  # (an exited worker's pid may belong to another process)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(handle.pid, signal.SIGTERM)
+                os.kill(handle.pid, signal.SIGCONT)  # a frozen process gets to handle it
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(handle.exited), self.hang_grace)
         if not handle.exited.done():
@@ -951,7 +984,9 @@ class Pool:
             err.__cause__ = error
             self._events.emit("gave_up", slot.index, None, reason=reason)
             self._set_broken(err)
-        elif self._reconfigure_task is None or self._reconfigure_task.done():
+        elif not self._reconfiguring:
+            self._reconfiguring = True  # now, not when the task first runs: no second one
+            self._degrades += 1
             self._climb.append((self.mode, self.workers))
             self._reconfigure_task = asyncio.create_task(
                 self._reconfigure(*rung, reason=reason, kind="degraded")
@@ -1006,6 +1041,8 @@ class Pool:
             replaying=len(messages),
         )
         self._reconfiguring = False
+        for slot in old:
+            slot.ready.set()  # wake queries waiting on an old slot: they look up the new one
         self._supervisors = [
             asyncio.create_task(self._supervise(s), name=f"supervise-{s.index}")
             for s in self._slots
@@ -1017,9 +1054,12 @@ class Pool:
         cooldown = self.fallback_cooldown
         if not self._climb or cooldown is None or self._reconfiguring or self._closing:
             return
-        if now - self._last_step < cooldown * 2 ** (len(self._climb) - 1):
-            return
+        if self._final is not None:
+            return  # broken or closed: nothing to climb back to
+        if now - self._last_step < cooldown * 2 ** (self._degrades - 1):
+            return  # the wait doubles with every step down, so a flapping rung settles
         mode, workers = self._climb.pop()
+        self._reconfiguring = True
         self._reconfigure_task = asyncio.create_task(
             self._reconfigure(
                 mode,
@@ -1078,6 +1118,7 @@ class Pool:
                 slot = self._slot_of(key)  # anew each time: a step down changes the slots
                 await self._until(slot.ready)
                 if slot.handle is None:
+                    await asyncio.sleep(0.01)  # an old slot, woken by a reconfiguration
                     continue
                 rid = next(self._rids)
                 fut: asyncio.Future[bytes] = self._loop.create_future()

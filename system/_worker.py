@@ -92,9 +92,14 @@ async def serve(channel: Any, core: WorkerCore, heartbeat_interval: float = 0.2)
     loop = asyncio.get_running_loop()
     cell = core.progress
 
+    me = asyncio.current_task()
+
     def tick() -> None:
         nonlocal ticker
         cell[2] += 1
+        if core.stop_requested and me is not None:
+            me.cancel()  # asked to recycle while idle: leave now (checkpointing on the way)
+            return
         ticker = loop.call_later(heartbeat_interval, tick)
 
     ticker = loop.call_later(heartbeat_interval, tick)

@@ -181,7 +181,35 @@ async def test_every_site_in_the_pool_is_reached(tmp_path: Path, monkeypatch, st
         await pool.drain(timeout=60)
         workers = set(pool.worker_pids())
     lines = [line.split(" ", 2) for line in log.read_text().splitlines()]
-    seen = {name: {int(pid) for pid, n, _ in lines if n == name} for name in SITES}
+    seen = {
+        name: {int(p) for p, n, what in lines if n == name and what != "reset"} for name in SITES
+    }
     for site, where in SITES.items():
         assert seen[site], f"site {site} was never reached"
         assert seen[site] == ({os.getpid()} if where == "supervisor" else workers), site
+
+
+def test_a_missed_probability_hands_the_hit_to_the_next_term() -> None:
+    set_failpoints("a=50%return(1)->return(2)")
+    got = [failpoint("a") for _ in range(200)]
+    assert set(got) == {1, 2} and 60 < got.count(1) < 140  # as fail-rs: never None
+
+
+def test_counts_and_probabilities_together_stay_exact() -> None:
+    set_failpoints("a=50%3*return(1)->return(2)")
+    got = [failpoint("a") for _ in range(100)]
+    assert got.count(1) == 3 and got.count(2) == 97
+
+
+def test_child_processes_join_the_run_wide_counts(tmp_path: Path) -> None:
+    log = tmp_path / "fp.log"
+    env = {**os.environ, fp.ENV: "x=1*kill(SIGKILL)", fp.ENV_LOG: str(log)}
+    code = "from chaos import failpoint; failpoint('x'); print('survived')"
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+        )
+        for _ in range(3)
+    ]
+    assert [r.returncode for r in runs] == [-signal.SIGKILL, 0, 0]  # once in the whole run
+    assert failpoint_counts(log)["x"] == {"hits": 3, "fires": 1, "processes": 3}
