@@ -26,6 +26,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/failpoints.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

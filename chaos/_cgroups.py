@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from pathlib import Path
 from ._errors import InjectorUnavailable
 
 ROOT = Path("/sys/fs/cgroup")
+log = logging.getLogger("chaos")
 _names = itertools.count()
 
 
@@ -94,10 +96,19 @@ def limited(
     group = home / f"chaosgate-{os.getpid()}-{next(_names)}"
     try:
         group.mkdir()
+    except OSError as e:
+        raise InjectorUnavailable(f"cannot create cgroup {group}: {e.strerror}") from e
+    try:
         if h.version == 2:
             _enable(home, controller)
     except OSError as e:
-        raise InjectorUnavailable(f"cannot create cgroup {group}: {e.strerror}") from e
+        _remove(group)
+        raise InjectorUnavailable(
+            f"cannot enable the {controller} controller below {home}: {e.strerror}. On cgroup "
+            "v2 a cgroup with processes in it cannot delegate controllers (the 'no internal "
+            "processes' rule): run the target in a leaf cgroup of its own, or from a delegated "
+            "subtree (e.g. systemd-run --user --scope -p Delegate=yes)"
+        ) from e
     try:
         for name, value in settings.items():
             (group / name).write_text(value)
@@ -107,7 +118,10 @@ def limited(
         yield group
     finally:
         _move_back(pid, home, group)
-        _remove(group)
+        try:
+            _remove(group)
+        except OSError as e:  # never hide the block's own error behind this one
+            log.warning("cgroup %s could not be removed (%s); remove it by hand", group, e)
 
 
 def _enable(parent: Path, controller: str) -> None:
