@@ -14,10 +14,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from chaos import descendants, wait_gone, wait_until
+from chaos import cgroup_available, descendants, wait_gone, wait_until
 from system import live_workers, read_events
 
 ROOT = Path(__file__).resolve().parent
+PIDS_OK, PIDS_WHY = cgroup_available("pids")
+MEMORY_OK, MEMORY_WHY = cgroup_available("memory")
 
 
 def _shared_helpers() -> set[int | None]:
@@ -194,3 +196,10 @@ def events(data_dir: Path) -> list[dict]:
 def live(data_dir: Path) -> dict[int, int]:
     """``{worker: pid}`` of the ready workers of the pool in ``data_dir``."""
     return live_workers(read_events(data_dir))
+
+
+def no_cgroups_left(pid_cgroup_before: str, pid: int | None = None) -> None:
+    leftovers = list(Path("/sys/fs/cgroup").rglob(f"chaosgate-{os.getpid()}-*"))
+    assert not leftovers, leftovers
+    if pid is not None:
+        assert Path(f"/proc/{pid}/cgroup").read_text() == pid_cgroup_before

@@ -1,6 +1,5 @@
 """Memory faults for real: RSS grows, allocations fail, the OOM killer acts; all reverted."""
 
-import os
 import signal
 from pathlib import Path
 
@@ -9,21 +8,11 @@ import pytest
 
 from chaos import (
     address_space_limit,
-    cgroup_available,
     leaking,
     memory_cgroup,
     wait_until,
 )
-
-PIDS_OK, PIDS_WHY = cgroup_available("pids")
-MEMORY_OK, MEMORY_WHY = cgroup_available("memory")
-
-
-def no_cgroups_left(pid_cgroup_before: str, pid: int | None = None) -> None:
-    leftovers = list(Path("/sys/fs/cgroup").rglob(f"chaosgate-{os.getpid()}-*"))
-    assert not leftovers, leftovers
-    if pid is not None:
-        assert Path(f"/proc/{pid}/cgroup").read_text() == pid_cgroup_before
+from conftest import MEMORY_OK, MEMORY_WHY, no_cgroups_left
 
 
 def test_a_leak_grows_this_process_at_its_rate_and_is_freed() -> None:

@@ -1,6 +1,5 @@
 """Thread exhaustion for real: the kernel refuses the target a thread; all is reverted."""
 
-import os
 from pathlib import Path
 
 import psutil
@@ -16,16 +15,7 @@ from chaos import (
     thread_stack_limit,
     wait_until,
 )
-
-PIDS_OK, PIDS_WHY = cgroup_available("pids")
-MEMORY_OK, MEMORY_WHY = cgroup_available("memory")
-
-
-def no_cgroups_left(pid_cgroup_before: str, pid: int | None = None) -> None:
-    leftovers = list(Path("/sys/fs/cgroup").rglob(f"chaosgate-{os.getpid()}-*"))
-    assert not leftovers, leftovers
-    if pid is not None:
-        assert Path(f"/proc/{pid}/cgroup").read_text() == pid_cgroup_before
+from conftest import PIDS_OK, PIDS_WHY, no_cgroups_left
 
 
 @pytest.mark.skipif(not PIDS_OK, reason=f"no pids cgroup here: {PIDS_WHY}")

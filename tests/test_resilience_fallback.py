@@ -10,14 +10,13 @@ import psutil
 import pytest
 
 from chaos import _failpoints as fp
-from chaos import cgroup_available, kill, pids_limit, set_failpoints
-from conftest import cli, events, live
+from chaos import kill, pids_limit, set_failpoints
+from conftest import PIDS_OK, PIDS_WHY, cli, events, live
 from system import Pool, read_events
 from system._demo import append_payload
 from system._fallback import choose_mode, is_refusal, next_rung
 
 MB = 2**20
-PIDS_OK, PIDS_WHY = cgroup_available("pids")
 
 
 def test_the_first_rung_follows_free_memory() -> None:
