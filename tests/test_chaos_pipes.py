@@ -31,6 +31,17 @@ def test_breaking_the_targets_socket_gives_eof_there_and_epipe_here(puppet) -> N
             ours.sendall(b"x" * 2**20)
 
 
+def test_closing_our_end_gives_the_target_eof(puppet) -> None:
+    ours, theirs = socket.socketpair()
+    with theirs:
+        p = puppet(pass_fds=(theirs.fileno(),))
+        p.send(f"recv {theirs.fileno()}")
+        theirs.close()
+        ours.sendall(b"some data first")
+        ours.close()  # the fd closed on this side: the target reads to the end, then EOF
+        assert p.answer() == "EOF"
+
+
 def test_a_target_writing_into_a_broken_socket_gets_epipe(puppet) -> None:
     ours, theirs = socket.socketpair()
     with ours, theirs:
