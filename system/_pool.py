@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import multiprocessing
 import os
@@ -50,18 +49,19 @@ from ._checkpoint import CheckpointStore
 from ._core import Handler
 from ._errors import DataDirError, PayloadError, PoolBroken, PoolClosed, UsageError, WorkerLost
 from ._events import EventLog, monotonic
-from ._fallback import WORKER_MEMORY, choose_mode, is_refusal, next_rung
+from ._fallback import WORKER_MEMORY, choose_mode, is_refusal
 from ._intake import IntakeLog, check_data_dir, lock_data_dir
+from ._ladder import Ladder
 from ._message import Wire, check_key, partition_of
 from ._progress import ProgressCell
 from ._restart import RestartPolicy
 from ._runners import MODES, WorkerHandle, exit_text, launch
 from ._watchdog import Liveness, MemoryTrend, PoisonStreak
+from ._watching import Watching
 from ._worker import EXIT_MEMORY, WorkerSpec
 
 log = logging.getLogger("system")
 _PICKLE = pickle.HIGHEST_PROTOCOL
-MAX_FAILED_STARTS = 5  # consecutive deaths before "ready": a worker that cannot start at all
 
 
 @dataclass
@@ -88,7 +88,7 @@ class _Slot:
     queries: dict[int, asyncio.Future[bytes]] = field(default_factory=dict)
 
 
-class Pool:
+class Pool(Watching, Ladder):
     """A resilient, exactly-once, key-affine worker pool. Use ``async with Pool(...) as pool``."""
 
     def __init__(
@@ -821,253 +821,6 @@ class Pool:
                 slot.was_ready = True
                 slot.ready.set()
                 self._wake.set()
-
-    def _poison(self, slot: _Slot, offset: int, detail: dict[str, Any]) -> None:
-        reason = (
-            f"in flight during {self.poison_after} consecutive deaths of worker {slot.index} "
-            f"(last: {exit_text(detail)}); poison_after={self.poison_after}"
-        )
-        slot.poison[offset] = reason
-        mid = next((m[1] for m in slot.unsent if m[0] == offset), None)
-        self._events.emit("poisoned", slot.index, None, id=mid, offset=offset, reason=reason)
-
-    async def _watch(self) -> None:
-        """Every heartbeat interval: is each worker alive? Every memory interval: its RSS."""
-        next_memory = 0.0
-        while True:
-            await asyncio.sleep(self.heartbeat_interval)
-            now = monotonic()
-            for slot in self._slots:
-                handle, cell, live = slot.handle, slot.cell, slot.liveness
-                if handle is None or cell is None or live is None:
-                    continue
-                if not slot.was_ready:
-                    # Starting: allowed a while longer (imports, claiming partitions), but not
-                    # for ever -- a worker frozen or stuck before "ready" is hung too.
-                    if now - slot.started_at > max(2 * self.hang_timeout, 10.0):
-                        if not slot.hanging:
-                            slot.hanging = True
-                            task = asyncio.create_task(
-                                self._on_hang(slot, handle, now - slot.started_at)
-                            )
-                            self._side_tasks.add(task)
-                            task.add_done_callback(self._side_tasks.discard)
-                    live.reset(now, cell.read()[1:3])
-                    continue
-                live.observe(now, cell.read()[1:3])
-                if live.hung(now) and not slot.hanging:
-                    slot.hanging = True
-                    task = asyncio.create_task(self._on_hang(slot, handle, live.silence(now)))
-                    self._side_tasks.add(task)
-                    task.add_done_callback(self._side_tasks.discard)
-            self._try_climb(now)
-            if self.memory_soft_limit and self.mode == "process" and now >= next_memory:
-                next_memory = now + self.memory_interval
-                self._watch_memory(now)
-
-    def _watch_memory(self, now: float) -> None:
-        assert self.memory_soft_limit is not None
-        for slot in self._slots:
-            handle = slot.handle
-            if handle is None or not slot.was_ready or slot.recycling or slot.hanging:
-                continue
-            try:
-                rss = psutil.Process(handle.pid).memory_info().rss
-            except psutil.Error:
-                continue
-            slot.memory.add(now, rss)
-            verdict = slot.memory.verdict(self.memory_soft_limit)
-            if verdict is None:
-                continue
-            slot.recycling = (
-                "rss over memory_soft_limit"
-                if verdict == "over"
-                else f"rss trend crosses memory_soft_limit within {self.memory_horizon} s"
-            )
-            self._events.emit(
-                "recycled",
-                slot.index,
-                handle.pid,
-                reason=slot.recycling,
-                rss=rss,
-                soft_limit=self.memory_soft_limit,
-                slope_bytes_per_s=round(slot.memory.slope()),
-            )
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(handle.pid, signal.SIGUSR1)  # stop after the current message
-
-    async def _on_hang(self, slot: _Slot, handle: WorkerHandle, silence: float) -> None:
-        """Dump the hung worker's stacks, then SIGTERM, a grace period, SIGKILL."""
-        in_flight = slot.cell.read()[0] if slot.cell else -1
-        mid = next((m[1] for m in slot.inflight if m[0] == in_flight), None)
-        try:
-            path, blocked = await asyncio.wait_for(self._dump(slot, handle), 15.0)
-        except Exception as e:  # no dump (no thread, no process, no time): still stop it
-            path, blocked = None, f"no stack dump: {e!r}"
-        self._events.emit(
-            "hung",
-            slot.index,
-            handle.pid,
-            silence=round(silence, 3),
-            hang_timeout=self.hang_timeout,
-            offset=in_flight,
-            id=mid,
-            dump=path,
-            blocked=blocked,
-        )
-        if handle.mode != "process":
-            handle.abandon()  # a thread cannot be killed: replace it, fenced off by epoch
-            return
-        if not handle.exited.done():  # (an exited worker's pid may belong to another process)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(handle.pid, signal.SIGTERM)
-                os.kill(handle.pid, signal.SIGCONT)  # a frozen process gets to handle it
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(handle.exited), self.hang_grace)
-        if not handle.exited.done():
-            self._events.emit("killed", slot.index, handle.pid, reason="hung past hang_grace")
-            handle.kill()
-
-    async def _dump(self, slot: _Slot, handle: WorkerHandle) -> tuple[str | None, str | None]:
-        """py-spy dump of the worker into <data dir>/dumps/; (path, the blocked frame)."""
-        from chaos import dump_stacks  # only when a worker hangs
-
-        try:
-            dump = await asyncio.to_thread(dump_stacks, handle.pid, timeout=5.0)
-        except RuntimeError:  # no thread to be had: dump from the loop rather than not at all
-            dump = dump_stacks(handle.pid, timeout=5.0)
-        folder = self.data_dir / "dumps"
-        folder.mkdir(exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        path = folder / f"{stamp}-worker{slot.index}-pid{handle.pid}.txt"
-        header = f"# hung worker {slot.index} (pid {handle.pid}); method: {dump.method}"
-        if dump.reason:
-            header += f" ({dump.reason})"
-        path.write_text(f"{header}\n{dump.text}\n")
-        path.with_suffix(".json").write_text(json.dumps(dump.as_dict(), indent=1))
-        blocked = dump.blocked_frames()
-        if blocked:
-            thread, frame = blocked[0]
-            return str(path), f"{frame} in thread {thread.name!r}: {thread.waiting}"
-        busy = [t for t in dump.threads if t.active and t.frames]
-        return str(path), (
-            f"{busy[0].frames[0]} in thread {busy[0].name!r} (busy)" if busy else None
-        )
-
-    def _failed_start(self, slot: _Slot) -> bool:
-        """Count a worker that died before it was ready; True when that happened too often."""
-        slot.failed_starts += 1
-        return slot.failed_starts >= MAX_FAILED_STARTS
-
-    def _why_give_up(self, slot: _Slot, cause: dict[str, Any], before_ready: bool = False) -> str:
-        r = self.restart
-        if before_ready:
-            return (
-                f"worker {slot.index} died before it was ready {slot.failed_starts} times in a "
-                f"row (last exit: {exit_text(cause)}); its traceback is on the pool's stderr. "
-                "Is the handler importable in a fresh process (not defined in __main__ of "
-                "`python -c` or a notebook)? Can the data dir be written? Nothing acknowledged is "
-                "lost: fix the cause and reopen the data dir"
-            )
-        return (
-            f"worker {slot.index} died ({exit_text(cause)}) and the restart "
-            f"intensity is exceeded: {r.restarts_in_window()} restarts within {r.window}s "
-            f"(RestartPolicy(max_restarts={r.max_restarts}, window={r.window})). Every "
-            "acknowledged message is in the intake log: fix the cause and reopen the data dir"
-        )
-
-    def _step_down(self, reason: str, slot: _Slot, error: BaseException | None = None) -> None:
-        """Take the next rung of the fallback ladder, or give up when there is none."""
-        rung = next_rung(self.mode, self.workers)
-        if rung is None:
-            err = PoolBroken(reason)
-            err.__cause__ = error
-            self._events.emit("gave_up", slot.index, None, reason=reason)
-            self._set_broken(err)
-        elif not self._reconfiguring:
-            self._reconfiguring = True  # now, not when the task first runs: no second one
-            self._degrades += 1
-            self._climb.append((self.mode, self.workers))
-            self._reconfigure_task = asyncio.create_task(
-                self._reconfigure(*rung, reason=reason, kind="degraded")
-            )
-
-    async def _reconfigure(self, mode: str, workers: int, *, reason: str, kind: str) -> None:
-        """Stop every worker, then serve the same partitions with ``workers`` ``mode`` workers.
-
-        Nothing is lost or applied twice: each old worker checkpoints as it stops (or is killed,
-        its uncommitted work replayed), every unacknowledged message goes back to be sent, and
-        the new workers claim the partitions with newer epochs, fencing off any straggler.
-        """
-        self._reconfiguring = True
-        old, supervisors = self._slots, self._supervisors
-        for slot in old:
-            if slot.handle is not None:
-                with contextlib.suppress(EOFError):
-                    slot.handle.channel.send_nowait(("stop",))
-        _, late = await asyncio.wait(supervisors, timeout=self.hang_grace + 5.0)
-        for task in late:
-            handle = old[supervisors.index(task)].handle
-            if handle is not None:
-                handle.kill()
-        if late:
-            _, still = await asyncio.wait(late, timeout=5.0)
-            for task in still:
-                task.cancel()
-        messages = sorted(m for slot in old for m in (*slot.inflight, *slot.unsent))
-        poison = {o: why for slot in old for o, why in slot.poison.items()}
-        for slot in old:
-            if slot.cell is not None:
-                slot.cell.close()
-        before = (self.mode, self.workers)
-        self.mode, self.workers = mode, workers
-        self._slots = self._make_slots()
-        for m in messages:
-            slot = self._slots[m[3] % workers]
-            slot.unsent.append(m)
-            if m[0] in poison:
-                slot.poison[m[0]] = poison[m[0]]
-        self.restart.forget()  # a new configuration starts with a fresh restart budget
-        self._last_step = monotonic()
-        self._events.emit(
-            kind,
-            None,
-            None,
-            reason=reason,
-            mode=mode,
-            workers=workers,
-            was_mode=before[0],
-            was_workers=before[1],
-            replaying=len(messages),
-        )
-        self._reconfiguring = False
-        for slot in old:
-            slot.ready.set()  # wake queries waiting on an old slot: they look up the new one
-        self._supervisors = [
-            asyncio.create_task(self._supervise(s), name=f"supervise-{s.index}")
-            for s in self._slots
-        ]
-        self._wake.set()
-
-    def _try_climb(self, now: float) -> None:
-        """After ``fallback_cooldown`` s without trouble, try the rung we stepped down from."""
-        cooldown = self.fallback_cooldown
-        if not self._climb or cooldown is None or self._reconfiguring or self._closing:
-            return
-        if self._final is not None:
-            return  # broken or closed: nothing to climb back to
-        if now - self._last_step < cooldown * 2 ** (self._degrades - 1):
-            return  # the wait doubles with every step down, so a flapping rung settles
-        mode, workers = self._climb.pop()
-        self._reconfiguring = True
-        self._reconfigure_task = asyncio.create_task(
-            self._reconfigure(
-                mode,
-                workers,
-                kind="recovered",
-                reason=f"no trouble for {now - self._last_step:.0f} s (fallback_cooldown)",
-            )
-        )
 
     def _set_broken(self, err: PoolBroken) -> None:
         if self._broken is None:

@@ -98,6 +98,8 @@ async def test_a_hung_thread_worker_is_abandoned_and_replaced(
     d = tmp_path / "d"
     async with Pool(append_payload, d, workers=2, partitions=4, mode="thread", **FAST) as pool:
         await run_to_completion(pool)
-    (hung,) = hung_events(d)
-    assert "_hang_forever" in Path(hung["dump"]).read_text()
+    hung = hung_events(d)
+    assert len(hung) == 1, [(e["worker"], e["silence"], e["blocked"]) for e in hung]
+    assert "_hang_forever" in Path(hung[0]["dump"]).read_text()
+    assert "_hang_forever" in hung[0]["blocked"]
     assert any(e["kind"] == "died" and e.get("error") == "abandoned (hung)" for e in read_events(d))
