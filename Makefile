@@ -18,7 +18,7 @@ scenarios: $(STAMP)
 
 # The whole test suite (tests/ and scenarios/), lint and format check included.
 test: lint
-	$(BIN)/python -m pytest -p no:cacheprovider
+	$(BIN)/python -m pytest -p no:cacheprovider --junitxml=reports/junit.xml
 
 lint: $(STAMP)
 	$(BIN)/ruff check --no-cache system chaos tests scenarios bench conftest.py
