@@ -9,9 +9,12 @@
   ``thread_stack_limit``, ``thread_limit``, ``hogging_threads``; broken pipes:
   ``break_socket``/``break_sockets``; ``cgroup_available``.
 - stacks: ``dump_stacks(pid)`` with py-spy, or a stated fallback.
+- history: ``History`` of submits and its ``check`` of committed per-key lists -> ``Verdict``
+  (lost, duplicated, reordered, unexpected, dead-lettered, with explanations from events).
 """
 
 from ._cgroups import available as cgroup_available
+from ._checker import History, Verdict
 from ._errors import BlastRadiusError, ChaosError, FailpointError, InjectorUnavailable
 from ._failpoints import clear as clear_failpoints
 from ._failpoints import counts as failpoint_counts
@@ -41,10 +44,12 @@ __all__ = [
     "BlastRadiusError",
     "ChaosError",
     "FailpointError",
+    "History",
     "Injected",
     "InjectorUnavailable",
     "PayloadFault",
     "StackDump",
+    "Verdict",
     "address_space_limit",
     "break_socket",
     "break_sockets",

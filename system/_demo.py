@@ -12,8 +12,10 @@ import json
 import re
 import sys
 import time
-from collections import defaultdict
 from typing import Any
+
+from chaos._checker import Submit, Verdict
+from chaos._checker import check as check_history
 
 from ._checkpoint import CheckpointStore
 from ._intake import IntakeLog, check_data_dir
@@ -131,61 +133,20 @@ def dump(data_dir: str) -> int:
 
 def check(
     submitted: list[tuple[int, str, str, Any]], states: dict[str, Any], dead: set[str]
-) -> dict[str, list[str]]:
-    """Compare each key's committed list with its submitted payloads; offending ids per anomaly."""
-    expected: dict[str, list[tuple[Any, str]]] = defaultdict(list)
-    for _, mid, key, payload in submitted:
-        if mid not in dead:
-            expected[key].append((payload, mid))
-    anomalies: dict[str, list[str]] = {
-        "lost": [],
-        "duplicated": [],
-        "reordered": [],
-        "unexpected": [],
-    }
-    for key in sorted(set(expected) | set(states), key=_natural):
-        want = expected.get(key, [])
-        got = states.get(key) or []
-        if not isinstance(got, list):
-            raise TypeError(f"state of {key!r} is {type(got).__name__}, not the demo's list")
-        index = {payload: (i, mid) for i, (payload, mid) in enumerate(want)}
-        seen: set[Any] = set()
-        order: list[tuple[int, str]] = []
-        for payload in got:
-            if payload not in index:
-                anomalies["unexpected"].append(f"{key}:{payload!r}")
-            elif payload in seen:
-                anomalies["duplicated"].append(index[payload][1])
-            else:
-                seen.add(payload)
-                order.append(index[payload])
-        anomalies["lost"] += [mid for payload, mid in want if payload not in seen]
-        anomalies["reordered"] += _out_of_order(order)
-    return anomalies
+) -> Verdict:
+    """The demo's committed lists (payloads) against the intake log, by ``chaos``'s checker.
 
-
-def _out_of_order(order: list[tuple[int, str]]) -> list[str]:
-    """Ids outside a longest increasing subsequence of submission indexes (fewest moved)."""
-    import bisect
-
-    tails: list[int] = []
-    tail_at: list[int] = []
-    prev = [-1] * len(order)
-    for j, (i, _) in enumerate(order):
-        pos = bisect.bisect_left(tails, i)
-        if pos == len(tails):
-            tails.append(i)
-            tail_at.append(j)
-        else:
-            tails[pos] = i
-            tail_at[pos] = j
-        prev[j] = tail_at[pos - 1] if pos else -1
-    keep: set[int] = set()
-    j = tail_at[-1] if tail_at else -1
-    while j >= 0:
-        keep.add(j)
-        j = prev[j]
-    return [mid for j, (_, mid) in enumerate(order) if j not in keep]
+    Every logged message was acknowledged (submit returns once it is durable), so each one
+    must be committed exactly once, in order, or be dead-lettered.
+    """
+    ids = {(key, payload): mid for _, mid, key, payload in submitted}
+    committed: dict[str, list[Any]] = {}
+    for key, state in states.items():
+        if not isinstance(state, list):
+            raise TypeError(f"state of {key!r} is {type(state).__name__}, not the demo's list")
+        committed[key] = [ids.get((key, p), f"payload {p!r}") for p in state]
+    history = [Submit(mid, key, acked=True) for _, mid, key, _ in submitted]
+    return check_history(history, committed, dead)
 
 
 def dead_letters(data_dir: str, as_json: bool = False) -> int:
@@ -213,13 +174,8 @@ def dead_letters(data_dir: str, as_json: bool = False) -> int:
 
 def verify(data_dir: str) -> int:
     submitted, states, dead = _read(data_dir)
-    found = check(submitted, states, dead)
-    print(
-        " ".join(f"{k}={len(v)}" for k, v in found.items())
-        + f" dead_lettered={len(dead)} messages={len(submitted)} keys={len(states)}"
-    )
-    bad = {k: v for k, v in found.items() if v}
-    for kind, ids in bad.items():
-        more = f" (+{len(ids) - 20} more)" if len(ids) > 20 else ""
-        print(f"{kind}: {' '.join(ids[:20])}{more}")
-    return 1 if bad else 0
+    verdict = check(submitted, states, dead)
+    print(f"{verdict.summary()} messages={len(submitted)} keys={len(states)}")
+    for line in verdict.details():
+        print(line)
+    return 0 if verdict.ok else 1

@@ -1,0 +1,61 @@
+"""The history checker: every anomaly found, named by id, and explained from the events."""
+
+from chaos import History
+
+
+def history(*specs: tuple[str, str, bool]) -> History:
+    h = History()
+    for i, (mid, key, acked) in enumerate(specs):
+        h.submitted(mid, key, acked=acked, mono=10.0 + i)
+    return h
+
+
+def test_a_clean_run_is_ok() -> None:
+    h = history(("a1", "a", True), ("a2", "a", True), ("b1", "b", True))
+    verdict = h.check({"a": ["a1", "a2"], "b": ["b1"]})
+    assert verdict.ok and verdict.summary() == (
+        "lost=0 duplicated=0 reordered=0 unexpected=0 dead_lettered=0"
+    )
+    assert (verdict.submitted, verdict.committed) == (3, 3)
+
+
+def test_each_anomaly_is_found_with_its_ids() -> None:
+    h = history(*[(f"a{i}", "a", True) for i in range(6)], ("b1", "b", True), ("b2", "b", False))
+    committed = {"a": ["a0", "a3", "a1", "a2", "a3", "x9"], "b": ["b1", "a5"]}
+    verdict = h.check(committed, dead_lettered=["a4"])
+    assert verdict.lost == ["a5"]  # a4 was dead-lettered; b2 was never acknowledged
+    assert verdict.duplicated == ["a3"]
+    assert verdict.reordered == ["a3"]  # moving a3 alone restores a0 a1 a2
+    assert verdict.unexpected == ["a:x9", "b:a5"]  # never submitted; under another key
+    assert verdict.dead_lettered == ["a4"]
+    assert not verdict.ok
+    assert verdict.details()[0] == "lost: a5"
+
+
+def test_an_unacknowledged_submit_may_commit_or_not() -> None:
+    h = history(("a1", "a", False), ("a2", "a", False))
+    assert h.check({"a": ["a2"]}).ok
+
+
+def test_anomalies_are_explained_by_what_happened_after_them() -> None:
+    h = history(("a1", "a", True), ("a2", "a", True))
+    events = [
+        {"kind": "checkpointed", "mono": 10.5, "worker": 0, "pid": 7},
+        {
+            "kind": "died",
+            "mono": 11.5,
+            "worker": 0,
+            "pid": 7,
+            "signal": "SIGKILL(-9)",
+            "inflight": 12,
+        },
+        {"kind": "restarted", "mono": 11.6, "worker": 0, "pid": 8},
+    ]
+    verdict = h.check({"a": ["a1"]}, events=events)
+    assert verdict.lost == ["a2"]
+    assert verdict.explanations["a2"] == (
+        "a2: worker 0 (pid 7) died +0.500 s after it was submitted (SIGKILL(-9)), "
+        "12 messages in flight"
+    )
+    quiet = history(("a1", "a", True)).check({"a": []})
+    assert "no worker died" in quiet.explanations["a1"]
