@@ -36,6 +36,7 @@ from ._process_faults import (
     workers_of,
 )
 from ._processes import descendants, is_gone, wait_gone, wait_until
+from ._recovery import Recovery, recovery_of
 from ._stacks import StackDump, dump_stacks
 from ._threads import hogging_threads, pids_limit, thread_limit, thread_stack_limit
 
@@ -48,6 +49,7 @@ __all__ = [
     "Injected",
     "InjectorUnavailable",
     "PayloadFault",
+    "Recovery",
     "StackDump",
     "Verdict",
     "address_space_limit",
@@ -71,6 +73,7 @@ __all__ = [
     "payloads",
     "pick",
     "pids_limit",
+    "recovery_of",
     "set_failpoints",
     "sockets_of",
     "terminate",

@@ -741,6 +741,7 @@ class Pool(Watching, Ladder):
             if not fut.done():
                 fut.set_exception(WorkerLost(f"worker {slot.index} exited: {exit_text(detail)}"))
         slot.queries.clear()
+        last = slot.inflight[-1][0] if slot.inflight else None  # the replay must reach this
         lost = self._rewind(slot)
         in_flight = slot.cell.read()[0] if slot.cell else -1
         if slot.recycling and detail.get("exitcode") == 0:
@@ -769,6 +770,7 @@ class Pool(Watching, Ladder):
             handle.pid,
             **detail,
             inflight=lost,
+            inflight_last=last,
             uptime=round(monotonic() - slot.started_at, 6),
         )
         return detail
