@@ -9,6 +9,7 @@
   ``thread_stack_limit``, ``thread_limit``, ``hogging_threads``; broken pipes:
   ``break_socket``/``break_sockets``; ``cgroup_available``.
 - stacks: ``dump_stacks(pid)`` with py-spy, or a stated fallback.
+- targets: the ``Target`` protocol a scenario drives, ``SystemTarget``, ``load_target``.
 - history: ``History`` of submits and its ``check`` of committed per-key lists -> ``Verdict``
   (lost, duplicated, reordered, unexpected, dead-lettered, with explanations from events).
 """
@@ -38,6 +39,7 @@ from ._process_faults import (
 from ._processes import descendants, is_gone, wait_gone, wait_until
 from ._recovery import Recovery, recovery_of
 from ._stacks import StackDump, dump_stacks
+from ._target import SystemTarget, Target, load_target
 from ._threads import hogging_threads, pids_limit, thread_limit, thread_stack_limit
 
 __all__ = [
@@ -51,6 +53,8 @@ __all__ = [
     "PayloadFault",
     "Recovery",
     "StackDump",
+    "SystemTarget",
+    "Target",
     "Verdict",
     "address_space_limit",
     "break_socket",
@@ -69,6 +73,7 @@ __all__ = [
     "is_gone",
     "kill",
     "leaking",
+    "load_target",
     "memory_cgroup",
     "payloads",
     "pick",

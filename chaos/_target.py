@@ -1,0 +1,119 @@
+"""Targets: the small protocol through which a scenario drives any worker pool.
+
+A target is started, given messages (``submit(key, payload, id)`` returns once the pool has
+acknowledged the message), asked for its worker pids (to hurt them) and for its committed
+per-key state (the list-append workload: each key's list of message ids, in commit order), and
+stopped. What else it can do is named in ``capabilities`` -- ``"events"`` (lifecycle events
+with CLOCK_MONOTONIC times, for recovery figures), ``"failpoints"`` (chaos failpoint sites
+inside it), ``"dead_letters"``, ``"restart"`` (stop and start again on the same state) -- and a
+scenario that needs one the target lacks is skipped with that reason, never passed.
+
+``SystemTarget`` adapts ``system.Pool``; ``load_target("package.module:factory")`` builds a
+user's own (the factory is called with the scenario's data directory).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from ._errors import ChaosError
+
+
+@runtime_checkable
+class Target(Protocol):
+    capabilities: frozenset[str]
+
+    async def start(self) -> None: ...
+
+    async def submit(self, key: str, payload: Any, id: str) -> None: ...
+
+    def worker_pids(self) -> list[int]: ...
+
+    async def committed(self) -> dict[str, list[Any]]: ...
+
+    async def stop(self) -> None: ...
+
+
+def append_id(state: list[str] | None, message: Any) -> list[str]:
+    """The list-append workload's handler: append the message's id to its key's list."""
+    state = [] if state is None else state
+    state.append(message.id)
+    return state
+
+
+class SystemTarget:
+    """``system.Pool`` as a target: every capability."""
+
+    capabilities = frozenset({"events", "failpoints", "dead_letters", "restart"})
+
+    def __init__(self, data_dir: str | Path, **pool_options: Any):
+        self.data_dir = Path(data_dir)
+        self.options = {"workers": 2, "partitions": 8, **pool_options}
+        self.pool: Any = None
+
+    async def start(self) -> None:
+        from system import Pool
+
+        self.pool = Pool(append_id, self.data_dir, **self.options)
+        await self.pool.start()
+
+    async def submit(self, key: str, payload: Any, id: str) -> None:
+        await self.pool.submit(key, payload, id)
+
+    def worker_pids(self) -> list[int]:
+        return self.pool.worker_pids()
+
+    async def drain(self, timeout: float | None = None) -> None:
+        await self.pool.drain(timeout)
+
+    async def committed(self) -> dict[str, list[Any]]:
+        """The committed state, read from the checkpoint store (not from the workers' memory)."""
+        from system._checkpoint import CheckpointStore
+
+        await self.pool.drain()
+        store = CheckpointStore(self.data_dir)
+        try:
+            return dict(store.states())
+        finally:
+            store.close()
+
+    def dead_lettered(self) -> list[str]:
+        return [d["id"] for d in self.pool.dead_letters()]
+
+    def events(self) -> list[dict[str, Any]]:
+        from system import read_events
+
+        return read_events(self.data_dir)
+
+    async def stop(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+
+
+def load_target(spec: str, where: str = "--chaos-target") -> Any:
+    """The factory named by ``spec`` ("package.module:factory"), checked; errors say the fix."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ChaosError(
+            f"bad target {spec!r} (from {where}): expected 'package.module:factory', e.g. "
+            "'myapp.chaos:make_target'"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ChaosError(
+            f"cannot import {module_name!r} for target {spec!r} (from {where}): {e}; is the "
+            "package installed, or on sys.path?"
+        ) from e
+    try:
+        factory = getattr(module, attr)
+    except AttributeError:
+        raise ChaosError(
+            f"{module_name!r} has no {attr!r} for target {spec!r} (from {where}); define a "
+            "factory there that takes the scenario's data dir and returns a target"
+        ) from None
+    if not callable(factory):
+        raise ChaosError(f"{spec!r} (from {where}) is not callable: it must be a factory")
+    return factory
