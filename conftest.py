@@ -17,6 +17,8 @@ import pytest
 from chaos import cgroup_available, descendants, wait_gone, wait_until
 from system import live_workers, read_events
 
+pytest_plugins = ["pytester"]
+
 ROOT = Path(__file__).resolve().parent
 PIDS_OK, PIDS_WHY = cgroup_available("pids")
 MEMORY_OK, MEMORY_WHY = cgroup_available("memory")

@@ -1,0 +1,183 @@
+"""The chaosgate pytest plugin (entry point ``pytest11``): seeds, targets, and post-mortems.
+
+Cheap to load: it imports the toolkit only when a fixture or a failure needs it.
+
+- Options ``--chaos-seed N`` (default: random, printed in the header, so any failure replays),
+  ``--chaos-target package.module:factory`` (default: the ``system`` pool) and ``--chaos-report
+  DIR``; the same keys (``seed``, ``target``, ``report``) in ``[tool.chaosgate]`` of
+  pyproject.toml. A bad value is refused with where it came from.
+- Marker ``chaos_slo(recovery=seconds, lost=0, duplicated=0)``: a scenario's objectives.
+- Fixtures ``chaos_seed`` (int), ``chaos_target`` (a factory: ``await chaos_target()`` gives a
+  started target in a fresh data dir, stopped at teardown), ``history`` (a ``chaos.History``).
+- On any failure, the report gets a ``chaosgate`` section with the seed and a one-line command
+  that replays the test. On a timeout (pytest-timeout) it also gets a py-spy dump of every
+  descendant process of the test, after which the process tree is killed -- no orphans.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shlex
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SETTINGS = ("seed", "target", "report")
+
+
+class ChaosConfigError(pytest.UsageError):
+    """A chaosgate setting is bad; the message says where it came from."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("chaosgate", "chaosgate: fault injection scenarios")
+    group.addoption("--chaos-seed", default=None, help="seed of every random choice (replays)")
+    group.addoption(
+        "--chaos-target",
+        default=None,
+        help="package.module:factory of the pool to test (default: system)",
+    )
+    group.addoption("--chaos-report", default=None, help="directory for the run's report")
+
+
+def _pyproject_settings(rootpath: Path) -> dict[str, Any]:
+    path = rootpath / "pyproject.toml"
+    if not path.exists():
+        return {}
+    import tomllib
+
+    with open(path, "rb") as f:
+        section = tomllib.load(f).get("tool", {}).get("chaosgate", {})
+    unknown = set(section) - set(SETTINGS)
+    if unknown:
+        raise ChaosConfigError(
+            f"unknown setting(s) {', '.join(sorted(unknown))} in [tool.chaosgate] of {path}; "
+            f"known: {', '.join(SETTINGS)}"
+        )
+    return section
+
+
+def resolve_settings(config: pytest.Config) -> dict[str, Any]:
+    """Settings from the command line, else [tool.chaosgate], else defaults; each validated."""
+    file = _pyproject_settings(config.rootpath)
+    chosen: dict[str, Any] = {}
+    for key in SETTINGS:
+        cli = config.getoption(f"chaos_{key}")
+        if cli is not None:
+            chosen[key], where = cli, f"--chaos-{key}"
+        elif key in file:
+            chosen[key], where = file[key], f"[tool.chaosgate] {key} in pyproject.toml"
+        else:
+            chosen[key], where = None, "default"
+        if key == "seed":
+            if chosen[key] is None:
+                chosen[key] = random.SystemRandom().randrange(2**32)
+            else:
+                try:
+                    chosen[key] = int(chosen[key])
+                except (TypeError, ValueError):
+                    raise ChaosConfigError(
+                        f"bad seed {chosen[key]!r} (from {where}): give a whole number"
+                    ) from None
+        elif key == "target" and chosen[key] is not None and ":" not in str(chosen[key]):
+            raise ChaosConfigError(
+                f"bad target {chosen[key]!r} (from {where}): expected 'package.module:factory'"
+            )
+        elif key == "report" and chosen[key] is not None and Path(chosen[key]).is_file():
+            raise ChaosConfigError(
+                f"bad report directory {chosen[key]!r} (from {where}): it is a file"
+            )
+    return chosen
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "chaos_slo(recovery=None, lost=0, duplicated=0): the objectives a chaos scenario asserts",
+    )
+    config.stash[_SETTINGS] = resolve_settings(config)
+
+
+_SETTINGS = pytest.StashKey[dict[str, Any]]()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    s = config.stash[_SETTINGS]
+    return (
+        f"chaosgate: seed {s['seed']} (replay with --chaos-seed {s['seed']}), "
+        f"target {s['target'] or 'system (default)'}"
+    )
+
+
+@pytest.fixture
+def chaos_seed(request: pytest.FixtureRequest) -> int:
+    """The run's seed: use it for every random choice a scenario makes."""
+    return int(request.config.stash[_SETTINGS]["seed"])
+
+
+@pytest.fixture
+def history() -> Any:
+    from chaos import History
+
+    return History()
+
+
+@pytest.fixture
+async def chaos_target(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Callable[..., Any]]:
+    """``await chaos_target(**options)``: a started target in a fresh data dir."""
+    from chaos import SystemTarget, load_target
+
+    spec = request.config.stash[_SETTINGS]["target"]
+    factory = load_target(spec) if spec else SystemTarget
+    started: list[Any] = []
+
+    async def make(**options: Any) -> Any:
+        target = factory(tmp_path / f"target-{len(started)}", **options)
+        await target.start()
+        started.append(target)
+        return target
+
+    yield make
+    for target in reversed(started):
+        await target.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed:
+        seed = item.config.stash[_SETTINGS]["seed"]
+        replay = (
+            f"{shlex.quote(sys.executable)} -m pytest {shlex.quote(item.nodeid)} "
+            f"--chaos-seed {seed}"
+        )
+        lines = [f"seed: {seed}", f"replay: {replay}"]
+        if call.excinfo is not None and "Timeout" in str(call.excinfo.value):
+            lines += _post_mortem()
+        report.sections.append(("chaosgate", "\n".join(lines)))
+    return report
+
+
+def _post_mortem() -> list[str]:
+    """py-spy dumps of every descendant of this process, then the tree killed."""
+    from chaos import descendants, dump_stacks, wait_gone
+
+    lines: list[str] = []
+    procs = descendants(os.getpid())
+    for proc in procs:
+        dump = dump_stacks(proc.pid, timeout=5.0)
+        lines += [f"--- pid {proc.pid} ({dump.method}) ---", dump.text]
+    for proc in procs:
+        try:
+            proc.kill()
+        except Exception:
+            pass
+    left = wait_gone({p.pid for p in procs}, 5.0)
+    lines.append(f"killed {len(procs)} descendant process(es); still there: {sorted(left)}")
+    return lines
