@@ -181,3 +181,13 @@ def _post_mortem() -> list[str]:
     left = wait_gone({p.pid for p in procs}, 5.0)
     lines.append(f"killed {len(procs)} descendant process(es); still there: {sorted(left)}")
     return lines
+
+
+def require(target: Any, *capabilities: str) -> None:
+    """Skip the calling scenario, with the reason, if ``target`` lacks a capability it needs."""
+    missing = [c for c in capabilities if c not in getattr(target, "capabilities", ())]
+    if missing:
+        pytest.skip(
+            f"target {type(target).__name__} lacks {', '.join(missing)} (it offers "
+            f"{', '.join(sorted(getattr(target, 'capabilities', ()))) or 'none'})"
+        )
