@@ -39,7 +39,7 @@ from ._process_faults import (
 from ._processes import descendants, is_gone, wait_gone, wait_until
 from ._recovery import Recovery, recovery_of
 from ._stacks import StackDump, dump_stacks
-from ._target import SystemTarget, Target, load_target
+from ._target import SystemTarget, Target, load_target, submit_traffic
 from ._threads import hogging_threads, pids_limit, thread_limit, thread_stack_limit
 
 __all__ = [
@@ -81,6 +81,7 @@ __all__ = [
     "recovery_of",
     "set_failpoints",
     "sockets_of",
+    "submit_traffic",
     "terminate",
     "thaw",
     "thread_limit",

@@ -117,3 +117,23 @@ def load_target(spec: str, where: str = "--chaos-target") -> Any:
     if not callable(factory):
         raise ChaosError(f"{spec!r} (from {where}) is not callable: it must be a factory")
     return factory
+
+
+async def submit_traffic(
+    target: Any,
+    history: Any,
+    n: int,
+    *,
+    prefix: str,
+    keys: int = 8,
+    drain_every: int | None = None,
+) -> None:
+    """The list-append workload: ``n`` messages ``<prefix><i>`` over ``keys`` keys, each recorded
+    in ``history`` once acknowledged (``drain_every``: drain after that many, so that the pool
+    makes many small channel writes rather than a few large ones)."""
+    for i in range(n):
+        key = f"k{i % keys}"
+        await target.submit(key, i, f"{prefix}{i}")
+        history.submitted(f"{prefix}{i}", key)
+        if drain_every and i % drain_every == drain_every - 1:
+            await target.drain(timeout=60)

@@ -7,7 +7,8 @@ Cheap to load: it imports the toolkit only when a fixture or a failure needs it.
   DIR``; the same keys (``seed``, ``target``, ``report``) in ``[tool.chaosgate]`` of
   pyproject.toml. A bad value is refused with where it came from.
 - Marker ``chaos_slo(recovery=seconds, lost=0, duplicated=0)``: a scenario's objectives.
-- Fixtures ``chaos_seed`` (int), ``chaos_target`` (a factory: ``await chaos_target()`` gives a
+- Fixtures ``chaos_seed`` (int), ``chaos_failpoints`` (configure, cleared at teardown),
+  ``chaos_target`` (a factory: ``await chaos_target()`` gives a
   started target in a fresh data dir, stopped at teardown), ``history`` (a ``chaos.History``).
 - On any failure, the report gets a ``chaosgate`` section with the seed and a one-line command
   that replays the test. On a timeout (pytest-timeout) it also gets a py-spy dump of every
@@ -117,6 +118,16 @@ def pytest_report_header(config: pytest.Config) -> str:
 def chaos_seed(request: pytest.FixtureRequest) -> int:
     """The run's seed: use it for every random choice a scenario makes."""
     return int(request.config.stash[_SETTINGS]["seed"])
+
+
+@pytest.fixture
+def chaos_failpoints() -> Any:
+    """``chaos_failpoints("site=1*kill(SIGKILL)")`` for this test: configured now (counts
+    afresh), all cleared at teardown."""
+    from chaos import set_failpoints
+
+    yield set_failpoints
+    set_failpoints("", replace=True)
 
 
 @pytest.fixture

@@ -8,32 +8,17 @@ import asyncio
 
 import pytest
 
-from chaos import break_sockets, failpoint_counts, set_failpoints, wait_until
+from chaos import break_sockets, failpoint_counts, submit_traffic, wait_until
 from chaos.pytest_plugin import require
-
-
-async def traffic(target, history, n: int, prefix: str) -> None:
-    for i in range(n):
-        key = f"k{i % 9}"
-        await target.submit(key, i, f"{prefix}{i}")
-        history.submitted(f"{prefix}{i}", key)
-        if i % 100 == 99:
-            await target.drain(timeout=60)  # many channel writes, not a few big ones
-
-
-@pytest.fixture
-def failpoints():
-    yield set_failpoints
-    set_failpoints("", replace=True)
 
 
 @pytest.mark.chaos_slo(lost=0, duplicated=0)
 @pytest.mark.parametrize("site", ["worker.recv", "dispatch.send"])
-async def test_a_channel_broken_from_either_side(chaos_target, history, failpoints, site):
-    failpoints(f"{site}=5*off->1*pipe")
+async def test_a_channel_broken_from_either_side(chaos_target, history, chaos_failpoints, site):
+    chaos_failpoints(f"{site}=5*off->1*pipe")
     target = await chaos_target(workers=2)
     require(target, "failpoints", "events")
-    await traffic(target, history, 600, "m")
+    await submit_traffic(target, history, 600, prefix="m", keys=9, drain_every=100)
     verdict = history.check(await target.committed(), target.dead_lettered(), target.events())
     assert failpoint_counts()[site]["fires"] == 1, "the planned fault never fired"
     assert verdict.ok, verdict.details()
@@ -44,10 +29,10 @@ async def test_a_channel_broken_from_either_side(chaos_target, history, failpoin
 async def test_a_worker_socket_broken_from_outside(chaos_target, history) -> None:
     target = await chaos_target(workers=2)
     require(target, "events")
-    await traffic(target, history, 200, "a")
+    await submit_traffic(target, history, 200, prefix="a", keys=9, drain_every=100)
     victim = target.worker_pids()[0]
     assert break_sockets(victim), "the planned fault never fired"
     await asyncio.to_thread(wait_until, lambda: victim not in target.worker_pids(), 30, "replaced")
-    await traffic(target, history, 200, "b")
+    await submit_traffic(target, history, 200, prefix="b", keys=9, drain_every=100)
     verdict = history.check(await target.committed(), target.dead_lettered(), target.events())
     assert verdict.ok, verdict.details()

@@ -9,35 +9,28 @@ from pathlib import Path
 
 import pytest
 
-from chaos import failpoint_counts, freeze, recovery_of, set_failpoints, wait_until
+from chaos import (
+    failpoint_counts,
+    freeze,
+    recovery_of,
+    submit_traffic,
+    wait_until,
+)
 from chaos.pytest_plugin import require
 
 FAST = {"hang_timeout": 1.0, "heartbeat_interval": 0.1, "hang_grace": 0.5}
 DETECTION_SLO = 1.0 + 3.0  # the hang timeout, plus slack for a loaded machine
 
 
-async def traffic(target, history, n: int, prefix: str) -> None:
-    for i in range(n):
-        key = f"k{i % 8}"
-        await target.submit(key, i, f"{prefix}{i}")
-        history.submitted(f"{prefix}{i}", key)
-
-
-@pytest.fixture
-def failpoints():
-    yield set_failpoints
-    set_failpoints("", replace=True)
-
-
 @pytest.mark.chaos_slo(lost=0, duplicated=0)
 @pytest.mark.parametrize(
     ("action", "frame"), [("hang", "_hang_forever"), ("busy", "_act")], ids=["deadlock", "busy"]
 )
-async def test_a_hung_handler(chaos_target, history, failpoints, action, frame) -> None:
-    failpoints(f"worker.before_apply=40*off->1*{action}")
+async def test_a_hung_handler(chaos_target, history, chaos_failpoints, action, frame) -> None:
+    chaos_failpoints(f"worker.before_apply=40*off->1*{action}")
     target = await chaos_target(workers=2, **FAST)
     require(target, "failpoints", "events")
-    await traffic(target, history, 300, "m")
+    await submit_traffic(target, history, 300, prefix="m", keys=8)
     verdict = history.check(await target.committed(), target.dead_lettered(), target.events())
     assert failpoint_counts()["worker.before_apply"]["fires"] == 1, "the fault never fired"
     assert verdict.ok, verdict.details()
@@ -50,10 +43,10 @@ async def test_a_hung_handler(chaos_target, history, failpoints, action, frame) 
 async def test_a_frozen_worker(chaos_target, history) -> None:
     target = await chaos_target(workers=2, **FAST)
     require(target, "events")
-    await traffic(target, history, 50, "a")
+    await submit_traffic(target, history, 50, prefix="a", keys=8)
     pids = await asyncio.to_thread(wait_until, target.worker_pids, 30, "workers")
     fault = freeze(pids[0])
-    await traffic(target, history, 300, "b")
+    await submit_traffic(target, history, 300, prefix="b", keys=8)
     verdict = history.check(await target.committed(), target.dead_lettered(), target.events())
     assert verdict.ok, verdict.details()
     figures = recovery_of(fault.mono, fault.pid, target.events())
