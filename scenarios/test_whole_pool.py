@@ -1,9 +1,10 @@
-"""Real processes, real signals: kill -9 of the supervisor, of everything; SIGTERM and SIGINT.
+"""Scenario: the whole pool -- kill -9 of its process group or of its supervisor alone, and
+SIGTERM / SIGINT -- then a re-run on the same data dir.
 
 Each test runs ``python -m system run`` in its own process group, injects the fault by pid, lets
 it (or a re-run) finish, and checks with ``verify`` that nothing was lost, duplicated or
-reordered, and that no process was left behind. (Repeated kill -9 of workers during a run is the
-scenario ``scenarios/test_sigkill_workers.py``.)
+reordered, and that no process was left behind. (Repeated kill -9 of workers during a run is
+``test_sigkill_workers.py``.)
 """
 
 import os

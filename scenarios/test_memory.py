@@ -1,0 +1,57 @@
+"""Scenario: memory growth in the workers -- recycled past the soft limit; MemoryError under a
+hard RLIMIT_AS recycles the worker and retries the message. Nothing lost or duplicated."""
+
+import asyncio
+
+import psutil
+import pytest
+
+from chaos import address_space_limit, failpoint_counts, submit_traffic, wait_until
+from chaos.pytest_plugin import require
+
+MB = 2**20
+
+
+@pytest.mark.chaos_slo(lost=0, duplicated=0)
+async def test_a_leaking_worker_is_recycled(chaos_target, history, chaos_failpoints) -> None:
+    probe = await chaos_target(workers=1)
+    require(probe, "failpoints", "events")
+    pids = await asyncio.to_thread(wait_until, probe.worker_pids, 30, "a worker")
+    base = psutil.Process(pids[0]).memory_info().rss
+    await probe.stop()
+    chaos_failpoints("worker.after_apply=leak(2)")  # every message leaks 2 MB in its worker
+    target = await chaos_target(
+        workers=2, memory_soft_limit=base + 80 * MB, memory_interval=0.05, checkpoint_interval=0.01
+    )
+    for round_ in range(8):
+        await submit_traffic(target, history, 10, prefix=f"r{round_}-", keys=4)
+        await asyncio.sleep(0.05)
+    verdict = history.check(await target.committed(), target.dead_lettered(), target.events())
+    assert verdict.ok, verdict.details()
+    recycled = [e for e in target.events() if e["kind"] == "recycled"]
+    assert recycled, "no worker was recycled: the planned growth never crossed the limit"
+    assert all(e["rss"] > base for e in recycled)
+    print(
+        f"\n{len(recycled)} recycles; first: {recycled[0]['reason']}, "
+        f"rss {recycled[0]['rss'] // MB} MB, limit {recycled[0]['soft_limit'] // MB} MB"
+    )
+
+
+@pytest.mark.chaos_slo(lost=0, duplicated=0)
+async def test_memory_error_under_rlimit_as(chaos_target, history, chaos_failpoints) -> None:
+    # The 31st message applied in the run makes its worker allocate 400 MB at once.
+    chaos_failpoints("worker.before_apply=30*off->1*leak(400)")
+    target = await chaos_target(workers=1)
+    require(target, "failpoints", "events")
+    await submit_traffic(target, history, 20, prefix="a", keys=4)
+    await target.drain(timeout=30)
+    (pid,) = target.worker_pids()
+    with address_space_limit(pid, extra_mb=100):  # a real RLIMIT_AS on the running worker
+        await submit_traffic(target, history, 20, prefix="b", keys=4)
+        await target.drain(timeout=60)
+    verdict = history.check(await target.committed(), target.dead_lettered(), target.events())
+    assert failpoint_counts()["worker.before_apply"]["fires"] == 1, "the fault never fired"
+    assert verdict.ok, verdict.details()
+    (recycled,) = [e for e in target.events() if e["kind"] == "recycled"]
+    assert recycled["pid"] == pid and "MemoryError" in recycled["reason"]
+    assert pid not in target.worker_pids()  # replaced, without the limit: the retry succeeded
