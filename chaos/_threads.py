@@ -22,8 +22,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
 from . import _cgroups
 from ._memory import MB, address_space_limit
 from ._process_faults import check_target
@@ -88,7 +86,3 @@ def hogging_threads(n: int) -> Iterator[Hog]:
         release.set()
         for t in hog.threads:
             t.join()
-
-
-def thread_count(pid: int) -> int:
-    return psutil.Process(pid).num_threads()
