@@ -122,8 +122,14 @@ class DemoRun:
 
 
 @pytest.fixture
-def demo_run(tmp_path: Path) -> Iterator[Callable[..., DemoRun]]:
-    """Start demo runs (``demo_run(*args)``) whose process groups are killed at teardown."""
+def demo_run(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., DemoRun]]:
+    """Start demo runs (``demo_run(*args)``) whose process groups are killed at teardown.
+
+    They drive ``system``'s own CLI, so a scenario using them is skipped when ``--chaos-target``
+    names another pool."""
+    other = request.config.getoption("chaos_target", None)
+    if other and "chaos:SystemTarget" not in other:
+        pytest.skip(f"drives the system CLI (python -m system run), not target {other}")
     runs: list[DemoRun] = []
 
     def start(*args: str, name: str = "d") -> DemoRun:

@@ -1,4 +1,4 @@
-"""``chaos``: real faults for real processes -- and, to come, the scenario checker and plugin.
+"""``chaos``: real faults for real processes, the scenario checker, and the pytest plugin.
 
 - process faults: ``kill``, ``terminate``, ``freeze``/``thaw``/``frozen`` behind a blast-radius
   guard (``check_target``); pickers ``workers_of`` and ``pick``.
@@ -10,6 +10,8 @@
   ``break_socket``/``break_sockets``; ``cgroup_available``.
 - stacks: ``dump_stacks(pid)`` with py-spy, or a stated fallback.
 - targets: the ``Target`` protocol a scenario drives, ``SystemTarget``, ``load_target``.
+- scenarios: ``Scenario`` (the pytest plugin's ``chaos`` fixture): faults planned against fired,
+  reverted at teardown, the verdict held against the SLO; ``Fault``.
 - history: ``History`` of submits and its ``check`` of committed per-key lists -> ``Verdict``
   (lost, duplicated, reordered, unexpected, dead-lettered, with explanations from events).
 """
@@ -24,7 +26,7 @@ from ._failpoints import log_path as failpoint_log
 from ._memory import address_space_limit, leaking, memory_cgroup
 from ._payloads import CATALOG as PAYLOAD_CATALOG
 from ._payloads import PayloadFault, payloads
-from ._pipes import break_socket, break_sockets, sockets_of
+from ._pipes import break_socket, break_sockets, breakable_sockets, sockets_of
 from ._process_faults import (
     Injected,
     check_target,
@@ -38,6 +40,7 @@ from ._process_faults import (
 )
 from ._processes import descendants, is_gone, wait_gone, wait_until
 from ._recovery import Recovery, recovery_of
+from ._scenario import Fault, Scenario
 from ._stacks import StackDump, dump_stacks
 from ._target import SystemTarget, Target, load_target, submit_traffic
 from ._threads import hogging_threads, pids_limit, thread_limit, thread_stack_limit
@@ -47,11 +50,13 @@ __all__ = [
     "BlastRadiusError",
     "ChaosError",
     "FailpointError",
+    "Fault",
     "History",
     "Injected",
     "InjectorUnavailable",
     "PayloadFault",
     "Recovery",
+    "Scenario",
     "StackDump",
     "SystemTarget",
     "Target",
@@ -59,6 +64,7 @@ __all__ = [
     "address_space_limit",
     "break_socket",
     "break_sockets",
+    "breakable_sockets",
     "cgroup_available",
     "check_target",
     "clear_failpoints",

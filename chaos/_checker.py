@@ -13,19 +13,21 @@ and when, on CLOCK_MONOTONIC); ``History.check(committed, dead_lettered, events)
 
 A submit that was not acknowledged (it raised, or the run died first) may or may not have
 committed; neither is an anomaly. Each anomalous id gets a sentence from the target's events:
-what happened to the workers after it was submitted.
+what happened to the workers after it was submitted (the target's events, and the faults the
+scenario injected, as events of kind ``fault``).
 """
 
 from __future__ import annotations
 
 import bisect
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 ANOMALIES = ("lost", "duplicated", "reordered", "unexpected")
-_TELLING = {"died", "hung", "killed", "recycled", "degraded", "rewound", "gave_up"}
+_TELLING = {"fault", "died", "hung", "killed", "recycled", "degraded", "rewound", "gave_up"}
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ class History:
         self.submits: list[Submit] = []
 
     def submitted(self, id: str, key: str, *, acked: bool = True, mono: float | None = None):
+        """Record a submit (``mono``: when, on CLOCK_MONOTONIC; by default now)."""
+        if mono is None:
+            mono = time.clock_gettime(time.CLOCK_MONOTONIC)
         self.submits.append(Submit(id, key, acked, mono))
 
     def check(
@@ -153,12 +158,13 @@ def explain(mid: str, submitted_at: float | None, timeline: list[Mapping[str, An
     first = after[0]
     base = submitted_at if submitted_at is not None else first["mono"]
     what = first["kind"]
-    who = (
-        f"worker {first['worker']} (pid {first['pid']})"
-        if first.get("worker") is not None
-        else ("the pool")
-    )
+    if first.get("worker") is not None:
+        who = f"worker {first['worker']} (pid {first['pid']})"
+    else:
+        who = f"pid {first['pid']}" if first.get("pid") else "the pool"
     detail = first.get("signal") or first.get("reason") or first.get("error") or ""
+    if what == "fault":  # injected by the scenario: "pid 12 got kill (SIGKILL)"
+        what, detail = f"got {detail}", ""
     inflight = f", {first['inflight']} messages in flight" if "inflight" in first else ""
     more = f"; {len(after) - 1} more such events after it" if len(after) > 1 else ""
     return (

@@ -45,6 +45,14 @@ def sockets_of(pid: int) -> list[SocketInfo]:
     return sorted(found, key=lambda s: s.fd)
 
 
+def breakable_sockets(pid: int) -> list[SocketInfo]:
+    """The target's sockets that are its own: not shared with this process (a forked worker
+    inherits its parent's sockets, e.g. an event loop's self-pipe; shutting one of those down
+    would break the caller too)."""
+    own = {s.inode for s in sockets_of(os.getpid())}
+    return [s for s in sockets_of(pid) if s.inode not in own]
+
+
 def steal_fd(pid: int, fd: int) -> int:
     """A duplicate, in this process, of ``pid``'s file descriptor ``fd`` (pidfd_getfd)."""
     if platform.system() != "Linux":
@@ -71,6 +79,12 @@ def steal_fd(pid: int, fd: int) -> int:
 def break_socket(pid: int, fd: int, *, allow_outside: bool = False) -> Injected:
     """Shut down ``pid``'s socket ``fd`` both ways, from outside the target."""
     check_target(pid, allow_outside=allow_outside)
+    shared = {s.inode for s in sockets_of(os.getpid())}
+    if any(s.fd == fd and s.inode in shared for s in sockets_of(pid)):
+        raise BlastRadiusError(
+            f"refusing to break fd {fd} of pid {pid}: this process holds the same socket "
+            "(inherited across fork), so shutting it down would break the caller too"
+        )
     dup = steal_fd(pid, fd)
     try:
         sock = socket.socket(fileno=dup)
@@ -86,10 +100,11 @@ def break_socket(pid: int, fd: int, *, allow_outside: bool = False) -> Injected:
 
 
 def break_sockets(pid: int, *, allow_outside: bool = False) -> list[Injected]:
-    """Break every socket the target holds (for a pool worker: its channel). A target that
-    exits on the first break (as a worker should) ends the list early."""
+    """Break every socket the target holds of its own (for a pool worker: its channel; see
+    ``breakable_sockets``). A target that exits on the first break (as a worker should) ends
+    the list early."""
     done = []
-    for sock in sockets_of(pid):
+    for sock in breakable_sockets(pid):
         try:
             done.append(break_socket(pid, sock.fd, allow_outside=allow_outside))
         except (ProcessLookupError, ValueError, BlastRadiusError):

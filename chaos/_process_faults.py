@@ -95,6 +95,32 @@ def send_signal(pid: int, sig: int, *, allow_outside: bool = False, kind: str = 
     return Injected(kind or name, pid, mono, ts, {"signal": f"{name}(-{int(sig)})"})
 
 
+def send_signals(
+    pids: Sequence[int], sig: int, *, allow_outside: bool = False, kind: str = ""
+) -> list[Injected]:
+    """Send ``sig`` to every pid at (nearly) the same instant: all are checked and pinned with
+    pidfds first, then signalled back to back, so the first death cannot warn the others."""
+    pidfds: dict[int, int] = {}
+    try:
+        for pid in pids:
+            _refuse_obvious(pid)
+            try:
+                pidfds[pid] = os.pidfd_open(pid)
+            except ProcessLookupError:
+                raise ProcessLookupError(f"no process {pid}: it has exited") from None
+            check_target(pid, allow_outside=allow_outside)
+        sent = []
+        name = signal.Signals(sig).name
+        for pid, pidfd in pidfds.items():
+            mono, ts = time.clock_gettime(time.CLOCK_MONOTONIC), time.time()
+            signal.pidfd_send_signal(pidfd, sig)
+            sent.append(Injected(kind or name, pid, mono, ts, {"signal": f"{name}(-{int(sig)})"}))
+        return sent
+    finally:
+        for pidfd in pidfds.values():
+            os.close(pidfd)
+
+
 def kill(pid: int, *, allow_outside: bool = False) -> Injected:
     """SIGKILL: the process ends at once, with no chance to clean up (``kill -9``)."""
     return send_signal(pid, signal.SIGKILL, allow_outside=allow_outside)

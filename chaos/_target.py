@@ -14,6 +14,7 @@ user's own (the factory is called with the scenario's data directory).
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -31,7 +32,10 @@ class Target(Protocol):
 
     def worker_pids(self) -> list[int]: ...
 
-    async def committed(self) -> dict[str, list[Any]]: ...
+    async def committed(self) -> dict[str, list[Any]]:
+        """Each key's committed message ids, in commit order, once everything acknowledged so
+        far is processed (or given up); safe to call while submits go on."""
+        ...
 
     async def stop(self) -> None: ...
 
@@ -136,4 +140,13 @@ async def submit_traffic(
         await target.submit(key, i, f"{prefix}{i}")
         history.submitted(f"{prefix}{i}", key)
         if drain_every and i % drain_every == drain_every - 1:
-            await target.drain(timeout=60)
+            await drained(target)
+
+
+async def drained(target: Any, timeout: float = 60.0) -> None:
+    """Wait until the target has processed all it acknowledged: its ``drain`` if it has one,
+    else its ``committed()`` (which the protocol lets wait for that)."""
+    if hasattr(target, "drain"):
+        await target.drain(timeout=timeout)
+    else:
+        await asyncio.wait_for(target.committed(), timeout)

@@ -7,9 +7,12 @@ Cheap to load: it imports the toolkit only when a fixture or a failure needs it.
   DIR``; the same keys (``seed``, ``target``, ``report``) in ``[tool.chaosgate]`` of
   pyproject.toml. A bad value is refused with where it came from.
 - Marker ``chaos_slo(recovery=seconds, lost=0, duplicated=0)``: a scenario's objectives.
-- Fixtures ``chaos_seed`` (int), ``chaos_failpoints`` (configure, cleared at teardown),
-  ``chaos_target`` (a factory: ``await chaos_target()`` gives a
-  started target in a fresh data dir, stopped at teardown), ``history`` (a ``chaos.History``).
+- Fixtures ``chaos_seed`` (int), ``chaos`` (a ``chaos.Scenario``: the faults it injects,
+  planned against fired, reverted at teardown; its verdict against the SLO), ``chaos_target``
+  (a factory: ``await chaos_target()`` gives a started target in a fresh data dir, stopped at
+  teardown), ``history`` (the scenario's ``chaos.History``).
+- A scenario whose planned fault never fired fails, and so does one marked ``chaos_slo`` whose
+  verdict was never checked.
 - On any failure, the report gets a ``chaosgate`` section with the seed and a one-line command
   that replays the test. On a timeout (pytest-timeout) it also gets a py-spy dump of every
   descendant process of the test, after which the process tree is killed -- no orphans.
@@ -21,7 +24,7 @@ import os
 import random
 import shlex
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,27 +124,36 @@ def chaos_seed(request: pytest.FixtureRequest) -> int:
 
 
 @pytest.fixture
-def chaos_failpoints() -> Any:
-    """``chaos_failpoints("site=1*kill(SIGKILL)")`` for this test: configured now (counts
-    afresh), all cleared at teardown."""
-    from chaos import set_failpoints
-
-    yield set_failpoints
-    set_failpoints("", replace=True)
+def history(chaos: Any) -> Any:
+    """The scenario's ``chaos.History`` of submits (the same as ``chaos.history``)."""
+    return chaos.history
 
 
 @pytest.fixture
-def history() -> Any:
-    from chaos import History
+def chaos(request: pytest.FixtureRequest, chaos_seed: int) -> Iterator[Any]:
+    """The scenario's faults and verdict (``chaos.Scenario``): ``chaos.kill(pid)``,
+    ``chaos.freeze(pid)``, ``chaos.break_pipes(pid)``, ``chaos.failpoints(spec)``,
+    ``chaos.limit(kind, manager)``, ``chaos.plan(...)``; ``await chaos.verify()`` against the
+    ``chaos_slo`` marker. Reverted at teardown; a planned fault that never fired fails the test."""
+    from chaos._scenario import Scenario, slo_of
 
-    return History()
+    marker = request.node.get_closest_marker("chaos_slo")
+    try:
+        slo = slo_of(marker.kwargs if marker else {}, request.node.nodeid)
+    except Exception as e:
+        raise ChaosConfigError(str(e)) from None
+    scenario = Scenario(request.node.nodeid, chaos_seed, slo)
+    request.node.stash[SCENARIO] = scenario
+    yield scenario
+    scenario.close()
 
 
 @pytest.fixture
 async def chaos_target(
-    request: pytest.FixtureRequest, tmp_path: Path
+    request: pytest.FixtureRequest, tmp_path: Path, chaos: Any
 ) -> AsyncIterator[Callable[..., Any]]:
-    """``await chaos_target(**options)``: a started target in a fresh data dir."""
+    """``await chaos_target(**options)``: a started target in a fresh data dir, the one
+    ``chaos`` faults and verifies."""
     from chaos import SystemTarget, load_target
 
     spec = request.config.stash[_SETTINGS]["target"]
@@ -152,11 +164,36 @@ async def chaos_target(
         target = factory(tmp_path / f"target-{len(started)}", **options)
         await target.start()
         started.append(target)
+        chaos.target = target
         return target
 
     yield make
     for target in reversed(started):
         await target.stop()
+
+
+SCENARIO = pytest.StashKey[Any]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    """After a scenario's body passed: fail it if a planned fault never fired, or if it is
+    marked ``chaos_slo`` and never had its verdict checked against it."""
+    result = yield
+    scenario = item.stash.get(SCENARIO, None)
+    if scenario is not None:
+        from chaos._scenario import unfired_message
+
+        unfired = scenario.unfired()
+        if unfired:
+            pytest.fail(unfired_message(unfired), pytrace=False)
+        if item.get_closest_marker("chaos_slo") and not scenario.checked:
+            pytest.fail(
+                "marked chaos_slo but never checked: call `await chaos.verify()` (or "
+                "`chaos.judge(verdict, events)`) before the scenario ends",
+                pytrace=False,
+            )
+    return result
 
 
 @pytest.hookimpl(wrapper=True)

@@ -6,29 +6,27 @@ import asyncio
 import psutil
 import pytest
 
-from chaos import address_space_limit, failpoint_counts, submit_traffic, wait_until
+from chaos import address_space_limit
 from chaos.pytest_plugin import require
 
 MB = 2**20
 
 
 @pytest.mark.chaos_slo(lost=0, duplicated=0)
-async def test_a_leaking_worker_is_recycled(chaos_target, history, chaos_failpoints) -> None:
+async def test_a_leaking_worker_is_recycled(chaos_target, chaos) -> None:
     probe = await chaos_target(workers=1)
     require(probe, "failpoints", "events")
-    pids = await asyncio.to_thread(wait_until, probe.worker_pids, 30, "a worker")
-    base = psutil.Process(pids[0]).memory_info().rss
+    base = psutil.Process((await chaos.workers(1))[0]).memory_info().rss
     await probe.stop()
-    chaos_failpoints("worker.after_apply=leak(2)")  # every message leaks 2 MB in its worker
-    target = await chaos_target(
+    chaos.failpoints("worker.after_apply=leak(2)")  # every message leaks 2 MB in its worker
+    await chaos_target(
         workers=2, memory_soft_limit=base + 80 * MB, memory_interval=0.05, checkpoint_interval=0.01
     )
     for round_ in range(8):
-        await submit_traffic(target, history, 10, prefix=f"r{round_}-", keys=4)
-        await asyncio.sleep(0.05)
-    verdict = history.check(await target.committed(), target.dead_lettered(), target.events())
-    assert verdict.ok, verdict.details()
-    recycled = [e for e in target.events() if e["kind"] == "recycled"]
+        await chaos.traffic(10, prefix=f"r{round_}-", keys=4)
+        await asyncio.sleep(0.05)  # let the sampler see the growth between rounds
+    await chaos.verify()
+    recycled = [e for e in chaos.events if e["kind"] == "recycled"]
     assert recycled, "no worker was recycled: the planned growth never crossed the limit"
     assert all(e["rss"] > base for e in recycled)
     print(
@@ -38,20 +36,18 @@ async def test_a_leaking_worker_is_recycled(chaos_target, history, chaos_failpoi
 
 
 @pytest.mark.chaos_slo(lost=0, duplicated=0)
-async def test_memory_error_under_rlimit_as(chaos_target, history, chaos_failpoints) -> None:
+async def test_memory_error_under_rlimit_as(chaos_target, chaos) -> None:
     # The 31st message applied in the run makes its worker allocate 400 MB at once.
-    chaos_failpoints("worker.before_apply=30*off->1*leak(400)")
+    chaos.failpoints("worker.before_apply=30*off->1*leak(400)")
     target = await chaos_target(workers=1)
     require(target, "failpoints", "events")
-    await submit_traffic(target, history, 20, prefix="a", keys=4)
-    await target.drain(timeout=30)
-    (pid,) = target.worker_pids()
-    with address_space_limit(pid, extra_mb=100):  # a real RLIMIT_AS on the running worker
-        await submit_traffic(target, history, 20, prefix="b", keys=4)
-        await target.drain(timeout=60)
-    verdict = history.check(await target.committed(), target.dead_lettered(), target.events())
-    assert failpoint_counts()["worker.before_apply"]["fires"] == 1, "the fault never fired"
-    assert verdict.ok, verdict.details()
-    (recycled,) = [e for e in target.events() if e["kind"] == "recycled"]
+    await chaos.traffic(20, prefix="a", keys=4)
+    await chaos.drain()
+    (pid,) = await chaos.workers(1)
+    with chaos.limit("RLIMIT_AS", address_space_limit(pid, extra_mb=100), pid=pid):
+        await chaos.traffic(20, prefix="b", keys=4)
+        await chaos.drain()
+    await chaos.verify()
+    (recycled,) = [e for e in chaos.events if e["kind"] == "recycled"]
     assert recycled["pid"] == pid and "MemoryError" in recycled["reason"]
     assert pid not in target.worker_pids()  # replaced, without the limit: the retry succeeded

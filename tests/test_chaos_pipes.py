@@ -10,6 +10,7 @@ from chaos import (
     BlastRadiusError,
     break_socket,
     break_sockets,
+    breakable_sockets,
     kill,
     sockets_of,
 )
@@ -77,3 +78,17 @@ def test_killing_the_peer_during_a_large_write_breaks_the_writer(puppet) -> None
 def test_break_socket_is_guarded() -> None:
     with pytest.raises(BlastRadiusError):
         break_socket(os.getppid(), 0)
+
+
+def test_a_socket_shared_with_the_caller_is_never_broken(puppet) -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        p = puppet(pass_fds=(theirs.fileno(),))  # the target holds our `theirs` too
+        shared = [s.fd for s in sockets_of(p.pid) if s.inode == os.fstat(theirs.fileno()).st_ino]
+        assert shared, sockets_of(p.pid)
+        with pytest.raises(BlastRadiusError, match="this process holds the same socket"):
+            break_socket(p.pid, shared[0])
+        assert shared[0] not in [s.fd for s in breakable_sockets(p.pid)]
+        assert break_sockets(p.pid) == []  # nothing of its own to break
+        ours.sendall(b"still")  # and our link is untouched
+        assert theirs.recv(5) == b"still"

@@ -1,5 +1,6 @@
 """The pytest plugin, run in a subprocess as users run it (pytester)."""
 
+import psutil
 import pytest
 
 from chaos.pytest_plugin import SETTINGS
@@ -70,3 +71,73 @@ async def test_the_target_fixture_runs_the_system_pool(chaos_target, history) ->
         history.submitted(f"m{i}", f"k{i % 3}")
     verdict = history.check(await target.committed())
     assert verdict.ok and verdict.committed == 50
+
+
+def test_a_planned_fault_that_never_fired_fails_the_scenario(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        def test_plans_a_fault_nobody_reaches(chaos):
+            chaos.failpoints("nowhere.reached=1*raise(ValueError)")
+
+        def test_plans_nothing(chaos):
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*planned fault(s) never fired, so the scenario proves nothing: failpoint of site "
+            "nowhere.reached (1*raise(ValueError)): fired 0 of 1*",
+        ]
+    )
+
+
+def test_a_scenario_marked_with_an_slo_must_check_it(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        from chaos import Verdict
+
+        @pytest.mark.chaos_slo(lost=0)
+        def test_forgets(chaos):
+            pass
+
+        @pytest.mark.chaos_slo(lost=1)
+        def test_one_loss_allowed(chaos):
+            chaos.judge(Verdict(lost=["m1"]))
+
+        @pytest.mark.chaos_slo(duplicated=0)
+        def test_breach(chaos):
+            chaos.judge(Verdict(duplicated=["m7"], explanations={"m7": "m7: it was replayed"}))
+
+        @pytest.mark.chaos_slo(recovery=1.0, losst=0)
+        def test_typo(chaos):
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:randomly")
+    result.assert_outcomes(failed=2, passed=1, errors=1)
+    result.stdout.fnmatch_lines_random(
+        [
+            "*marked chaos_slo but never checked: call `await chaos.verify()`*",
+            "*SLO breached:*",
+            "*duplicated=1, allowed 0*",
+            "*m7: it was replayed*",
+            "*unknown chaos_slo objective(s) losst on *test_typo; known: lost (*",
+        ]
+    )
+
+
+def test_a_frozen_process_is_thawed_at_teardown(puppet) -> None:
+    from chaos import Scenario, wait_until
+
+    p = puppet()
+    proc = psutil.Process(p.pid)
+    scenario = Scenario("test", seed=1)
+    fault = scenario.freeze(p.pid)
+    assert fault.fired == 1 and fault.mono is not None
+    wait_until(lambda: proc.status() == psutil.STATUS_STOPPED, 10, "SIGSTOP delivered")
+    scenario.close()
+    wait_until(lambda: proc.status() != psutil.STATUS_STOPPED, 10, "SIGCONT at teardown")
+    assert scenario.record()["faults"][0]["detail"] == "SIGSTOP"

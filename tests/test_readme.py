@@ -1,5 +1,6 @@
 """The README's API example runs as shown, and a second run applies nothing twice."""
 
+import os
 import re
 import subprocess
 import sys
@@ -23,3 +24,37 @@ def test_the_api_example_runs_and_is_idempotent(tmp_path: Path) -> None:
         assert run.returncode == 0, run.stderr
         outputs.append(run.stdout)
     assert outputs == ["1683 (True, 'user-0 is at 1683')\n"] * 2
+
+
+def _pytest_against(adapter: str, where: Path, *tests: str) -> subprocess.CompletedProcess[str]:
+    (where / "my_target.py").write_text(adapter)
+    env = {**os.environ, "PYTHONPATH": str(where)}
+    options = ["--chaos-target", "my_target:MyTarget", "--chaos-seed", "1", "-rs"]
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", *tests, *options, "-p", "no:cacheprovider"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_the_adapter_example_points_the_scenarios_at_another_pool(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Your pool as a target", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len([line for line in code.splitlines() if line.strip()]) < 40
+    tests = ["scenarios/test_sigkill_variants.py", "scenarios/test_broken_pipes.py"]
+    run = _pytest_against(code, tmp_path, *tests)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert re.search(r"\b2 passed, 5 skipped\b", run.stdout), run.stdout[-3000:]
+    assert "lacks failpoints, events (it offers none)" in run.stdout
+    assert "has no socket of its own to break" in run.stdout
+    # The same pool without the resubmit: the scenarios catch the loss, id by id.
+    careless = code.replace("future = self._submit(key, id)", "break")
+    assert careless != code
+    run = _pytest_against(careless, tmp_path, tests[0])
+    assert run.returncode == 1, run.stdout[-3000:]
+    assert re.search(r"lost=\d+, allowed 0", run.stdout), run.stdout[-3000:]
+    assert re.search(r"got kill \(SIGKILL\) \+0\.\d+ s after it was submitted", run.stdout)
