@@ -35,7 +35,11 @@ def sockets_of(pid: int) -> list[SocketInfo]:
     """The target's socket fds, from /proc/PID/fd."""
     found = []
     base = f"/proc/{pid}/fd"
-    for name in os.listdir(base):
+    try:
+        names = os.listdir(base)
+    except FileNotFoundError:
+        raise ProcessLookupError(f"no process {pid}: it has exited") from None
+    for name in names:
         try:
             link = os.readlink(f"{base}/{name}")
         except OSError:

@@ -63,6 +63,8 @@ def check_target(pid: int, *, allow_outside: bool = False) -> psutil.Process:
     if zombie:
         raise ProcessLookupError(f"no process {pid}: it has exited (or never existed)")
     if not allow_outside and pid not in {p.pid for p in descendants(os.getpid())}:
+        if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
+            raise ProcessLookupError(f"no process {pid}: it exited while being checked")
         raise BlastRadiusError(
             f"refusing to target pid {pid} ({_describe(proc)}): it is not a descendant of this "
             f"process (pid {os.getpid()}); chaos only hurts processes its caller started. Pass "

@@ -149,11 +149,10 @@ class Scenario:
 
     def _signal(self, kind: str, pids: tuple[int, ...], sig: int) -> list[Fault]:
         name = signal.Signals(sig).name
-        faults = [self.plan(kind, f"pid {pid}", pid=pid, detail=name) for pid in pids]
-        for fault, injected in zip(
-            faults, _process_faults.send_signals(pids, sig, kind=kind), strict=True
-        ):
-            fault.fire(injected.mono, injected.ts)
+        faults = []
+        for injected in _process_faults.send_signals(pids, sig, kind=kind):
+            fault = self.plan(kind, f"pid {injected.pid}", pid=injected.pid, detail=name)
+            faults.append(fault.fire(injected.mono, injected.ts))
             self._watch_recovery(fault)
         return faults
 
@@ -173,8 +172,8 @@ class Scenario:
 
     def break_pipes(self, pid: int) -> Fault:
         """Shut every socket of ``pid`` down from outside (fired if it had one)."""
-        fault = self.plan("break_pipes", f"pid {pid}", pid=pid)
         broken = _pipes.break_sockets(pid)
+        fault = self.plan("break_pipes", f"pid {pid}", pid=pid)
         if broken:
             fault.fire(broken[0].mono, broken[0].ts)
             fault.detail = (

@@ -5,7 +5,8 @@ acknowledged the message), asked for its worker pids (to hurt them) and for its 
 per-key state (the list-append workload: each key's list of message ids, in commit order), and
 stopped. What else it can do is named in ``capabilities`` -- ``"events"`` (lifecycle events
 with CLOCK_MONOTONIC times, for recovery figures), ``"failpoints"`` (chaos failpoint sites
-inside it), ``"dead_letters"``, ``"restart"`` (stop and start again on the same state) -- and a
+inside it), ``"dead_letters"``, ``"restart"`` (stop and start again on the same state),
+``"leak"`` (a payload ``{"leak_mb": N}`` makes the worker applying it keep N MB more) -- and a
 scenario that needs one the target lacks is skipped with that reason, never passed.
 
 ``SystemTarget`` adapts ``system.Pool``; ``load_target("package.module:factory")`` builds a
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import multiprocessing
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -40,8 +42,19 @@ class Target(Protocol):
     async def stop(self) -> None: ...
 
 
+_KEPT: list[bytes] = []  # what leak payloads made this worker keep
+
+
 def append_id(state: list[str] | None, message: Any) -> list[str]:
-    """The list-append workload's handler: append the message's id to its key's list."""
+    """The list-append workload's handler: append the message's id to its key's list. A payload
+        ``{"leak_mb": N}`` also makes a worker process keep N MB more, for good (memory growth); in
+    thread or inline mode, where that would be the caller's own memory, it does not."""
+    if (
+        isinstance(message.payload, dict)
+        and "leak_mb" in message.payload
+        and multiprocessing.parent_process() is not None  # a worker process, not the caller's
+    ):
+        _KEPT.append(b"\1" * (int(message.payload["leak_mb"]) << 20))
     state = [] if state is None else state
     state.append(message.id)
     return state
@@ -50,7 +63,7 @@ def append_id(state: list[str] | None, message: Any) -> list[str]:
 class SystemTarget:
     """``system.Pool`` as a target: every capability."""
 
-    capabilities = frozenset({"events", "failpoints", "dead_letters", "restart"})
+    capabilities = frozenset({"events", "failpoints", "dead_letters", "restart", "leak"})
 
     def __init__(self, data_dir: str | Path, **pool_options: Any):
         self.data_dir = Path(data_dir)

@@ -3,9 +3,10 @@
 Cheap to load: it imports the toolkit only when a fixture or a failure needs it.
 
 - Options ``--chaos-seed N`` (default: random, printed in the header, so any failure replays),
-  ``--chaos-target package.module:factory`` (default: the ``system`` pool) and ``--chaos-report
-  DIR``; the same keys (``seed``, ``target``, ``report``) in ``[tool.chaosgate]`` of
-  pyproject.toml. A bad value is refused with where it came from.
+  ``--chaos-target package.module:factory`` (default: the ``system`` pool), ``--chaos-report
+  DIR`` and ``--chaos-profile ci|soak`` (fault schedules); the same keys (``seed``, ``target``,
+  ``report``, ``profile``) in ``[tool.chaosgate]`` of pyproject.toml. A bad value is refused
+  with where it came from.
 - Marker ``chaos_slo(recovery=seconds, lost=0, duplicated=0)``: a scenario's objectives.
 - Fixtures ``chaos_seed`` (int), ``chaos`` (a ``chaos.Scenario``: the faults it injects,
   planned against fired, reverted at teardown; its verdict against the SLO), ``chaos_target``
@@ -30,7 +31,8 @@ from typing import Any
 
 import pytest
 
-SETTINGS = ("seed", "target", "report")
+SETTINGS = ("seed", "target", "report", "profile")
+PROFILES = ("ci", "soak")
 
 
 class ChaosConfigError(pytest.UsageError):
@@ -46,6 +48,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="package.module:factory of the pool to test (default: system)",
     )
     group.addoption("--chaos-report", default=None, help="directory for the run's report")
+    group.addoption(
+        "--chaos-profile",
+        default=None,
+        help="fault schedules: ci (a few short ones, the default) or soak (many long ones)",
+    )
 
 
 def _pyproject_settings(rootpath: Path) -> dict[str, Any]:
@@ -91,6 +98,12 @@ def resolve_settings(config: pytest.Config) -> dict[str, Any]:
             raise ChaosConfigError(
                 f"bad target {chosen[key]!r} (from {where}): expected 'package.module:factory'"
             )
+        elif key == "profile":
+            chosen[key] = chosen[key] or "ci"
+            if chosen[key] not in PROFILES:
+                raise ChaosConfigError(
+                    f"bad profile {chosen[key]!r} (from {where}): choose {' or '.join(PROFILES)}"
+                )
         elif key == "report" and chosen[key] is not None and Path(chosen[key]).is_file():
             raise ChaosConfigError(
                 f"bad report directory {chosen[key]!r} (from {where}): it is a file"
@@ -113,7 +126,7 @@ def pytest_report_header(config: pytest.Config) -> str:
     s = config.stash[_SETTINGS]
     return (
         f"chaosgate: seed {s['seed']} (replay with --chaos-seed {s['seed']}), "
-        f"target {s['target'] or 'system (default)'}"
+        f"target {s['target'] or 'system (default)'}, profile {s['profile']}"
     )
 
 
@@ -149,15 +162,28 @@ def chaos(request: pytest.FixtureRequest, chaos_seed: int) -> Iterator[Any]:
 
 
 @pytest.fixture
-async def chaos_target(
-    request: pytest.FixtureRequest, tmp_path: Path, chaos: Any
-) -> AsyncIterator[Callable[..., Any]]:
-    """``await chaos_target(**options)``: a started target in a fresh data dir, the one
-    ``chaos`` faults and verifies."""
+def chaos_profile(request: pytest.FixtureRequest) -> str:
+    """The fault-schedule profile: "ci" or "soak"."""
+    return str(request.config.stash[_SETTINGS]["profile"])
+
+
+@pytest.fixture
+def chaos_target_factory(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """The target factory, ``factory(data_dir, **options)``, unstarted: ``--chaos-target`` or
+    ``system``'s."""
     from chaos import SystemTarget, load_target
 
     spec = request.config.stash[_SETTINGS]["target"]
-    factory = load_target(spec) if spec else SystemTarget
+    return load_target(spec) if spec else SystemTarget
+
+
+@pytest.fixture
+async def chaos_target(
+    tmp_path: Path, chaos: Any, chaos_target_factory: Callable[..., Any]
+) -> AsyncIterator[Callable[..., Any]]:
+    """``await chaos_target(**options)``: a started target in a fresh data dir, the one
+    ``chaos`` faults and verifies."""
+    factory = chaos_target_factory
     started: list[Any] = []
 
     async def make(**options: Any) -> Any:

@@ -110,6 +110,7 @@ class Pool(Watching, Ladder):
         max_payload_bytes: int = 256 * 2**20,
         hang_timeout: float = 10.0,
         hang_grace: float = 2.0,
+        start_timeout: float = 10.0,
         heartbeat_interval: float = 0.2,
         retries: int = 2,
         retry_backoff: float = 0.01,
@@ -147,6 +148,8 @@ class Pool(Watching, Ladder):
                 f"heartbeat_interval must be > 0 and at most hang_timeout / 2 "
                 f"({hang_timeout / 2}); got {heartbeat_interval!r}"
             )
+        if not start_timeout > 0:
+            raise UsageError(f"start_timeout must be > 0 seconds; got {start_timeout!r}")
         if memory_hard_limit is not None:
             import resource
 
@@ -193,6 +196,7 @@ class Pool(Watching, Ladder):
         self.max_payload_bytes = max_payload_bytes
         self.hang_timeout = hang_timeout
         self.hang_grace = hang_grace
+        self.start_timeout = start_timeout
         self.heartbeat_interval = heartbeat_interval
         self.retries = retries
         self.retry_backoff = retry_backoff
@@ -898,7 +902,10 @@ class Pool(Watching, Ladder):
         return self._events.stream()
 
     def worker_pids(self) -> list[int]:
-        return [s.handle.pid for s in self._slots if s.handle is not None]
+        """The pids of the worker processes (none in thread or inline mode)."""
+        return [
+            s.handle.pid for s in self._slots if s.handle is not None and s.handle.mode == "process"
+        ]
 
     def stats(self) -> dict[str, Any]:
         return {

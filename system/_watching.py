@@ -2,10 +2,10 @@
 
 A mixin of ``Pool``: it reads and changes the pool's slots and events. Every heartbeat interval
 ``_watch`` compares each worker's progress cell with what it saw before (see ``_progress`` and
-``_watchdog``); a worker with no progress for ``hang_timeout`` -- or not ready long after it
-started -- is dumped with py-spy into ``<data dir>/dumps/`` and stopped: SIGTERM, ``hang_grace``,
-SIGKILL (a thread or inline worker is abandoned instead: it cannot be killed, and its
-replacement fences it off). Every memory interval, process workers' RSS is sampled against
+``_watchdog``); a worker with no progress for ``hang_timeout`` -- or not ready ``start_timeout``
+after it started -- is dumped with py-spy into ``<data dir>/dumps/`` and stopped: SIGTERM,
+``hang_grace``, SIGKILL (a thread or inline worker is abandoned instead: it cannot be killed, and
+its replacement fences it off). Every memory interval, process workers' RSS is sampled against
 ``memory_soft_limit``: over it, or trending to it, a worker gets SIGUSR1 and stops after its
 current message (a recycle). ``_poison`` marks the message in flight at ``poison_after``
 consecutive deaths of a worker, to be dead-lettered by the next one.
@@ -55,7 +55,7 @@ class Watching:
                 if not slot.was_ready:
                     # Starting: allowed a while longer (imports, claiming partitions), but not
                     # for ever -- a worker frozen or stuck before "ready" is hung too.
-                    if now - slot.started_at > max(2 * self.hang_timeout, 10.0):
+                    if now - slot.started_at > max(self.hang_timeout, self.start_timeout):
                         if not slot.hanging:
                             slot.hanging = True
                             task = asyncio.create_task(

@@ -193,6 +193,8 @@ def process_main(conn: Any, spec: WorkerSpec, parent: int) -> None:
         task = asyncio.current_task()
         assert task is not None
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        if _failpoints.ACTIVE:
+            failpoint("worker.start")  # before the worker is ready: start_timeout applies
         channel = await _open(sock)
         core = spec.make_core()
         # Recycle request: stop after the current message. A plain handler, not the loop's:

@@ -161,6 +161,7 @@ SITES = {  # site -> where it runs
     "intake.append": "supervisor",
     "dispatch.send": "supervisor",
     "worker.spawn": "supervisor",
+    "worker.start": "worker",
     "worker.recv": "worker",
     "worker.before_apply": "worker",
     "worker.after_apply": "worker",

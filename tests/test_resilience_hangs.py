@@ -103,3 +103,16 @@ async def test_a_hung_thread_worker_is_abandoned_and_replaced(
     assert "_hang_forever" in Path(hung[0]["dump"]).read_text()
     assert "_hang_forever" in hung[0]["blocked"]
     assert any(e["kind"] == "died" and e.get("error") == "abandoned (hung)" for e in read_events(d))
+
+
+async def test_a_worker_hung_before_ready_is_caught_by_start_timeout(
+    tmp_path: Path, failpoint_log: Path
+) -> None:
+    set_failpoints("worker.start=1*hang")  # the first worker process never gets ready
+    d = tmp_path / "d"
+    async with Pool(append_payload, d, workers=2, partitions=4, start_timeout=1.0, **FAST) as pool:
+        await run_to_completion(pool)
+    assert failpoint_counts(failpoint_log)["worker.start"]["fires"] == 1
+    (hung,) = hung_events(d)
+    assert 1.0 <= hung["silence"] < 1.0 + 3.0  # start_timeout, plus slack for a loaded machine
+    assert "_hang_forever" in hung["blocked"]

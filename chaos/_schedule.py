@@ -1,0 +1,247 @@
+"""Property-based fault schedules: Hypothesis interleaves traffic and faults, the checker judges.
+
+``FaultSchedule`` is a ``RuleBasedStateMachine``. Each example starts a fresh target and runs a
+random sequence of steps -- submit a batch of messages, SIGKILL a worker, freeze one (SIGSTOP),
+break its sockets, submit a poisoned payload, make a worker leak memory, drain -- then drains
+and holds the history against the SLO (lost, duplicated, reordered, unexpected: 0; every
+acknowledged message committed exactly once or dead-lettered, in order per key). A failing
+schedule shrinks to a minimal one, which Hypothesis prints as steps
+(``state.kill_worker(which=1)``...) and ``Scenario.steps`` keeps for the report; the same
+``--chaos-seed`` replays it. Steps that need a capability the target lacks are not drawn.
+
+Profiles: ``ci`` (a few short schedules, within the suite's budget) and ``soak`` (many long
+ones; give it time: ``--timeout 0``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import threading
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
+
+from ._errors import ChaosError
+from ._payloads import CATALOG, REFUSED
+from ._pipes import breakable_sockets
+from ._scenario import Scenario
+
+T = TypeVar("T")
+
+PROFILES = {
+    "ci": settings(
+        max_examples=5,
+        stateful_step_count=10,
+        deadline=None,
+        database=None,
+        phases=(Phase.explicit, Phase.generate, Phase.shrink),
+        suppress_health_check=list(HealthCheck),
+        report_multiple_bugs=False,
+    ),
+    "soak": settings(
+        max_examples=200,
+        stateful_step_count=40,
+        deadline=None,
+        database=None,
+        phases=(Phase.explicit, Phase.generate, Phase.shrink),
+        suppress_health_check=list(HealthCheck),
+        report_multiple_bugs=False,
+    ),
+}
+# What the schedules ask of the target: quick hang detection, memory recycling for leaks.
+TARGET_OPTIONS = {
+    "workers": 2,
+    "partitions": 8,
+    "hang_timeout": 0.5,
+    "heartbeat_interval": 0.05,
+    "hang_grace": 0.3,
+    "start_timeout": 2.0,
+    "memory_soft_limit": 200 * 2**20,
+    "memory_interval": 0.05,
+    "checkpoint_interval": 0.05,
+}
+LEAK_MB = 48
+
+
+class LoopThread:
+    """An event loop in a thread, so that Hypothesis's synchronous rules can drive an async
+    target (and the target's own tasks run between steps, as they would in production)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="chaos-schedule")
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 120.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+
+@dataclass
+class ScheduleRun:
+    """How many schedules ran; the last one's steps and fired faults, and its scenario."""
+
+    examples: int = 0
+    steps: int = 0
+    faults: int = 0
+    last: Scenario | None = None
+
+
+def run_schedules(
+    factory: Callable[..., Any],
+    workdir: Path,
+    chaos: Scenario,
+    *,
+    profile: str = "ci",
+    target_options: dict[str, Any] | None = None,
+) -> ScheduleRun:
+    """Run fault schedules against targets made by ``factory(data_dir, **options)``, seeded
+    and judged by ``chaos`` (the test's scenario). Raises the minimal failing schedule's error
+    (Hypothesis has printed its steps); either way ``chaos`` ends up with the last schedule's
+    steps, faults, events and verdict (on failure: the minimal schedule's)."""
+    from hypothesis import seed as hypothesis_seed
+
+    runner = LoopThread()
+    result = ScheduleRun()
+    counter = itertools.count()
+    options = {**TARGET_OPTIONS, **(target_options or {})}
+
+    class Schedule(FaultSchedule):
+        def __init__(self) -> None:
+            n = next(counter)
+            scenario = Scenario(f"{chaos.nodeid} example {n}", chaos.seed, dict(chaos.slo))
+            super().__init__(runner, factory(workdir / f"example-{n}", **options), scenario)
+            result.examples += 1
+            result.last = scenario
+
+    try:
+        run_state_machine_as_test(hypothesis_seed(chaos.seed)(Schedule), settings=PROFILES[profile])
+    finally:
+        runner.close()
+        last = result.last
+        if last is not None:
+            result.steps, result.faults = len(last.steps), sum(f.fired > 0 for f in last.faults)
+            chaos.steps, chaos.faults, chaos.events = last.steps, last.faults, last.events
+            chaos.verdict, chaos.breaches = last.verdict, last.breaches
+    return result
+
+
+class FaultSchedule(RuleBasedStateMachine):
+    """Random interleavings of traffic and faults against one fresh target (see module doc)."""
+
+    def __init__(self, runner: LoopThread, target: Any, scenario: Scenario) -> None:
+        super().__init__()
+        self.runner = runner
+        self.chaos = scenario
+        self.chaos.target = target
+        self.caps = frozenset(getattr(target, "capabilities", ()))
+        self.batch = 0
+        self.started = False
+        self.runner.run(target.start())
+        self.started = True
+
+    def _step(self, text: str) -> None:
+        self.chaos.steps.append(text)
+
+    def _victim(self, which: int) -> int | None:
+        """A worker process, waiting a little for one (it may be restarting): the same steps
+        should hit a worker however the pool's timing plays out, so that schedules replay."""
+        try:
+            pids = self.runner.run(self.chaos.workers(1, timeout=2.0))
+        except ChaosError:  # none (e.g. stepped down to threads)
+            return None
+        return pids[which % len(pids)]
+
+    @rule(n=st.integers(1, 80), keys=st.integers(1, 6))
+    def submit(self, n: int, keys: int) -> None:
+        self.batch += 1
+        self._step(f"submit {n} messages over {keys} keys")
+        self.runner.run(self.chaos.traffic(n, prefix=f"b{self.batch}-", keys=keys))
+
+    @rule(which=st.integers(0, 7))
+    def kill_worker(self, which: int) -> None:
+        self._fault("kill", which, self.chaos.kill)
+
+    @rule(which=st.integers(0, 7))
+    def freeze_worker(self, which: int) -> None:
+        self._fault("freeze", which, self.chaos.freeze)
+
+    @rule(which=st.integers(0, 7))
+    def break_pipes(self, which: int) -> None:
+        pid = self._victim(which)
+        try:
+            breakable = pid is not None and breakable_sockets(pid)
+        except ProcessLookupError:
+            breakable = False
+        if not breakable:
+            self._step(f"break pipes of worker #{which}: no worker with a socket of its own")
+            return
+        self._fault("break pipes", which, self.chaos.break_pipes)
+
+    @precondition(lambda self: "dead_letters" in self.caps)
+    @rule(fault=st.sampled_from(CATALOG))
+    def poison(self, fault: Any) -> None:
+        self.batch += 1
+        mid, key = f"poison{self.batch}-{fault.name}", f"k{self.batch % 6}"
+        outcome = fault.outcome("process")
+        planned = self.chaos.plan("payload", f"message {mid}", detail=f"{fault.name}: {outcome}")
+        self._step(f"submit a poisoned payload ({fault.name}: {outcome})")
+        try:
+            self.runner.run(self.chaos.target.submit(key, fault.make(), mid))
+            self.chaos.history.submitted(mid, key)
+            assert outcome != REFUSED, f"{fault.name} should have been refused at submit"
+        except Exception as e:
+            if outcome != REFUSED:
+                raise
+            self.chaos.history.submitted(mid, key, acked=False)
+            assert "nothing was written" in str(e), e
+        planned.fire()
+
+    @precondition(lambda self: "leak" in self.caps)
+    @rule()
+    def leak(self) -> None:
+        self.batch += 1
+        mid, key = f"leak{self.batch}", f"k{self.batch % 6}"
+        fault = self.chaos.plan("leak", f"message {mid}", detail=f"{LEAK_MB} MB kept by a worker")
+        self._step(f"submit a message that makes its worker keep {LEAK_MB} MB more")
+        self.runner.run(self.chaos.target.submit(key, {"leak_mb": LEAK_MB}, mid))
+        self.chaos.history.submitted(mid, key)
+        fault.fire()
+
+    @rule()
+    def drain(self) -> None:
+        self._step("drain")
+        self.runner.run(self.chaos.drain())
+
+    def _fault(self, what: str, which: int, inject: Callable[[int], Any]) -> None:
+        pid = self._victim(which)
+        if pid is None:
+            self._step(f"{what} worker #{which}: no worker to hurt")
+            return
+        try:
+            inject(pid)
+        except (ProcessLookupError, ValueError) as e:  # it exited (or closed that fd) meanwhile
+            self._step(f"{what} worker #{which} (pid {pid}): gone before the fault ({e})")
+            return
+        self._step(f"{what} worker #{which} (pid {pid})")
+
+    def teardown(self) -> None:
+        try:
+            if self.started:
+                self._step("drain, then check")
+                self.runner.run(self.chaos.verify(), timeout=180)
+        finally:
+            self.chaos.close()  # thaw what is still frozen
+            with contextlib.suppress(Exception):
+                self.runner.run(self.chaos.target.stop(), timeout=60)
