@@ -12,6 +12,7 @@ import json
 import re
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from chaos._checker import Submit, Verdict
@@ -170,6 +171,11 @@ def dead_letters(data_dir: str, as_json: bool = False) -> int:
         if last[0]:
             print(f"    {last[0]}")
     return 0
+
+
+def verdict_of(data_dir: str | Path) -> Verdict:
+    """The checker's verdict on a demo data dir (what ``verify`` prints)."""
+    return check(*_read(str(data_dir)))
 
 
 def verify(data_dir: str) -> int:
