@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: scenarios test lint bench clean
+.PHONY: scenarios test lint bench clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,13 +12,24 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# The main job: real faults into a real pool, a verdict and figures per scenario.
+# The main job: real faults into a real pool, a verdict and figures per scenario, the report
+# in reports/latest/ (JSON, Markdown, HTML), and the gate (exit 10: a weakness found).
 scenarios: $(STAMP)
-	$(BIN)/python -m pytest scenarios/ -p no:cacheprovider -rA --junitxml=reports/scenarios-junit.xml
+	$(BIN)/python -m pytest scenarios/ -p no:cacheprovider -rA --chaos-gate \
+		--junitxml=reports/scenarios-junit.xml
 
 # The whole test suite (tests/ and scenarios/), lint and format check included.
-test: lint
+test: lint chromium
 	$(BIN)/python -m pytest -p no:cacheprovider --junitxml=reports/junit.xml
+
+# Debian's headless Chromium, for the test that looks at report.html as a person would.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "chromium is missing (apt-get install chromium); its report test will be skipped"; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check --no-cache system chaos tests scenarios bench conftest.py

@@ -50,7 +50,6 @@ import signal
 import tempfile
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -308,7 +307,8 @@ def failpoint(name: str, pipe: Callable[[], None] | None = None, **context: Any)
         else:
             term = fp.decide(seed, hit)
         if term is not None:
-            _append(log, f"{os.getpid()} {name} fire {term}\n")
+            mono = time.clock_gettime(time.CLOCK_MONOTONIC)
+            _append(log, f"{os.getpid()} {name} fire {mono:.6f} {term}\n")
     if term is None:
         return None
     return _act(name, term, pipe)
@@ -427,36 +427,53 @@ def _hang_forever() -> None:
 def counts(path: str | os.PathLike[str] | None = None) -> dict[str, dict[str, int]]:
     """``{site: {"hits": n, "fires": n, "processes": n}}`` over every process of the run
     (read from ``path``, by default this process's run-wide log), since the last reset."""
+    found = {}
+    hits, fires, path = _read_log(path)
+    for name, pids in hits.items():
+        try:
+            n = os.path.getsize(f"{path}.hits.{name}")
+        except OSError:
+            n = 0
+        found[name] = {"hits": n, "fires": len(fires.get(name, [])), "processes": len(pids)}
+    return found
+
+
+def fires(path: str | os.PathLike[str] | None = None) -> dict[str, list[tuple[float, int]]]:
+    """``{site: [(CLOCK_MONOTONIC, pid), ...]}``: when and where each firing happened, in the
+    run's order (CLOCK_MONOTONIC is one clock for every process of the machine)."""
+    return _read_log(path)[1]
+
+
+def _read_log(
+    path: str | os.PathLike[str] | None,
+) -> tuple[dict[str, set[str]], dict[str, list[tuple[float, int]]], str]:
     path = str(path or log_path() or "")
     if not path:
-        return {}
+        return {}, {}, path
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
-        return {}
-    fires: Counter[str] = Counter()
+        return {}, {}, path
+    fired: dict[str, list[tuple[float, int]]] = {}
     pids: dict[str, set[str]] = {}
     for line in lines:
-        parts = line.split(" ", 3)
+        parts = line.split(" ", 4)
         if len(parts) < 3:
             continue  # torn by a kill mid-write
         pid, name, what = parts[:3]
         if what == "reset":
-            fires.pop(name, None)
+            fired.pop(name, None)
             pids.pop(name, None)
         elif what == "hit":
             pids.setdefault(name, set()).add(pid)
         elif what == "fire":
-            fires[name] += 1
-    found = {}
-    for name in pids:
-        try:
-            hits = os.path.getsize(f"{path}.hits.{name}")
-        except OSError:
-            hits = 0
-        found[name] = {"hits": hits, "fires": fires[name], "processes": len(pids[name])}
-    return found
+            try:
+                mono = float(parts[3])
+            except (IndexError, ValueError):
+                mono = float("nan")
+            fired.setdefault(name, []).append((mono, int(pid)))
+    return pids, fired, path
 
 
 if os.environ.get(ENV):

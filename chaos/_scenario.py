@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import signal
 import statistics
@@ -217,13 +218,15 @@ class Scenario:
             yield applied
 
     def refresh(self) -> None:
-        """Bring failpoint firings up to date from the run-wide log."""
-        counts = _failpoints.counts()
+        """Bring failpoint firings up to date from the run-wide log: how many, and the first
+        one's time and process."""
+        fired = _failpoints.fires()
         for site, fault in self._failpoint_sites.items():
-            fault.fired = counts.get(site, {}).get("fires", 0)
-            if fault.fired and fault.mono is None:
-                fault.fire()
-                fault.fired -= 1
+            times = fired.get(site, [])
+            fault.fired = len(times)
+            if times:
+                fault.mono, fault.pid = times[0]
+                fault.ts = time.time() - (time.clock_gettime(time.CLOCK_MONOTONIC) - fault.mono)
 
     def unfired(self) -> list[Fault]:
         self.refresh()
@@ -277,8 +280,14 @@ class Scenario:
         self.events = list(events or [])
         self.refresh()
         for fault in self.faults:
-            if fault.kind in _PROCESS_FAULTS and fault.fired and self.events:
-                fault.recovery = recovery_of(fault.mono or 0.0, fault.pid or 0, self.events)
+            if not (fault.fired and fault.pid and self.events):
+                continue
+            if fault.kind in _PROCESS_FAULTS:
+                fault.recovery = recovery_of(fault.mono or 0.0, fault.pid, self.events)
+            elif fault.kind == "failpoint" and fault.pid != os.getpid():
+                found = recovery_of(fault.mono or 0.0, fault.pid, self.events)
+                if found.detection is not None:  # it took its worker down: measured too
+                    fault.recovery = found
         self.breaches = breaches(self.slo, verdict, self.faults, self.events)
         if self.breaches:
             lines = self.breaches + verdict.details() + list(verdict.explanations.values())[:20]
@@ -345,7 +354,8 @@ def breaches(
         if slo.get(figure) is None:
             continue
         for fault in faults:
-            if fault.kind not in _PROCESS_FAULTS or not fault.fired:
+            measured = fault.kind in _PROCESS_FAULTS or fault.recovery is not None
+            if not measured or not fault.fired:
                 continue
             value = None if fault.recovery is None else getattr(fault.recovery, figure)
             if value is None and not events and figure != "recovery":

@@ -25,13 +25,14 @@ import os
 import random
 import shlex
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-SETTINGS = ("seed", "target", "report", "profile")
+SETTINGS = ("seed", "target", "report", "profile", "baseline", "gate")
 PROFILES = ("ci", "soak")
 
 
@@ -47,7 +48,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="package.module:factory of the pool to test (default: system)",
     )
-    group.addoption("--chaos-report", default=None, help="directory for the run's report")
+    group.addoption(
+        "--chaos-report",
+        default=None,
+        help="directory for the run's report (default: reports/ under the rootdir)",
+    )
+    group.addoption(
+        "--chaos-gate",
+        action="store_true",
+        default=None,
+        help="fail the run (exit 10) on any weakness: SLO breached, loss, hang, regression; "
+        "11 on a harness or environment error, 12 on bad configuration",
+    )
+    group.addoption(
+        "--chaos-baseline",
+        default=None,
+        help="a previous report.json: the gate fails when recovery regresses past it",
+    )
     group.addoption(
         "--chaos-profile",
         default=None,
@@ -104,10 +121,31 @@ def resolve_settings(config: pytest.Config) -> dict[str, Any]:
                 raise ChaosConfigError(
                     f"bad profile {chosen[key]!r} (from {where}): choose {' or '.join(PROFILES)}"
                 )
-        elif key == "report" and chosen[key] is not None and Path(chosen[key]).is_file():
-            raise ChaosConfigError(
-                f"bad report directory {chosen[key]!r} (from {where}): it is a file"
-            )
+        elif key == "report":
+            chosen[key] = Path(chosen[key] or "reports")
+            if not chosen[key].is_absolute():
+                chosen[key] = config.rootpath / chosen[key]
+            if chosen[key].is_file():
+                raise ChaosConfigError(
+                    f"bad report directory {str(chosen[key])!r} (from {where}): it is a file"
+                )
+        elif key == "baseline" and chosen[key] is not None:
+            chosen[key] = Path(chosen[key])
+            if not chosen[key].exists():
+                raise ChaosConfigError(
+                    f"bad baseline {str(chosen[key])!r} (from {where}): no such file; give the "
+                    "report.json of an earlier run (e.g. a copy of reports/latest/report.json)"
+                )
+        elif key == "gate":
+            if where.startswith("--"):  # the flag: thresholds come from [tool.chaosgate.gate]
+                chosen[key], where = file.get("gate"), "[tool.chaosgate.gate] in pyproject.toml"
+            from chaos._gate import GateConfigError, settings
+
+            try:
+                chosen["gate_settings"] = settings(chosen[key], where)
+            except GateConfigError as e:
+                raise ChaosConfigError(str(e)) from None
+            chosen[key] = cli is not None
     return chosen
 
 
@@ -116,10 +154,23 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "chaos_slo(recovery=None, lost=0, duplicated=0): the objectives a chaos scenario asserts",
     )
-    config.stash[_SETTINGS] = resolve_settings(config)
+    try:
+        config.stash[_SETTINGS] = resolve_settings(config)
+    except ChaosConfigError as e:
+        if config.getoption("chaos_gate"):  # a gate's own exit code for bad configuration
+            from chaos._gate import EXIT_CONFIG
+
+            sys.stderr.write(f"ERROR: {e}\n")
+            pytest.exit(f"chaosgate: bad configuration: {e}", returncode=EXIT_CONFIG)
+        raise
+    config.stash[_ENTRIES] = {}
+    config.stash[_STARTED] = time.time()
 
 
 _SETTINGS = pytest.StashKey[dict[str, Any]]()
+_ENTRIES = pytest.StashKey[dict[str, dict[str, Any]]]()
+_STARTED = pytest.StashKey[float]()
+_REPORT = pytest.StashKey[dict[str, Any]]()
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -225,17 +276,135 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
+    post_mortem = None
     if report.failed:
-        seed = item.config.stash[_SETTINGS]["seed"]
-        replay = (
-            f"{shlex.quote(sys.executable)} -m pytest {shlex.quote(item.nodeid)} "
-            f"--chaos-seed {seed}"
-        )
-        lines = [f"seed: {seed}", f"replay: {replay}"]
+        lines = [f"seed: {item.config.stash[_SETTINGS]['seed']}", f"replay: {_replay(item)}"]
         if call.excinfo is not None and "Timeout" in str(call.excinfo.value):
-            lines += _post_mortem()
+            post_mortem = "\n".join(_post_mortem())
+            lines.append(post_mortem)
         report.sections.append(("chaosgate", "\n".join(lines)))
+    if "chaos" in getattr(item, "fixturenames", ()):
+        _record(item, call, report, post_mortem)
     return report
+
+
+def _replay(item: pytest.Item) -> str:
+    s = item.config.stash[_SETTINGS]
+    target = f" --chaos-target {shlex.quote(s['target'])}" if s["target"] else ""
+    return (
+        f"{shlex.quote(sys.executable)} -m pytest {shlex.quote(item.nodeid)} "
+        f"--chaos-seed {s['seed']}{target}"
+    )
+
+
+def _record(
+    item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport, dumps: str | None
+) -> None:
+    """Keep the scenario's entry for the run's report (and its figures for JUnit XML)."""
+    from chaos._report import scenario_entry
+
+    entries = item.config.stash[_ENTRIES]
+    known = entries.get(item.nodeid)
+    if report.when == "setup" and report.passed:
+        return
+    if report.when == "teardown":
+        if report.failed and known is not None and known["outcome"] != "failed":
+            known["outcome"], known["failure_kind"] = "error", "error"
+            known["failure"] = report.longreprtext[-8000:]
+        return
+    scenario = item.stash.get(SCENARIO, None)
+    record = scenario.record() if scenario is not None else None
+    outcome = report.outcome if report.when == "call" else ("error" if report.failed else "skipped")
+    skip_reason = None
+    if report.skipped and isinstance(report.longrepr, tuple):
+        skip_reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+    entry = scenario_entry(
+        item.nodeid,
+        outcome,
+        sum(r.duration for r in (report,)),
+        record,
+        failure=report.longreprtext[-8000:] if report.failed else None,
+        failure_kind=_failure_kind(call, scenario) if report.failed else None,
+        skip_reason=skip_reason,
+        replay=_replay(item),
+        post_mortem=dumps,
+    )
+    entries[item.nodeid] = entry
+    if report.when == "call":
+        checker = entry["checker"] or {}
+        for name, value in entry["figures"].items():
+            item.user_properties.append((name, value))
+        for anomaly in ("lost", "duplicated", "reordered", "dead_lettered"):
+            if anomaly in checker:
+                item.user_properties.append((anomaly, len(checker[anomaly])))
+        item.user_properties.append(("seed", item.config.stash[_SETTINGS]["seed"]))
+
+
+def _failure_kind(call: pytest.CallInfo[None], scenario: Any) -> str:
+    if call.when != "call" or call.excinfo is None:
+        return "error"
+    text = str(call.excinfo.value)
+    if "Timeout" in text or "Timeout" in call.excinfo.typename:
+        return "timeout"
+    if "planned fault(s) never fired" in text:
+        return "unfired"
+    if isinstance(call.excinfo.value, AssertionError):
+        return "breach" if scenario is not None and scenario.breaches else "assertion"
+    return "error"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write the run's report (if any scenario ran) and, with ``--chaos-gate``, apply the gate:
+    its exit code becomes the run's."""
+    config = session.config
+    entries = config.stash.get(_ENTRIES, None)
+    if not entries or hasattr(config, "workerinput"):
+        return
+    from chaos._gate import evaluate
+    from chaos._report import build, load, run_metadata, write
+
+    s = config.stash[_SETTINGS]
+    run = run_metadata(
+        seed=s["seed"], target=s["target"], profile=s["profile"], started=config.stash[_STARTED]
+    )
+    report = build(run, list(entries.values()))
+    if s["gate"]:
+        baseline = load(s["baseline"]) if s["baseline"] else None
+        gate = evaluate(report, s["gate_settings"], baseline, s["baseline"] and str(s["baseline"]))
+        report["run"]["gate"] = gate.as_dict()
+        if session.exitstatus in (0, 1):  # pytest's own (interrupted, usage...) stand
+            session.exitstatus = gate.exit_code
+    report["run"]["exit_status"] = int(session.exitstatus)
+    config.stash[_REPORT] = report
+    config.stash[_REPORT_DIR] = write(report, s["report"])
+
+
+_REPORT_DIR = pytest.StashKey[Path]()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    report = config.stash.get(_REPORT, None)
+    if report is None:
+        return
+    from chaos._gate import table
+
+    tr = terminalreporter
+    tr.section("chaosgate")
+    for line in table(report):
+        tr.write_line(line)
+    gate = report["run"]["gate"]
+    if gate:
+        tr.write_line("")
+        tr.write_line(
+            f"gate: {gate['verdict'].upper()} (exit {gate['exit_code']})",
+            green=gate["verdict"] == "pass",
+            red=gate["verdict"] != "pass",
+            bold=True,
+        )
+        for f in gate["findings"]:
+            tr.write_line(f"  {f['kind']}: {f['scenario'] or 'the run'}: {f['text']}")
+    where = config.stash[_REPORT_DIR]
+    tr.write_line(f"report: {where / 'report.html'} (also report.json, report.md)")
 
 
 def _post_mortem() -> list[str]:

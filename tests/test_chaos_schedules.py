@@ -1,5 +1,5 @@
-"""The fault-schedule scenario catches a planted bug, shrinks it to a minimal schedule printed as
-steps, and replays it from the seed."""
+"""The fault-schedule scenario catches a planted bug (``targets.LossyTarget``), shrinks it to a
+minimal schedule printed as steps (and kept in the run's report), and replays it from the seed."""
 
 import os
 import re
@@ -7,30 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+from chaos._report import load
+
 ROOT = Path(__file__).resolve().parent.parent
-
-# The system pool, with a planted bug: once any worker has died, the newest committed id of
-# every key is dropped from what it reports.
-LOSSY = """
-from chaos import SystemTarget
-
-
-class LossyTarget(SystemTarget):
-    async def committed(self):
-        state = await super().committed()
-        if any(e["kind"] == "died" for e in self.events()):
-            state = {key: ids[:-1] for key, ids in state.items()}
-        return state
-"""
 
 
 def run_schedules(where: Path, *options: str) -> subprocess.CompletedProcess[str]:
-    (where / "lossy.py").write_text(LOSSY)
-    target = ["--chaos-target", "lossy:LossyTarget", "-p", "no:cacheprovider"]
+    target = ["--chaos-target", "targets:LossyTarget", "-p", "no:cacheprovider"]
+    target += ["--chaos-report", str(where / "reports")]
     return subprocess.run(
         [sys.executable, "-m", "pytest", "scenarios/test_fault_schedules.py", *target, *options],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(where)},
+        env={**os.environ, "PYTHONPATH": str(ROOT / "tests")},
         capture_output=True,
         text=True,
         timeout=600,
@@ -43,6 +31,9 @@ def test_a_planted_loss_shrinks_to_a_minimal_schedule_and_replays(tmp_path: Path
     out = first.stdout
     assert "SLO breached" in out and re.search(r"lost=\d+, allowed 0", out), out[-3000:]
     steps = minimal_schedule(out)
+    (scenario,) = load(tmp_path / "reports" / "latest")["scenarios"]
+    assert scenario["failure_kind"] == "breach" and scenario["checker"]["lost"]
+    assert scenario["steps"][-1] == "drain, then check" and len(scenario["steps"]) == len(steps)
     assert "--chaos-seed 5" in out  # the replay line
     again = run_schedules(tmp_path, "--chaos-seed", "5")
     assert again.returncode == 1 and re.search(r"lost=\d+, allowed 0", again.stdout)

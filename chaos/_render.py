@@ -1,0 +1,128 @@
+"""Reports rendered for people: Markdown (a table a reviewer reads in a pull request) and one
+self-contained HTML file (no network: styles inline, timelines as inline SVG drawn by
+matplotlib, stack dumps folded in ``<details>``), both from Jinja templates."""
+
+from __future__ import annotations
+
+import io
+from functools import cache
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, Undefined, select_autoescape
+from markupsafe import Markup, escape
+
+# How each kind of timeline event is drawn: lane, marker, colour.
+LANES = {
+    "fault": (5, "X", "#d62728"),
+    "died": (4, "v", "#8c564b"),
+    "hung": (4, "s", "#e377c2"),
+    "killed": (4, "x", "#7f7f7f"),
+    "recycled": (4, "o", "#bcbd22"),
+    "restarted": (3, "^", "#2ca02c"),
+    "rewound": (3, "<", "#17becf"),
+    "degraded": (2, "D", "#ff7f0e"),
+    "recovered": (2, "d", "#1f77b4"),
+    "gave_up": (2, "P", "#000000"),
+    "poisoned": (1, "*", "#9467bd"),
+    "dead_lettered": (1, "p", "#9467bd"),
+}
+LANE_NAMES = {5: "faults", 4: "deaths, hangs", 3: "restarts", 2: "fallback", 1: "poison"}
+
+
+@cache
+def _environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("chaos", "templates"),
+        autoescape=select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["ms"] = _ms
+    env.filters["highlight"] = highlight
+    env.globals["timeline_svg"] = timeline_svg
+    env.globals["verdict_of"] = verdict_of
+    return env
+
+
+def _ms(value: Any) -> str:
+    if value is None or isinstance(value, Undefined):
+        return "-"
+    return f"{value:,.0f} ms" if value >= 10 else f"{value:.1f} ms"
+
+
+def verdict_of(scenario: dict[str, Any]) -> str:
+    """PASS, FAIL, SKIP or ERROR, as a reader wants it."""
+    return {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "error": "ERROR"}[
+        scenario["outcome"]
+    ]
+
+
+def highlight(text: str, blocked: str) -> Markup:
+    """The dump, escaped, with the lines of the blocked frame marked."""
+    needle = blocked.split(" waits at ")[0].split(" (")[0].strip() if blocked else ""
+    lines = []
+    for line in text.splitlines():
+        safe = escape(line)
+        if needle and needle in line:
+            lines.append(Markup('<mark class="blocked">') + safe + Markup("</mark>"))
+        else:
+            lines.append(safe)
+    return Markup("\n").join(lines)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    return _environment().get_template("report.md.j2").render(r=report)
+
+
+def html(report: dict[str, Any]) -> str:
+    return _environment().get_template("report.html.j2").render(r=report)
+
+
+def timeline_svg(scenario: dict[str, Any]) -> Markup:
+    """The scenario's timeline as inline SVG: events in lanes against time, with messages
+    committed per interval as bars beneath."""
+    line = scenario["timeline"]
+    if not line["events"] and not line["committed"]:
+        return Markup("")
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9.5, 2.6), layout="constrained")
+    ax, bars = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.4))
+    seen: set[str] = set()
+    for e in line["events"]:
+        lane, marker, colour = LANES.get(e["kind"], (1, ".", "#333333"))
+        label = e["kind"] if e["kind"] not in seen else None
+        seen.add(e["kind"])
+        ax.scatter([e["t"]], [lane], marker=marker, color=colour, s=42, label=label, zorder=3)
+    ax.set_yticks(list(LANE_NAMES), list(LANE_NAMES.values()), fontsize=8)
+    ax.set_ylim(0.4, 5.6)
+    ax.grid(axis="x", alpha=0.3)
+    if seen:
+        ax.legend(
+            fontsize=7,
+            ncols=min(len(seen), 6),
+            loc="upper center",
+            bbox_to_anchor=(0.5, 1.32),
+            frameon=False,
+        )
+    committed = line["committed"]
+    if committed:
+        bars.bar(
+            [c["t"] for c in committed],
+            [c["messages"] for c in committed],
+            width=[c["width"] for c in committed],
+            align="edge",
+            color="#4c72b0",
+        )
+    bars.set_ylabel("committed", fontsize=8)
+    bars.set_xlabel("seconds since the first event", fontsize=8)
+    bars.tick_params(labelsize=7)
+    ax.tick_params(labelsize=7)
+    buf = io.StringIO()
+    # ids inside the SVG: stable across renders, distinct between the charts of one page
+    with matplotlib.rc_context({"svg.hashsalt": scenario["nodeid"]}):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    svg = buf.getvalue()
+    return Markup(svg[svg.index("<svg") :])

@@ -1,0 +1,15 @@
+"""Targets with planted bugs, for tests that must see chaosgate catch them (``--chaos-target
+targets:LossyTarget`` with ``tests/`` on PYTHONPATH)."""
+
+from chaos import SystemTarget
+
+
+class LossyTarget(SystemTarget):
+    """The system pool, reporting its state wrong: once any worker has died, the newest
+    committed id of every key is missing."""
+
+    async def committed(self):
+        state = await super().committed()
+        if any(e["kind"] == "died" for e in self.events()):
+            state = {key: ids[:-1] for key, ids in state.items()}
+        return state
