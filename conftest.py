@@ -25,11 +25,16 @@ MEMORY_OK, MEMORY_WHY = cgroup_available("memory")
 
 
 def _shared_helpers() -> set[int | None]:
-    """multiprocessing's forkserver and resource tracker: one each per test session, by design."""
-    return {
+    """multiprocessing's forkserver and resource tracker, and loky's resource tracker: one each
+    per test session, by design (they end with it)."""
+    helpers = {
         getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None),
         getattr(multiprocessing.resource_tracker._resource_tracker, "_pid", None),
     }
+    loky_tracker = sys.modules.get("loky.backend.resource_tracker")
+    if loky_tracker is not None:
+        helpers.add(getattr(loky_tracker._resource_tracker, "_pid", None))
+    return helpers
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 
     python -m chaos report [PATH] [--format md|html|json] [--output FILE]
     python -m chaos gate [PATH] [--baseline OLD] [--config pyproject.toml]
+    python -m chaos compare [PATH] [--readme README.md]
 
 PATH is a report.json or a run directory (default: reports/latest). ``gate`` prints the summary
 table and its findings and exits 0 (pass), 10 (a weakness found), 11 (a harness or environment
@@ -16,6 +17,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+from ._compare import table as comparison
+from ._compare import update_readme
 from ._gate import EXIT_CONFIG, GateConfigError, evaluate, settings, table
 from ._render import html, markdown
 from ._report import ReportError, load
@@ -36,11 +39,16 @@ def main(argv: list[str] | None = None) -> int:
         default="pyproject.toml",
         help="where [tool.chaosgate.gate] is read from (default: ./pyproject.toml)",
     )
+    cmp = sub.add_parser("compare", help="the pools-side-by-side table of a report")
+    cmp.add_argument("path", nargs="?", default="reports/latest")
+    cmp.add_argument("--readme", help="write it into this file's comparison block instead")
     args = parser.parse_args(argv)
     try:
         report = load(args.path)
         if args.command == "report":
             return _render(report, args.format, args.output)
+        if args.command == "compare":
+            return _compare(report, args.readme)
         where = f"[tool.chaosgate.gate] of {args.config}"
         gate_settings = settings(_gate_table(Path(args.config)), where)
         baseline = load(args.baseline) if args.baseline else None
@@ -54,6 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     for f in result.findings:
         print(f"  {f.kind}: {f.scenario or 'the run'}: {f.text}")
     return result.exit_code
+
+
+def _compare(report: dict, readme: str | None) -> int:
+    try:
+        if readme:
+            update_readme(readme, report)
+        else:
+            sys.stdout.write(comparison(report))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
 
 
 def _render(report: dict, fmt: str, output: str | None) -> int:

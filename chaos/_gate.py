@@ -110,13 +110,20 @@ def evaluate(
         add(Finding("harness", None, "no scenario ran: every one was skipped or none was found"))
     for sc in scenarios:
         name = sc["nodeid"]
+        if sc["outcome"] == "xfailed":
+            continue  # a known weakness, declared and seen: the report shows it, the gate passes
+        if sc["outcome"] == "xpassed":
+            add(Finding("harness", name, f"expected to fail, passed: {sc['skip_reason']}"))
+            continue
         if sc["outcome"] == "error":
             add(Finding("harness", name, f"errored: {_first_line(sc['failure'])}"))
         elif sc["outcome"] == "failed":
             kind = "weakness" if sc["failure_kind"] in WEAKNESS_KINDS else "harness"
-            what = {"timeout": "hung (timed out)", "unfired": "a planned fault never fired"}.get(
-                sc["failure_kind"] or "", "failed"
-            )
+            what = {
+                "timeout": "hung (timed out)",
+                "unfired": "a planned fault never fired",
+                "xpass": "an expected weakness is gone: update the expectation",
+            }.get(sc["failure_kind"] or "", "failed")
             add(Finding(kind, name, f"{what}: {_first_line(sc['failure'])}"))
         checker = sc.get("checker")
         if checker:

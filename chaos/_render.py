@@ -33,7 +33,7 @@ LANE_NAMES = {5: "faults", 4: "deaths, hangs", 3: "restarts", 2: "fallback", 1: 
 def _environment() -> Environment:
     env = Environment(
         loader=PackageLoader("chaos", "templates"),
-        autoescape=select_autoescape(["html"]),
+        autoescape=select_autoescape(["html", "html.j2"]),
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
@@ -53,9 +53,14 @@ def _ms(value: Any) -> str:
 
 def verdict_of(scenario: dict[str, Any]) -> str:
     """PASS, FAIL, SKIP or ERROR, as a reader wants it."""
-    return {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "error": "ERROR"}[
-        scenario["outcome"]
-    ]
+    return {
+        "passed": "PASS",
+        "failed": "FAIL",
+        "skipped": "SKIP",
+        "error": "ERROR",
+        "xfailed": "XFAIL",
+        "xpassed": "XPASS",
+    }[scenario["outcome"]]
 
 
 def highlight(text: str, blocked: str) -> Markup:

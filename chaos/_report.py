@@ -104,6 +104,7 @@ def scenario_entry(
         "faults": faults,
         "checker": verdict,
         "figures": dict(record.get("figures") or {}),
+        "observed": record.get("observed"),
         "degradations": [
             {
                 "t": round(e["mono"] - line["t0_mono"], 4) if e.get("mono") else None,
@@ -120,7 +121,19 @@ def scenario_entry(
             for e in events
             if e.get("kind") == "dead_lettered"
         ],
-        "dumps": _dumps(events, post_mortem),
+        "dumps": _dumps(events, post_mortem)
+        + [
+            {
+                "pid": None,
+                "worker": None,
+                "why": "the pool's shutdown blocked: every thread of this process, then its "
+                "workers killed",
+                "blocked": "",
+                "path": None,
+                "text": text[:MAX_DUMP_CHARS],
+            }
+            for text in ((record.get("observed") or {}).get("dumps") or [])
+        ],
         "timeline": line,
         "steps": list(record.get("steps") or []),
     }
@@ -271,6 +284,8 @@ def build(run: dict[str, Any], scenarios: list[dict[str, Any]]) -> dict[str, Any
             "failed": outcomes.count("failed"),
             "skipped": outcomes.count("skipped"),
             "errors": outcomes.count("error"),
+            "xfailed": outcomes.count("xfailed"),
+            "xpassed": outcomes.count("xpassed"),
             "faults_fired": sum(f["fired"] > 0 for s in scenarios for f in s["faults"]),
             "breaches": sum(len(s["breaches"]) for s in scenarios),
         },

@@ -108,6 +108,7 @@ class Scenario:
     breaches: list[str] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
+    observed: dict[str, Any] | None = None  # what a scenario saw the target do, for reports
     checked: bool = False
     rng: random.Random = field(init=False, repr=False)
     _undo: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
@@ -273,8 +274,11 @@ class Scenario:
         timeline = events + [f.as_event() for f in self.faults if f.fired and f.pid]
         return self.judge(self.history.check(committed, dead, timeline), events)
 
-    def judge(self, verdict: Verdict, events: list[dict[str, Any]] | None = None) -> Verdict:
-        """Hold a verdict (and the events, for recovery figures) against the SLO."""
+    def judge(
+        self, verdict: Verdict, events: list[dict[str, Any]] | None = None, *, enforce: bool = True
+    ) -> Verdict:
+        """Hold a verdict (and the events, for recovery figures) against the SLO; with
+        ``enforce=False``, only record what it breaches (a scenario that expects a weakness)."""
         self.checked = True
         self.verdict = verdict
         self.events = list(events or [])
@@ -289,7 +293,7 @@ class Scenario:
                 if found.detection is not None:  # it took its worker down: measured too
                     fault.recovery = found
         self.breaches = breaches(self.slo, verdict, self.faults, self.events)
-        if self.breaches:
+        if self.breaches and enforce:
             lines = self.breaches + verdict.details() + list(verdict.explanations.values())[:20]
             raise AssertionError("SLO breached:\n  " + "\n  ".join(lines))
         return verdict
@@ -330,6 +334,7 @@ class Scenario:
             },
             "breaches": self.breaches,
             "figures": self.figures(),
+            "observed": self.observed,
             "steps": self.steps,
             "events": self.events,
         }

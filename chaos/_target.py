@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import multiprocessing
+import time
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -49,12 +50,14 @@ def append_id(state: list[str] | None, message: Any) -> list[str]:
     """The list-append workload's handler: append the message's id to its key's list. A payload
         ``{"leak_mb": N}`` also makes a worker process keep N MB more, for good (memory growth); in
     thread or inline mode, where that would be the caller's own memory, it does not."""
-    if (
-        isinstance(message.payload, dict)
-        and "leak_mb" in message.payload
-        and multiprocessing.parent_process() is not None  # a worker process, not the caller's
-    ):
-        _KEPT.append(b"\1" * (int(message.payload["leak_mb"]) << 20))
+    payload = message.payload
+    if isinstance(payload, dict):
+        if payload.get("started"):  # a file to create once the message runs (to sync on)
+            Path(payload["started"]).touch()
+        if payload.get("sleep"):
+            time.sleep(float(payload["sleep"]))
+        if payload.get("leak_mb") and multiprocessing.parent_process() is not None:
+            _KEPT.append(b"\1" * (int(payload["leak_mb"]) << 20))  # a worker process only
     state = [] if state is None else state
     state.append(message.id)
     return state

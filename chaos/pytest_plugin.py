@@ -316,7 +316,10 @@ def _record(
     record = scenario.record() if scenario is not None else None
     outcome = report.outcome if report.when == "call" else ("error" if report.failed else "skipped")
     skip_reason = None
-    if report.skipped and isinstance(report.longrepr, tuple):
+    if hasattr(report, "wasxfail"):  # an expected weakness, seen (or, xpassed, not seen)
+        outcome = "xfailed" if report.skipped else "xpassed"
+        skip_reason = report.wasxfail
+    elif report.skipped and isinstance(report.longrepr, tuple):
         skip_reason = str(report.longrepr[2]).removeprefix("Skipped: ")
     entry = scenario_entry(
         item.nodeid,
@@ -344,6 +347,8 @@ def _failure_kind(call: pytest.CallInfo[None], scenario: Any) -> str:
     if call.when != "call" or call.excinfo is None:
         return "error"
     text = str(call.excinfo.value)
+    if text.startswith("[XPASS(strict)]"):
+        return "xpass"
     if "Timeout" in text or "Timeout" in call.excinfo.typename:
         return "timeout"
     if "planned fault(s) never fired" in text:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from chaos import descendants, wait_gone
+from chaos import descendants, freeze, wait_gone
 from conftest import cli, events, live
 from system._demo import verdict_of
 
@@ -100,10 +100,13 @@ def test_sigterm_drains_and_exits_within_grace(demo_run, chaos, mode: str, how: 
 
 
 def test_the_rerun_is_needed(demo_run) -> None:
-    """The verdict can fail: right after a kill -9 of the group, before the re-run, the data dir
-    holds acknowledged messages not yet committed -- which the checker must see."""
+    """The verdict can fail: with its workers frozen, a run goes on acknowledging messages that
+    no worker commits; killed then, before a re-run, its data dir shows them lost."""
     run = demo_run("--messages", "20000", "--rate", "8000", name="early")
-    run.wait_until(lambda: committed_some(run.data_dir), 30, "some messages committed")
+    workers = run.wait_until(lambda: len(live(run.data_dir)) == 4 and live(run.data_dir), 30, "4")
+    for pid in workers.values():
+        freeze(pid)
+    run.wait_until(lambda: verdict_of(run.data_dir).lost, 30, "acknowledged, uncommitted")
     run.kill_group(signal.SIGKILL)
     run.finish(30)
     verdict = verdict_of(run.data_dir)

@@ -1,5 +1,6 @@
 """The README's API example runs as shown, and a second run applies nothing twice."""
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -58,3 +59,22 @@ def test_the_adapter_example_points_the_scenarios_at_another_pool(tmp_path: Path
     assert run.returncode == 1, run.stdout[-3000:]
     assert re.search(r"lost=\d+, allowed 0", run.stdout), run.stdout[-3000:]
     assert re.search(r"got kill \(SIGKILL\) \+0\.\d+ s after it was submitted", run.stdout)
+
+
+def test_the_comparison_table_agrees_with_the_strict_expectations() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "peers_scenario", ROOT / "scenarios/test_peers.py"
+    )
+    scenario = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scenario)
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- comparison:begin -->", 1)[1].split("<!-- comparison:end -->")[0]
+    rows = [line.strip("|").split(" | ") for line in block.strip().splitlines() if "|" in line]
+    header, body = [c.strip() for c in rows[0]], rows[2:]
+    assert header[1:] == list(scenario.TARGETS)
+    assert [r[0].strip() for r in body] == [f.replace("_", " ") for f in scenario.FAULTS]
+    for row in body:
+        fault = row[0].strip().replace(" ", "_")
+        for target, cell in zip(header[1:], row[1:], strict=True):
+            outcome = re.match(r"\**(\w+)", cell.strip()).group(1)
+            assert outcome == scenario.EXPECTED[(target, fault)][0], (target, fault, cell)

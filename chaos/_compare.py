@@ -1,0 +1,78 @@
+"""The comparison table: pools side by side, one row per fault, from a report's comparison
+scenarios (``observed``: target, fault, outcome, summary, detection and recovery times)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+BEGIN, END = "<!-- comparison:begin -->", "<!-- comparison:end -->"
+VERDICT = {
+    "recovered": "recovered",
+    "recycled": "recycled",
+    "lost": "**lost**",
+    "broken": "**broken**",
+    "hung": "**hung**",
+    "grew": "**grew**",
+}
+
+
+def table(report: Mapping[str, Any]) -> str:
+    """Markdown: rows are faults, columns targets (in the order first seen)."""
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    targets: list[str] = []
+    faults: list[str] = []
+    for sc in report["scenarios"]:
+        seen = sc.get("observed")
+        if not seen:
+            continue
+        cells[(seen["fault"], seen["target"])] = seen
+        if seen["target"] not in targets:
+            targets.append(seen["target"])
+        if seen["fault"] not in faults:
+            faults.append(seen["fault"])
+    if not cells:
+        raise ValueError("the report has no comparison scenario (run scenarios/test_peers.py)")
+    lines = [
+        "| fault | " + " | ".join(targets) + " |",
+        "|---|" + "---|" * len(targets),
+    ]
+    for fault in faults:
+        row = [_cell(cells.get((fault, t))) for t in targets]
+        lines.append(f"| {fault.replace('_', ' ')} | " + " | ".join(row) + " |")
+    run = report["run"]
+    lines.append("")
+    lines.append(
+        f"Python {run['versions']['python']}, {run['machine']['cpus']} CPUs; run "
+        f"`{run['id']}`. Detection: from the fault to the pool's first reaction (a death "
+        "event, or a failed future); recovery: to the first message after the fault committed."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _cell(seen: Mapping[str, Any] | None) -> str:
+    if seen is None:
+        return "-"
+    text = VERDICT.get(seen["outcome"], seen["outcome"])
+    detail = seen["summary"].split("; ", 1)
+    if seen["outcome"] == "recovered":
+        text = detail[0]
+    elif len(detail) > 1:
+        text += ": " + detail[1]
+    if seen.get("detection_ms") is not None:
+        text += f" (detected in {seen['detection_ms']:.0f} ms)"
+    return text.replace("|", "/")
+
+
+def update_readme(path: str | Path, report: Mapping[str, Any]) -> None:
+    """Replace the README's block between the comparison markers with a fresh table."""
+    p = Path(path)
+    text = p.read_text()
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"{p} has no {BEGIN} ... {END} block to fill")
+    fresh = f"{BEGIN}\n{table(report)}{END}"
+    p.write_text(
+        re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: fresh, text, flags=re.S)
+    )
