@@ -132,7 +132,9 @@ def demo_run(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callabl
 
     They drive ``system``'s own CLI, so a scenario using them is skipped when ``--chaos-target``
     names another pool."""
-    other = request.config.getoption("chaos_target", None)
+    from chaos.pytest_plugin import chosen_target
+
+    other = chosen_target(request.config)
     if other and "chaos:SystemTarget" not in other:
         pytest.skip(f"drives the system CLI (python -m system run), not target {other}")
     runs: list[DemoRun] = []

@@ -44,6 +44,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import math
 import os
 import re
 import signal
@@ -438,15 +439,18 @@ def counts(path: str | os.PathLike[str] | None = None) -> dict[str, dict[str, in
     return found
 
 
-def fires(path: str | os.PathLike[str] | None = None) -> dict[str, list[tuple[float, int]]]:
+def fires(
+    path: str | os.PathLike[str] | None = None,
+) -> dict[str, list[tuple[float | None, int | None]]]:
     """``{site: [(CLOCK_MONOTONIC, pid), ...]}``: when and where each firing happened, in the
-    run's order (CLOCK_MONOTONIC is one clock for every process of the machine)."""
+    run's order (CLOCK_MONOTONIC is one clock for every process of the machine); None where a
+    line does not say (torn, or written by an older version)."""
     return _read_log(path)[1]
 
 
 def _read_log(
     path: str | os.PathLike[str] | None,
-) -> tuple[dict[str, set[str]], dict[str, list[tuple[float, int]]], str]:
+) -> tuple[dict[str, set[str]], dict[str, list[tuple[float | None, int | None]]], str]:
     path = str(path or log_path() or "")
     if not path:
         return {}, {}, path
@@ -455,7 +459,7 @@ def _read_log(
             lines = f.read().splitlines()
     except FileNotFoundError:
         return {}, {}, path
-    fired: dict[str, list[tuple[float, int]]] = {}
+    fired: dict[str, list[tuple[float | None, int | None]]] = {}
     pids: dict[str, set[str]] = {}
     for line in lines:
         parts = line.split(" ", 4)
@@ -469,10 +473,12 @@ def _read_log(
             pids.setdefault(name, set()).add(pid)
         elif what == "fire":
             try:
-                mono = float(parts[3])
+                mono: float | None = float(parts[3])
             except (IndexError, ValueError):
-                mono = float("nan")
-            fired.setdefault(name, []).append((mono, int(pid)))
+                mono = None
+            if mono is not None and not math.isfinite(mono):
+                mono = None
+            fired.setdefault(name, []).append((mono, int(pid) if pid.isdigit() else None))
     return pids, fired, path
 
 

@@ -104,7 +104,7 @@ def send_signals(
     pidfds first, then signalled back to back, so the first death cannot warn the others."""
     pidfds: dict[int, int] = {}
     try:
-        for pid in pids:
+        for pid in dict.fromkeys(pids):  # each once
             _refuse_obvious(pid)
             try:
                 pidfds[pid] = os.pidfd_open(pid)

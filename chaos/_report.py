@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
+import re
 import shutil
 import socket
 import sys
@@ -177,7 +179,7 @@ def timeline(events: list[Mapping[str, Any]], faults: list[Mapping[str, Any]]) -
     interval (from the checkpoints)."""
     marks = [
         {
-            "mono": f["mono"],
+            "mono": float(f["mono"]),
             "kind": "fault",
             "worker": None,
             "pid": f.get("pid"),
@@ -185,7 +187,7 @@ def timeline(events: list[Mapping[str, Any]], faults: list[Mapping[str, Any]]) -
             + (f" ({f['detail']})" if f["detail"] else ""),
         }
         for f in faults
-        if f.get("mono") is not None
+        if isinstance(f.get("mono"), int | float) and math.isfinite(f["mono"])
     ]
     for e in events:
         if e.get("kind") in MARKED and e.get("kind") != "fault" and e.get("mono") is not None:
@@ -240,7 +242,8 @@ def run_metadata(*, seed: int, target: str | None, profile: str, started: float)
     import psutil
 
     return {
-        "id": datetime.fromtimestamp(started, UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{seed}",
+        "id": datetime.fromtimestamp(started, UTC).strftime("%Y%m%dT%H%M%SZ")
+        + f"-{seed}-{os.getpid()}",
         "started": datetime.fromtimestamp(started, UTC).isoformat(),
         "finished": None,
         "duration_s": None,
@@ -306,7 +309,7 @@ def write(report: dict[str, Any], directory: str | Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        (staging / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+        (staging / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
         (staging / "report.md").write_text(markdown(report), encoding="utf-8")
         (staging / "report.html").write_text(html(report), encoding="utf-8")
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -325,8 +328,12 @@ def write(report: dict[str, Any], directory: str | Path) -> Path:
     return run_dir
 
 
+RUN_ID = re.compile(r"\d{8}T\d{6}Z-\d+-\d+")
+
+
 def _is_run(path: Path) -> bool:
-    return (path / "report.json").exists()
+    """A finished run's directory (never another writer's hidden staging directory)."""
+    return bool(RUN_ID.fullmatch(path.name)) and (path / "report.json").exists()
 
 
 def load(path: str | Path) -> dict[str, Any]:

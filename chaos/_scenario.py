@@ -192,6 +192,10 @@ class Scenario:
         self._undo.callback(_failpoints.set_failpoints, "", replace=True)
         planned = []
         for site, terms in parsed.items():
+            replaced = self._failpoint_sites.pop(site, None)
+            if replaced is not None:  # configured again: the old plan is void, not unfired
+                replaced.planned = min(replaced.planned, replaced.fired)
+                replaced.detail += " (then replaced)"
             acting = [t for t in terms if t.action != "off"]
             if not acting:
                 continue
@@ -225,9 +229,12 @@ class Scenario:
         for site, fault in self._failpoint_sites.items():
             times = fired.get(site, [])
             fault.fired = len(times)
-            if times:
-                fault.mono, fault.pid = times[0]
-                fault.ts = time.time() - (time.clock_gettime(time.CLOCK_MONOTONIC) - fault.mono)
+            if times and fault.mono is None:
+                mono, pid = times[0]
+                now = time.clock_gettime(time.CLOCK_MONOTONIC)
+                fault.mono = mono if mono is not None else now
+                fault.pid = pid
+                fault.ts = time.time() - (now - fault.mono)
 
     def unfired(self) -> list[Fault]:
         self.refresh()
@@ -262,13 +269,15 @@ class Scenario:
         dead = target.dead_lettered() if "dead_letters" in caps else []
         events = target.events() if "events" in caps else []
         final = {mid for ids in committed.values() for mid in ids} | set(dead)
+        deadline = time.monotonic() + timeout  # one deadline for all the faults
         for fault in self.faults:
             task, acked = self._pollers.pop(id(fault), (None, set()))
             if task is None:
                 continue
             if acked <= final:  # it has recovered, or is about to see it
+                left = max(0.0, deadline - time.monotonic())
                 with contextlib.suppress(asyncio.TimeoutError):
-                    fault.recovery = await asyncio.wait_for(task, timeout)
+                    fault.recovery = await asyncio.wait_for(task, left)
             else:  # some of it never came back: no recovery to wait for
                 task.cancel()
         timeline = events + [f.as_event() for f in self.faults if f.fired and f.pid]
@@ -397,9 +406,12 @@ def final_mode(events: list[dict[str, Any]]) -> str | None:
 
 
 async def _committed_again(target: Any, acked: set[str], fault: Fault) -> Recovery:
+    dead_letters = getattr(target, "dead_lettered", None)
     while True:
         committed = await target.committed()
         seen = {mid for ids in committed.values() for mid in ids}
+        if dead_letters is not None and "dead_letters" in getattr(target, "capabilities", ()):
+            seen |= set(dead_letters())
         if acked <= seen:
             return Recovery(fault.pid or 0, None, None, None, _since(fault))
         await asyncio.sleep(0.02)

@@ -16,6 +16,7 @@ ones; give it time: ``--timeout 0``).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import threading
@@ -28,16 +29,17 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
 
-from ._errors import ChaosError
+from ._errors import BlastRadiusError, ChaosError
 from ._payloads import CATALOG, REFUSED
 from ._pipes import breakable_sockets
 from ._scenario import Scenario
+from ._target import SystemTarget
 
 T = TypeVar("T")
 
 PROFILES = {
     "ci": settings(
-        max_examples=5,
+        max_examples=10,
         stateful_step_count=10,
         deadline=None,
         database=None,
@@ -76,16 +78,50 @@ class LoopThread:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="chaos-schedule")
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="chaos-schedule", daemon=True
+        )
         self.thread.start()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 120.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            waiting = asyncio.run_coroutine_threadsafe(_waiting(), self.loop).result(10)
+            future.cancel()  # not left running behind the step that gave up on it
+            raise TimeoutError(
+                f"a step took more than {timeout} s; the target's tasks were waiting at:\n"
+                + "\n".join(waiting)
+            ) from None
 
     def close(self) -> None:
+        async def wind_down() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.loop.shutdown_asyncgens()
+            await self.loop.shutdown_default_executor()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(wind_down(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        self.loop.close()
+        self.thread.join(30)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+async def _waiting() -> list[str]:
+    """Where each task of this loop is suspended (innermost frame), for a step that hangs."""
+    found = []
+    for task in asyncio.all_tasks():
+        if task is asyncio.current_task():
+            continue
+        stack = task.get_stack()
+        where = f"{stack[-1].f_code.co_filename}:{stack[-1].f_lineno}" if stack else "?"
+        found.append(f"  {task.get_name()}: {task.get_coro().__qualname__} at {where}")
+    return found
 
 
 @dataclass
@@ -115,7 +151,10 @@ def run_schedules(
     runner = LoopThread()
     result = ScheduleRun()
     counter = itertools.count()
-    options = {**TARGET_OPTIONS, **(target_options or {})}
+    # The system pool's own settings (quick hang detection, memory recycling) go to it only:
+    # another pool's factory gets just what the caller gives.
+    system = isinstance(factory, type) and issubclass(factory, SystemTarget)
+    options = {**(TARGET_OPTIONS if system else {}), **(target_options or {})}
 
     class Schedule(FaultSchedule):
         def __init__(self) -> None:
@@ -148,7 +187,13 @@ class FaultSchedule(RuleBasedStateMachine):
         self.caps = frozenset(getattr(target, "capabilities", ()))
         self.batch = 0
         self.started = False
-        self.runner.run(target.start())
+        self.had_workers = False
+        try:
+            self.runner.run(target.start())
+        except BaseException:  # Hypothesis will not call teardown: stop what did start
+            with contextlib.suppress(Exception):
+                self.runner.run(target.stop(), timeout=60)
+            raise
         self.started = True
 
     def _step(self, text: str) -> None:
@@ -157,10 +202,15 @@ class FaultSchedule(RuleBasedStateMachine):
     def _victim(self, which: int) -> int | None:
         """A worker process, waiting a little for one (it may be restarting): the same steps
         should hit a worker however the pool's timing plays out, so that schedules replay."""
-        try:
-            pids = self.runner.run(self.chaos.workers(1, timeout=2.0))
-        except ChaosError:  # none (e.g. stepped down to threads)
+        pids = sorted(self.chaos.target.worker_pids())
+        if not pids and self.had_workers:  # between a death and its replacement, maybe
+            try:
+                pids = self.runner.run(self.chaos.workers(1, timeout=2.0))
+            except ChaosError:  # none came (e.g. stepped down to threads)
+                return None
+        if not pids:  # a pool without worker processes (threads, inline): nothing to hurt
             return None
+        self.had_workers = True
         return pids[which % len(pids)]
 
     @rule(n=st.integers(1, 80), keys=st.integers(1, 6))
@@ -173,6 +223,7 @@ class FaultSchedule(RuleBasedStateMachine):
     def kill_worker(self, which: int) -> None:
         self._fault("kill", which, self.chaos.kill)
 
+    @precondition(lambda self: "events" in self.caps)  # a pool that can see a hang
     @rule(which=st.integers(0, 7))
     def freeze_worker(self, which: int) -> None:
         self._fault("freeze", which, self.chaos.freeze)
@@ -229,10 +280,15 @@ class FaultSchedule(RuleBasedStateMachine):
         if pid is None:
             self._step(f"{what} worker #{which}: no worker to hurt")
             return
+        before = len(self.chaos.faults)
         try:
             inject(pid)
-        except (ProcessLookupError, ValueError) as e:  # it exited (or closed that fd) meanwhile
+        except (ProcessLookupError, ValueError, BlastRadiusError) as e:  # it exited meanwhile
             self._step(f"{what} worker #{which} (pid {pid}): gone before the fault ({e})")
+            return
+        if any(not f.fired for f in self.chaos.faults[before:]):  # e.g. no socket left to break
+            del self.chaos.faults[before:]
+            self._step(f"{what} worker #{which} (pid {pid}): gone before the fault")
             return
         self._step(f"{what} worker #{which} (pid {pid})")
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 SETTINGS = ("seed", "target", "report", "profile", "baseline", "gate")
 PROFILES = ("ci", "soak")
@@ -123,19 +124,22 @@ def resolve_settings(config: pytest.Config) -> dict[str, Any]:
                 )
         elif key == "report":
             chosen[key] = Path(chosen[key] or "reports")
-            if not chosen[key].is_absolute():
-                chosen[key] = config.rootpath / chosen[key]
+            if not chosen[key].is_absolute():  # like --junitxml: from where pytest was run
+                chosen[key] = config.invocation_params.dir / chosen[key]
             if chosen[key].is_file():
                 raise ChaosConfigError(
                     f"bad report directory {str(chosen[key])!r} (from {where}): it is a file"
                 )
-        elif key == "baseline" and chosen[key] is not None:
-            chosen[key] = Path(chosen[key])
-            if not chosen[key].exists():
-                raise ChaosConfigError(
-                    f"bad baseline {str(chosen[key])!r} (from {where}): no such file; give the "
-                    "report.json of an earlier run (e.g. a copy of reports/latest/report.json)"
-                )
+        elif key == "baseline":
+            chosen["baseline_report"] = None
+            if chosen[key] is not None:
+                from chaos._report import ReportError, load
+
+                try:
+                    chosen["baseline_report"] = load(chosen[key])
+                except ReportError as e:
+                    raise ChaosConfigError(f"bad baseline (from {where}): {e}") from None
+                chosen[key] = str(chosen[key])
         elif key == "gate":
             if where.startswith("--"):  # the flag: thresholds come from [tool.chaosgate.gate]
                 chosen[key], where = file.get("gate"), "[tool.chaosgate.gate] in pyproject.toml"
@@ -152,17 +156,13 @@ def resolve_settings(config: pytest.Config) -> dict[str, Any]:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "chaos_slo(recovery=None, lost=0, duplicated=0): the objectives a chaos scenario asserts",
+        "chaos_slo(lost=0, duplicated=0, reordered=0, unexpected=0, detection=s, restart=s, "
+        "recovery=s, mode=name): the objectives a chaos scenario asserts",
     )
     try:
         config.stash[_SETTINGS] = resolve_settings(config)
     except ChaosConfigError as e:
-        if config.getoption("chaos_gate"):  # a gate's own exit code for bad configuration
-            from chaos._gate import EXIT_CONFIG
-
-            sys.stderr.write(f"ERROR: {e}\n")
-            pytest.exit(f"chaosgate: bad configuration: {e}", returncode=EXIT_CONFIG)
-        raise
+        _config_error(config, e)
     config.stash[_ENTRIES] = {}
     config.stash[_STARTED] = time.time()
 
@@ -171,6 +171,11 @@ _SETTINGS = pytest.StashKey[dict[str, Any]]()
 _ENTRIES = pytest.StashKey[dict[str, dict[str, Any]]]()
 _STARTED = pytest.StashKey[float]()
 _REPORT = pytest.StashKey[dict[str, Any]]()
+
+
+def chosen_target(config: pytest.Config) -> str | None:
+    """The target spec the run was given (--chaos-target or [tool.chaosgate]), if any."""
+    return config.stash[_SETTINGS]["target"]
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -228,28 +233,59 @@ def chaos_target_factory(request: pytest.FixtureRequest) -> Callable[..., Any]:
     return load_target(spec) if spec else SystemTarget
 
 
-@pytest.fixture
+@pytest_asyncio.fixture
 async def chaos_target(
     tmp_path: Path, chaos: Any, chaos_target_factory: Callable[..., Any]
 ) -> AsyncIterator[Callable[..., Any]]:
     """``await chaos_target(**options)``: a started target in a fresh data dir, the one
-    ``chaos`` faults and verifies."""
+    ``chaos`` faults and verifies. At teardown the faults are undone first (a frozen worker
+    thawed, failpoints cleared), then every target is stopped, each on its own."""
     factory = chaos_target_factory
     started: list[Any] = []
 
     async def make(**options: Any) -> Any:
         target = factory(tmp_path / f"target-{len(started)}", **options)
+        started.append(target)  # before start: a start that fails half-way is stopped too
         await target.start()
-        started.append(target)
         chaos.target = target
         return target
 
     yield make
+    chaos.close()
+    errors = []
     for target in reversed(started):
-        await target.stop()
+        try:
+            await target.stop()
+        except Exception as e:  # stop the others all the same
+            errors.append(e)
+    if errors:
+        raise errors[0]
 
 
 SCENARIO = pytest.StashKey[Any]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A bad ``chaos_slo`` is a configuration error of the run, found before anything runs."""
+    from chaos._scenario import slo_of
+
+    for item in items:
+        marker = item.get_closest_marker("chaos_slo")
+        if marker is not None:
+            try:
+                slo_of(marker.kwargs, item.nodeid)
+            except Exception as e:
+                _config_error(config, ChaosConfigError(str(e)))
+
+
+def _config_error(config: pytest.Config, error: ChaosConfigError) -> None:
+    """Exit 12 under the gate (its code for bad configuration), else pytest's usage error."""
+    if config.getoption("chaos_gate"):
+        from chaos._gate import EXIT_CONFIG
+
+        sys.stderr.write(f"ERROR: {error}\n")
+        pytest.exit(f"chaosgate: bad configuration: {error}", returncode=EXIT_CONFIG)
+    raise error
 
 
 @pytest.hookimpl(wrapper=True)
@@ -279,7 +315,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     post_mortem = None
     if report.failed:
         lines = [f"seed: {item.config.stash[_SETTINGS]['seed']}", f"replay: {_replay(item)}"]
-        if call.excinfo is not None and "Timeout" in str(call.excinfo.value):
+        if _timed_out(call):
             post_mortem = "\n".join(_post_mortem())
             lines.append(post_mortem)
         report.sections.append(("chaosgate", "\n".join(lines)))
@@ -346,16 +382,25 @@ def _record(
 def _failure_kind(call: pytest.CallInfo[None], scenario: Any) -> str:
     if call.when != "call" or call.excinfo is None:
         return "error"
-    text = str(call.excinfo.value)
+    error = call.excinfo.value
+    text = str(error)
     if text.startswith("[XPASS(strict)]"):
         return "xpass"
-    if "Timeout" in text or "Timeout" in call.excinfo.typename:
+    if _timed_out(call):
         return "timeout"
     if "planned fault(s) never fired" in text:
         return "unfired"
-    if isinstance(call.excinfo.value, AssertionError):
+    found = [error]
+    if isinstance(error, BaseExceptionGroup):  # e.g. Hypothesis's FlakyFailure
+        found += list(error.exceptions)
+    if any(isinstance(e, AssertionError) for e in found):
         return "breach" if scenario is not None and scenario.breaches else "assertion"
     return "error"
+
+
+def _timed_out(call: pytest.CallInfo[None]) -> bool:
+    """pytest-timeout's own failure ("Timeout >300.0s"), not any error mentioning timeouts."""
+    return call.excinfo is not None and "from pytest-timeout" in str(call.excinfo.value)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -363,10 +408,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     its exit code becomes the run's."""
     config = session.config
     entries = config.stash.get(_ENTRIES, None)
-    if not entries or hasattr(config, "workerinput"):
+    if entries is None or hasattr(config, "workerinput"):
+        return
+    if not entries and not config.stash[_SETTINGS]["gate"]:
         return
     from chaos._gate import evaluate
-    from chaos._report import build, load, run_metadata, write
+    from chaos._report import build, run_metadata, write
 
     s = config.stash[_SETTINGS]
     run = run_metadata(
@@ -374,16 +421,25 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     )
     report = build(run, list(entries.values()))
     if s["gate"]:
-        baseline = load(s["baseline"]) if s["baseline"] else None
-        gate = evaluate(report, s["gate_settings"], baseline, s["baseline"] and str(s["baseline"]))
+        gate = evaluate(report, s["gate_settings"], s["baseline_report"], s["baseline"])
         report["run"]["gate"] = gate.as_dict()
-        if session.exitstatus in (0, 1):  # pytest's own (interrupted, usage...) stand
+        # The gate's verdict, unless pytest's own is worse (a plain test failed: keep its 1).
+        status = session.exitstatus
+        if status in (0, pytest.ExitCode.NO_TESTS_COLLECTED) or (status == 1 and gate.exit_code):
             session.exitstatus = gate.exit_code
     report["run"]["exit_status"] = int(session.exitstatus)
     config.stash[_REPORT] = report
-    config.stash[_REPORT_DIR] = write(report, s["report"])
+    try:
+        config.stash[_REPORT_DIR] = write(report, s["report"])
+    except Exception as e:  # a report that cannot be written must not hide the run's verdict
+        config.stash[_REPORT_ERROR] = f"{type(e).__name__}: {e}"
+        if s["gate"] and session.exitstatus == 0:
+            from chaos._gate import EXIT_HARNESS
+
+            session.exitstatus = EXIT_HARNESS
 
 
+_REPORT_ERROR = pytest.StashKey[str]()
 _REPORT_DIR = pytest.StashKey[Path]()
 
 
@@ -408,8 +464,12 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         )
         for f in gate["findings"]:
             tr.write_line(f"  {f['kind']}: {f['scenario'] or 'the run'}: {f['text']}")
-    where = config.stash[_REPORT_DIR]
-    tr.write_line(f"report: {where / 'report.html'} (also report.json, report.md)")
+    error = config.stash.get(_REPORT_ERROR, None)
+    if error:
+        tr.write_line(f"report: NOT WRITTEN: {error}", red=True, bold=True)
+    else:
+        where = config.stash[_REPORT_DIR]
+        tr.write_line(f"report: {where / 'report.html'} (also report.json, report.md)")
 
 
 def _post_mortem() -> list[str]:

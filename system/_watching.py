@@ -55,7 +55,7 @@ class Watching:
                 if not slot.was_ready:
                     # Starting: allowed a while longer (imports, claiming partitions), but not
                     # for ever -- a worker frozen or stuck before "ready" is hung too.
-                    if now - slot.started_at > max(self.hang_timeout, self.start_timeout):
+                    if now - slot.started_at > self.start_timeout:
                         if not slot.hanging:
                             slot.hanging = True
                             task = asyncio.create_task(

@@ -111,22 +111,40 @@ def test_a_scenario_marked_with_an_slo_must_check_it(pytester: pytest.Pytester) 
         def test_breach(chaos):
             chaos.judge(Verdict(duplicated=["m7"], explanations={"m7": "m7: it was replayed"}))
 
-        @pytest.mark.chaos_slo(recovery=1.0, losst=0)
-        def test_typo(chaos):
-            pass
         """
     )
-    result = pytester.runpytest_subprocess("-p", "no:randomly")
-    result.assert_outcomes(failed=2, passed=1, errors=1)
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(failed=2, passed=1)
     result.stdout.fnmatch_lines_random(
         [
             "*marked chaos_slo but never checked: call `await chaos.verify()`*",
             "*SLO breached:*",
             "*duplicated=1, allowed 0*",
             "*m7: it was replayed*",
-            "*unknown chaos_slo objective(s) losst on *test_typo; known: lost (*",
         ]
     )
+
+
+def test_a_bad_slo_is_a_configuration_error_before_anything_runs(pytester: pytest.Pytester):
+    pytester.makepyfile(
+        """
+        import pytest
+
+        def test_innocent():
+            pass
+
+        @pytest.mark.chaos_slo(recovery=1.0, losst=0)
+        def test_typo(chaos):
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "unknown chaos_slo objective(s) losst on " in result.stderr.str()
+    assert "test_typo; known: lost (" in result.stderr.str()
+    result = pytester.runpytest_subprocess("--chaos-gate")
+    assert result.ret == 12  # the gate's own code for bad configuration
+    result.stdout.no_fnmatch_line("*passed*")
 
 
 def test_a_frozen_process_is_thawed_at_teardown(puppet) -> None:

@@ -227,3 +227,59 @@ def test_report_html_as_a_person_sees_it(good: Path, tmp_path: Path) -> None:
         if p.get("initiator") != "not an origin" and not p["url"].startswith(("file:", "data:"))
     ]
     assert from_page == []
+
+
+def test_the_html_escapes_what_tests_and_pools_say(tmp_path: Path) -> None:
+    from chaos._render import html, markdown
+    from chaos._report import build, run_metadata, scenario_entry
+
+    hostile = '<img src=x onerror="alert(1)">'
+    entry = scenario_entry(
+        f"t.py::test[{hostile}]",
+        "failed",
+        1.0,
+        {"faults": [], "events": [], "slo": {}, "steps": [hostile]},
+        failure=f"E   AssertionError: {hostile}\n  File <module>",
+        failure_kind="assertion",
+        replay="pytest x",
+    )
+    page = html(build(run_metadata(seed=1, target=None, profile="ci", started=0.0), [entry]))
+    assert hostile not in page and "&lt;img src=x" in page and "&lt;module&gt;" in page
+    assert "AssertionError" in markdown(
+        build(run_metadata(seed=1, target=None, profile="ci", started=0.0), [entry])
+    )
+
+
+def test_the_gate_keeps_a_plain_failure_and_survives_an_unwritable_report(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        def test_plain():
+            assert False
+
+        def test_scenario(chaos):
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("--chaos-gate")
+    assert result.ret == 1  # the gate passed its scenarios, but a plain test failed
+    result.stdout.fnmatch_lines(["gate: PASS (exit 0)"])
+    (pytester.path / "blocked").write_text("a file where the report directory would go")
+    result = pytester.runpytest_subprocess("--chaos-gate", "--chaos-report", "blocked/x")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["report: NOT WRITTEN: *"])
+
+
+def test_a_site_configured_twice_is_not_an_unfired_fault(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        from chaos import failpoint
+
+        def test_reconfigured(chaos):
+            chaos.failpoints("a.site=1*return(1)")
+            chaos.failpoints("a.site=1*return(2)")
+            assert failpoint("a.site") == 2
+        """
+    )
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
