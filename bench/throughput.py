@@ -1,4 +1,4 @@
-"""Throughput of the pool against ProcessPoolExecutor.map and multiprocessing.Pool.imap, one run.
+"""Throughput and memory of the pool against ProcessPoolExecutor, multiprocessing.Pool and loky.
 
 The same 100,000 small messages (key ``k<i mod 100>``, payload ``i``) through each, measured side
 by side in one process, rounds interleaved so that a noisy neighbour hurts every contender alike;
@@ -7,6 +7,9 @@ the median of the rounds is reported with its ratio to the pool. Start-up is exc
 trivial handler (a per-key counter), checkpoints on and durable (fsync) intake, its data dir on
 local disk: the figure includes logging every message durably, dispatching, applying, and
 committing states and offsets exactly once. The peers just call a function, with no guarantees.
+Memory (a separate, untimed pass): the peak, while a contender runs, of the proportional set
+size (PSS: shared pages split between their users) of this process and all its descendants,
+less what it was just before.
 
     python bench/throughput.py [--messages N] [--rounds R]
 """
@@ -20,8 +23,11 @@ import multiprocessing
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
+
+import psutil
 
 from system import Message, Pool
 
@@ -46,6 +52,7 @@ async def _pool_run(n: int, mode: str) -> float:
                 await pool.submit_many(items[lo : lo + 10_000])
             await pool.drain()
             elapsed = time.perf_counter() - t0
+            sample_memory()  # with every worker still there (in the memory pass only)
             assert pool.stats()["committed"] == n + 1
             total = sum([await pool.query(f"k{k}") for k in range(100)])
             assert total == n, total
@@ -68,10 +75,29 @@ def peer(open_pool, map_name: str, chunksize: int):
             t0 = time.perf_counter()
             out = sum(mapper(trivial, range(n), chunksize=chunksize))
             elapsed = time.perf_counter() - t0
+            sample_memory()
         assert out == n * (n + 1) // 2
         return elapsed
 
     return run
+
+
+def loky_map(chunksize: int):
+    def open_pool():
+        from loky import get_reusable_executor
+
+        executor = get_reusable_executor(max_workers=2)
+
+        class Closing:  # shut down after the run, like the others
+            def __enter__(self):
+                return executor
+
+            def __exit__(self, *exc):
+                executor.shutdown(wait=True, kill_workers=True)
+
+        return Closing()
+
+    return peer(open_pool, "map", chunksize)
 
 
 def executor_map(chunksize: int):
@@ -89,7 +115,54 @@ CONTENDERS = {
     "ProcessPoolExecutor.map (chunksize=100)": executor_map(100),
     "multiprocessing.Pool.imap (chunksize=1, default)": mp_imap(1),
     "multiprocessing.Pool.imap (chunksize=100)": mp_imap(100),
+    "loky executor.map (chunksize=1, default)": loky_map(1),
+    "loky executor.map (chunksize=100)": loky_map(100),
 }
+
+
+def tree_pss() -> int:
+    total = 0
+    me = psutil.Process()
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            total += proc.memory_full_info().pss
+        except psutil.Error:
+            pass
+    return total
+
+
+def _no_sample() -> None:
+    """Called by every contender after its work, before its pool closes (see peak_memory)."""
+
+
+sample_memory = _no_sample
+
+
+def peak_memory(run, n: int) -> int:
+    """The run's peak extra memory (bytes): sampled every 20 ms and once right after the work
+    (a separate pass from the timed rounds, so that sampling does not slow them down)."""
+    global sample_memory
+    base = tree_pss()
+    peak = [base]
+    done = threading.Event()
+
+    def sample() -> None:
+        peak[0] = max(peak[0], tree_pss())
+
+    def sampler() -> None:
+        while not done.wait(0.02):
+            sample()
+
+    thread = threading.Thread(target=sampler, daemon=True)
+    thread.start()
+    sample_memory = sample
+    try:
+        run(n)
+    finally:
+        sample_memory = _no_sample
+        done.set()
+        thread.join()
+    return peak[0] - base
 
 
 def main() -> None:
@@ -101,12 +174,14 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, run in CONTENDERS.items():
             times[name].append(run(args.messages))
+    memory = {name: peak_memory(run, args.messages) for name, run in CONTENDERS.items()}
     base = args.messages / statistics.median(next(iter(times.values())))
     print(f"{args.messages} messages, median of {args.rounds} interleaved rounds, 2 workers each")
-    print(f"{'contender':58} {'msgs/s':>10} {'vs pool':>8}")
+    print(f"{'contender':58} {'msgs/s':>10} {'vs pool':>8} {'peak MB':>8}")
     for name, ts in times.items():
         rate = args.messages / statistics.median(ts)
-        print(f"{name:58} {rate:10,.0f} {rate / base:7.2f}x")
+        mb = memory[name] / 2**20
+        print(f"{name:58} {rate:10,.0f} {rate / base:7.2f}x {mb:8.0f}")
 
 
 if __name__ == "__main__":

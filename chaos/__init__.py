@@ -16,34 +16,62 @@
   (lost, duplicated, reordered, unexpected, dead-lettered, with explanations from events).
 """
 
-from ._cgroups import available as cgroup_available
-from ._checker import History, Verdict
-from ._errors import BlastRadiusError, ChaosError, FailpointError, InjectorUnavailable
-from ._failpoints import clear as clear_failpoints
-from ._failpoints import counts as failpoint_counts
-from ._failpoints import failpoint, set_failpoints
-from ._failpoints import log_path as failpoint_log
-from ._memory import address_space_limit, leaking, memory_cgroup
-from ._payloads import CATALOG as PAYLOAD_CATALOG
-from ._payloads import PayloadFault, payloads
-from ._pipes import break_socket, break_sockets, breakable_sockets, sockets_of
-from ._process_faults import (
-    Injected,
-    check_target,
-    freeze,
-    frozen,
-    kill,
-    pick,
-    terminate,
-    thaw,
-    workers_of,
-)
-from ._processes import descendants, is_gone, wait_gone, wait_until
-from ._recovery import Recovery, recovery_of
-from ._scenario import Fault, Scenario
-from ._stacks import StackDump, dump_stacks
-from ._target import SystemTarget, Target, load_target, submit_traffic
-from ._threads import hogging_threads, pids_limit, thread_limit, thread_stack_limit
+import importlib as _importlib
+from typing import Any as _Any
+
+_EXPORTS = {  # name -> (module, attribute): imported when first used (PEP 562), so that
+    # the pytest plugin, loaded by every pytest run, costs next to nothing until needed
+    "cgroup_available": ("._cgroups", "available"),
+    "History": ("._checker", "History"),
+    "Verdict": ("._checker", "Verdict"),
+    "BlastRadiusError": ("._errors", "BlastRadiusError"),
+    "ChaosError": ("._errors", "ChaosError"),
+    "FailpointError": ("._errors", "FailpointError"),
+    "InjectorUnavailable": ("._errors", "InjectorUnavailable"),
+    "clear_failpoints": ("._failpoints", "clear"),
+    "failpoint": ("._failpoints", "failpoint"),
+    "failpoint_counts": ("._failpoints", "counts"),
+    "failpoint_log": ("._failpoints", "log_path"),
+    "set_failpoints": ("._failpoints", "set_failpoints"),
+    "address_space_limit": ("._memory", "address_space_limit"),
+    "leaking": ("._memory", "leaking"),
+    "memory_cgroup": ("._memory", "memory_cgroup"),
+    "PAYLOAD_CATALOG": ("._payloads", "CATALOG"),
+    "PayloadFault": ("._payloads", "PayloadFault"),
+    "payloads": ("._payloads", "payloads"),
+    "break_socket": ("._pipes", "break_socket"),
+    "break_sockets": ("._pipes", "break_sockets"),
+    "breakable_sockets": ("._pipes", "breakable_sockets"),
+    "sockets_of": ("._pipes", "sockets_of"),
+    "Injected": ("._process_faults", "Injected"),
+    "check_target": ("._process_faults", "check_target"),
+    "freeze": ("._process_faults", "freeze"),
+    "frozen": ("._process_faults", "frozen"),
+    "kill": ("._process_faults", "kill"),
+    "pick": ("._process_faults", "pick"),
+    "terminate": ("._process_faults", "terminate"),
+    "thaw": ("._process_faults", "thaw"),
+    "workers_of": ("._process_faults", "workers_of"),
+    "descendants": ("._processes", "descendants"),
+    "is_gone": ("._processes", "is_gone"),
+    "wait_gone": ("._processes", "wait_gone"),
+    "wait_until": ("._processes", "wait_until"),
+    "Recovery": ("._recovery", "Recovery"),
+    "recovery_of": ("._recovery", "recovery_of"),
+    "Fault": ("._scenario", "Fault"),
+    "Scenario": ("._scenario", "Scenario"),
+    "StackDump": ("._stacks", "StackDump"),
+    "dump_stacks": ("._stacks", "dump_stacks"),
+    "SystemTarget": ("._target", "SystemTarget"),
+    "Target": ("._target", "Target"),
+    "load_target": ("._target", "load_target"),
+    "submit_traffic": ("._target", "submit_traffic"),
+    "hogging_threads": ("._threads", "hogging_threads"),
+    "pids_limit": ("._threads", "pids_limit"),
+    "thread_limit": ("._threads", "thread_limit"),
+    "thread_stack_limit": ("._threads", "thread_stack_limit"),
+}
+
 
 __all__ = [
     "PAYLOAD_CATALOG",
@@ -96,3 +124,17 @@ __all__ = [
     "wait_until",
     "workers_of",
 ]
+
+
+def __getattr__(name: str) -> _Any:
+    try:
+        module, attr = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'chaos' has no attribute {name!r}") from None
+    value = getattr(_importlib.import_module(module, __name__), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

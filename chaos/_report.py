@@ -128,8 +128,8 @@ def scenario_entry(
             {
                 "pid": None,
                 "worker": None,
-                "why": "the pool's shutdown blocked: every thread of this process, then its "
-                "workers killed",
+                "why": "the pool stopped answering (results that never came, or a shutdown "
+                "that blocked)",
                 "blocked": "",
                 "path": None,
                 "text": text[:MAX_DUMP_CHARS],

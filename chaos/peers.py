@@ -7,7 +7,8 @@ is what the scenarios see:
 
 - a result that comes back is committed; one that fails is kept in ``failures`` (id -> the
   exception, e.g. ``BrokenProcessPool``), and one that never comes back within
-  ``collect_timeout`` seconds of ``committed()`` is in ``outstanding`` (the caller would hang);
+  ``collect_timeout`` seconds of ``committed()`` is in ``outstanding`` (the caller would hang),
+  with py-spy dumps of the workers and of this process (the pool's threads) in ``dumps``;
 - ``stop()`` is bounded too: a shutdown that blocks longer than ``stop_timeout`` is recorded in
   ``stop_blocked`` with a py-spy dump of the blocked process (``dumps``), then every worker
   process is killed by pid -- no orphans, whatever state the pool is in;
@@ -149,6 +150,9 @@ class PeerTarget:
             else:
                 self._done.setdefault(key, []).append(future.result())
         self._pending = still
+        if still and not self.outstanding:  # newly stuck: where is everyone waiting?
+            self.dumps += [dump_stacks(pid, timeout=10.0) for pid in self.worker_pids()]
+            self.dumps.append(dump_stacks(os.getpid(), timeout=10.0))  # the pool's own threads
         self.outstanding = [mid for _, mid, _ in still]
         return {key: list(ids) for key, ids in self._done.items()}
 

@@ -154,6 +154,8 @@ async def test_a_fault_against_each_pool(chaos, tmp_path: Path, target_name: str
             f.recovery.detection for f in chaos.faults if f.recovery and f.recovery.detection
         ]
         seen["detection_ms"] = round(min(detected) * 1000, 1) if detected else None
+    if seen["outcome"] == "hung":  # a hang is reported with where everyone was waiting
+        assert seen["dumps"] and all("Thread" in d for d in seen["dumps"]), seen["dumps"]
     expected, why = EXPECTED[(target_name, fault)]
     summary = describe(seen)
     chaos.observed = {"target": target_name, "fault": fault, "summary": summary, **seen}
@@ -259,7 +261,10 @@ def classify(target, verdict, seen: dict[str, Any]) -> dict[str, Any]:
         "outstanding": len(outstanding),
         "stop_blocked": getattr(target, "stop_blocked", False),
         "errors": errors,
-        "dumps": [d.text[:20000] for d in getattr(target, "dumps", [])],
+        "dumps": [
+            f"# {d.method} dump of pid {d.pid}\n{d.text[:20000]}"
+            for d in getattr(target, "dumps", [])
+        ],
     }
 
 
@@ -270,7 +275,7 @@ def describe(seen: dict[str, Any]) -> str:
     if seen["lost"]:
         parts.append(f"{seen['lost']} lost")
     if seen["outstanding"]:
-        parts.append(f"{seen['outstanding']} never returned")
+        parts.append(f"{seen['outstanding']} never returned (py-spy dumps taken)")
     if seen["stop_blocked"]:
         parts.append("shutdown blocked (py-spy dump taken, processes killed)")
     if seen["refused"]:
