@@ -37,25 +37,16 @@ from ._target import SystemTarget
 
 T = TypeVar("T")
 
+_ALWAYS: dict[str, Any] = {
+    "deadline": None,  # steps wait on real processes
+    "database": None,  # a failure replays from --chaos-seed, not from a local cache
+    "phases": (Phase.explicit, Phase.generate, Phase.shrink),
+    "suppress_health_check": list(HealthCheck),
+    "report_multiple_bugs": False,
+}
 PROFILES = {
-    "ci": settings(
-        max_examples=10,
-        stateful_step_count=10,
-        deadline=None,
-        database=None,
-        phases=(Phase.explicit, Phase.generate, Phase.shrink),
-        suppress_health_check=list(HealthCheck),
-        report_multiple_bugs=False,
-    ),
-    "soak": settings(
-        max_examples=200,
-        stateful_step_count=40,
-        deadline=None,
-        database=None,
-        phases=(Phase.explicit, Phase.generate, Phase.shrink),
-        suppress_health_check=list(HealthCheck),
-        report_multiple_bugs=False,
-    ),
+    "ci": settings(max_examples=10, stateful_step_count=10, **_ALWAYS),
+    "soak": settings(max_examples=200, stateful_step_count=40, **_ALWAYS),
 }
 # What the schedules ask of the target: quick hang detection, memory recycling for leaks.
 TARGET_OPTIONS = {
