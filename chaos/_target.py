@@ -112,6 +112,11 @@ class SystemTarget:
             await self.pool.close()
 
 
+class TargetRefused(AssertionError):
+    """The target stopped acknowledging work: a weakness of the target (an assertion, for the
+    gate), not an error of the harness."""
+
+
 def load_target(spec: str, where: str = "--chaos-target") -> Any:
     """The factory named by ``spec`` ("package.module:factory"), checked; errors say the fix."""
     module_name, sep, attr = spec.partition(":")
@@ -152,9 +157,16 @@ async def submit_traffic(
     in ``history`` once acknowledged (``drain_every``: drain after that many, so that the pool
     makes many small channel writes rather than a few large ones)."""
     for i in range(n):
-        key = f"k{i % keys}"
-        await target.submit(key, i, f"{prefix}{i}")
-        history.submitted(f"{prefix}{i}", key)
+        key, mid = f"k{i % keys}", f"{prefix}{i}"
+        try:
+            await target.submit(key, i, mid)
+        except Exception as e:
+            history.submitted(mid, key, acked=False)
+            raise TargetRefused(
+                f"the target refused message {mid} ({type(e).__name__}: {e}): it takes no more "
+                "work after the fault"
+            ) from e
+        history.submitted(mid, key)
         if drain_every and i % drain_every == drain_every - 1:
             await drained(target)
 

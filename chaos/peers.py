@@ -95,6 +95,7 @@ class PeerTarget:
         self._pending: list[tuple[str, str, asyncio.Future[Any]]] = []
         self._done: dict[str, list[str]] = {}
         self._seen_pids: set[int] = set()
+        self._collecting = asyncio.Lock()
         self.pool: Any = None
 
     # --- what each pool does differently -------------------------------------------------
@@ -133,7 +134,12 @@ class PeerTarget:
 
     async def committed(self) -> dict[str, list[Any]]:
         """Results collected in submission order; waits at most ``collect_timeout`` s for the
-        ones still running, and leaves those that never came in ``outstanding``."""
+        ones still running, and leaves those that never came in ``outstanding``. One caller
+        at a time collects (a scenario may poll while it verifies)."""
+        async with self._collecting:
+            return await self._collect()
+
+    async def _collect(self) -> dict[str, list[Any]]:
         deadline = time.monotonic() + self.collect_timeout
         still: list[tuple[str, str, asyncio.Future[Any]]] = []
         for key, mid, future in self._pending:

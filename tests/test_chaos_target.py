@@ -41,3 +41,28 @@ def test_load_target_explains_what_is_wrong() -> None:
     ]:
         with pytest.raises(ChaosError, match=message):
             load_target(spec, where="[tool.chaosgate] target")
+
+
+async def test_a_target_that_stops_taking_work_is_a_weakness_not_a_harness_error() -> None:
+    from chaos import History, submit_traffic
+    from chaos._target import TargetRefused
+
+    class Broken:
+        def __init__(self) -> None:
+            self.taken = 0
+
+        async def submit(self, key, payload, id):
+            if self.taken == 3:
+                raise RuntimeError("the pool is not usable anymore")
+            self.taken += 1
+
+    history = History()
+    with pytest.raises(TargetRefused, match=r"refused message m3 \(RuntimeError: the pool is not"):
+        await submit_traffic(Broken(), history, 10, prefix="m")
+    assert isinstance(TargetRefused("x"), AssertionError)  # the gate counts it as a weakness
+    assert [(s.id, s.acked) for s in history.submits] == [
+        ("m0", True),
+        ("m1", True),
+        ("m2", True),
+        ("m3", False),
+    ]
