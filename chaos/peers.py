@@ -28,13 +28,14 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ._errors import BlastRadiusError
+from ._process_faults import kill
 from ._processes import wait_gone
 from ._stacks import StackDump, dump_stacks
 
@@ -186,9 +187,9 @@ class PeerTarget:
         if not done.is_set():
             self.stop_blocked = True
             self.dumps.append(dump_stacks(os.getpid(), timeout=10.0))
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+        for pid in pids:  # through the blast-radius guard: a pid long gone may be reused
+            with contextlib.suppress(ProcessLookupError, BlastRadiusError):
+                kill(pid)
         await asyncio.to_thread(wait_gone, pids, 10.0)
         for future in (f for _, _, f in self._pending):
             future.cancel()
