@@ -175,11 +175,10 @@ def regressions(
 
 
 def _first_line(text: str | None) -> str:
-    for line in (text or "").splitlines():
-        line = line.strip()
-        if line.startswith("E "):
-            return line[2:].strip()[:300]
-    return (text or "no detail").strip().splitlines()[-1][:300] if text else "no detail"
+    """The first ``E`` line of a pytest failure (the error), else its last line."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    errors = [line[2:].strip() for line in lines if line.startswith("E ")]
+    return (errors or lines or ["no detail"])[0 if errors else -1][:300]
 
 
 def table(report: Mapping[str, Any]) -> list[str]:

@@ -360,7 +360,7 @@ def _record(
     entry = scenario_entry(
         item.nodeid,
         outcome,
-        sum(r.duration for r in (report,)),
+        report.duration,
         record,
         failure=report.longreprtext[-8000:] if report.failed else None,
         failure_kind=_failure_kind(call, scenario) if report.failed else None,
