@@ -4,12 +4,15 @@ A scenario's handler appends each message's id to its key's list, so the committ
 shows every anomaly. ``History`` records each submit (its id, key, whether it was acknowledged,
 and when, on CLOCK_MONOTONIC); ``History.check(committed, dead_lettered, events)`` compares:
 
-- lost: acknowledged, not dead-lettered, and in no committed list;
+- lost: acknowledged, and neither committed nor dead-lettered;
 - duplicated: committed more than once (each extra copy counts);
-- reordered: committed out of submission order within a key -- the fewest ids that must move,
-  i.e. those outside a longest increasing subsequence of submission positions;
+- reordered: committed late within its key -- after an id of the same key that was submitted
+  after it (what a retry or redelivery at the back of a queue does); each is explained by the
+  first id that overtook it;
 - unexpected: committed but never submitted (or under another key);
-- dead_lettered: accounted apart, never "lost".
+- dead_lettered: dead-lettered by the target but not named by the scenario as expected (with the
+  expected reason, a regular expression, when one is given). Dead letters are accounted, never
+  forgiven: a pool that dead-letters what a crash took shows it here, not as "recovered".
 
 A submit that was not acknowledged (it raised, or the run died first) may or may not have
 committed; neither is an anomaly. Each anomalous id gets a sentence from the target's events:
@@ -19,14 +22,14 @@ scenario injected, as events of kind ``fault``).
 
 from __future__ import annotations
 
-import bisect
+import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-ANOMALIES = ("lost", "duplicated", "reordered", "unexpected")
+ANOMALIES = ("lost", "duplicated", "reordered", "unexpected", "dead_lettered")
 _TELLING = {"fault", "died", "hung", "killed", "recycled", "degraded", "rewound", "gave_up"}
 
 
@@ -44,7 +47,8 @@ class Verdict:
     duplicated: list[str] = field(default_factory=list)
     reordered: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
-    dead_lettered: list[str] = field(default_factory=list)
+    dead_lettered: list[str] = field(default_factory=list)  # not expected: an anomaly
+    expected_dead: list[str] = field(default_factory=list)  # named by the scenario, and seen
     explanations: dict[str, str] = field(default_factory=dict)
     submitted: int = 0
     committed: int = 0
@@ -55,7 +59,7 @@ class Verdict:
 
     def summary(self) -> str:
         counts = " ".join(f"{a}={len(getattr(self, a))}" for a in ANOMALIES)
-        return f"{counts} dead_lettered={len(self.dead_lettered)}"
+        return f"{counts} expected_dead={len(self.expected_dead)}" if self.expected_dead else counts
 
     def details(self, limit: int = 20) -> list[str]:
         """One line per anomaly kind: up to ``limit`` offending ids."""
@@ -80,25 +84,53 @@ class History:
             mono = time.clock_gettime(time.CLOCK_MONOTONIC)
         self.submits.append(Submit(id, key, acked, mono))
 
+    def acked(self) -> set[str]:
+        return {s.id for s in self.submits if s.acked}
+
     def check(
         self,
         committed: Mapping[str, list[Any]],
-        dead_lettered: Iterable[str] = (),
+        dead_lettered: Iterable[str] | Mapping[str, str] = (),
         events: Iterable[Mapping[str, Any]] = (),
+        expected_dead: Mapping[str, str | None] | None = None,
     ) -> Verdict:
-        return check(self.submits, committed, dead_lettered, events)
+        return check(self.submits, committed, dead_lettered, events, expected_dead)
+
+
+def dead_letters_of(dead_lettered: Iterable[str] | Mapping[str, str]) -> dict[str, str]:
+    """A target's dead letters as ``{id: reason}`` (it may give ids alone: reason "")."""
+    if isinstance(dead_lettered, Mapping):
+        return {str(k): str(v or "") for k, v in dead_lettered.items()}
+    return {str(mid): "" for mid in dead_lettered}
 
 
 def check(
     submits: Iterable[Submit],
     committed: Mapping[str, list[Any]],
-    dead_lettered: Iterable[str] = (),
+    dead_lettered: Iterable[str] | Mapping[str, str] = (),
     events: Iterable[Mapping[str, Any]] = (),
+    expected_dead: Mapping[str, str | None] | None = None,
 ) -> Verdict:
-    """Compare each key's committed list of ids with what was submitted (see the module doc)."""
-    dead = set(dead_lettered)
+    """Compare each key's committed list of ids with what was submitted (see the module doc);
+    ``expected_dead``: the ids the scenario expects dead-lettered, each with a regular
+    expression its reason must match (None: any reason)."""
+    dead = dead_letters_of(dead_lettered)
+    expected = dict(expected_dead or {})
     submits = list(submits)
-    verdict = Verdict(submitted=len(submits), dead_lettered=sorted(dead))
+    verdict = Verdict(submitted=len(submits))
+    reasons: dict[str, str] = {}
+    for mid, reason in sorted(dead.items()):
+        pattern = expected.get(mid)
+        if mid in expected and (pattern is None or re.search(pattern, reason)):
+            verdict.expected_dead.append(mid)
+        else:
+            verdict.dead_lettered.append(mid)
+            reasons[mid] = (
+                f"{mid}: dead-lettered ({reason or 'no reason given'}), but not named as "
+                f"expected by the scenario"
+                if mid not in expected
+                else f"{mid}: dead-lettered with reason {reason!r}, expected /{pattern}/"
+            )
     position: dict[str, tuple[str, int]] = {}  # id -> (key, position in its key's order)
     per_key: dict[str, list[Submit]] = defaultdict(list)
     for s in submits:
@@ -107,7 +139,7 @@ def check(
             per_key[s.key].append(s)
     seen: set[str] = set()
     for key, ids in committed.items():
-        order: list[tuple[int, str]] = []
+        order: list[tuple[int, str]] = []  # (submission position, id), in commit order
         for mid in ids:
             verdict.committed += 1
             where = position.get(mid)
@@ -118,36 +150,32 @@ def check(
             else:
                 seen.add(mid)
                 order.append((where[1], mid))
-        verdict.reordered += out_of_order(order)
+        for mid, overtaker in late(order):
+            verdict.reordered.append(mid)
+            reasons[mid] = f"{mid}: committed after {overtaker}, which was submitted after it"
     verdict.lost = [s.id for s in submits if s.acked and s.id not in seen and s.id not in dead]
     timeline = sorted((e for e in events if e.get("kind") in _TELLING), key=lambda e: e["mono"])
-    anomalous = {*verdict.lost, *verdict.duplicated, *verdict.reordered}
+    anomalous = {*verdict.lost, *verdict.duplicated, *verdict.reordered, *verdict.dead_lettered}
     when = {s.id: s.mono for s in submits}
     for mid in sorted(anomalous):
-        verdict.explanations[mid] = explain(mid, when.get(mid), timeline)
+        said = explain(mid, when.get(mid), timeline)
+        verdict.explanations[mid] = (
+            f"{reasons[mid]}; {said.split(': ', 1)[1]}" if mid in reasons else said
+        )
     return verdict
 
 
-def out_of_order(order: list[tuple[int, str]]) -> list[str]:
-    """Ids outside a longest increasing subsequence of positions (the fewest that moved)."""
-    tails: list[int] = []
-    tail_at: list[int] = []
-    prev = [-1] * len(order)
-    for j, (i, _) in enumerate(order):
-        k = bisect.bisect_left(tails, i)
-        if k == len(tails):
-            tails.append(i)
-            tail_at.append(j)
-        else:
-            tails[k] = i
-            tail_at[k] = j
-        prev[j] = tail_at[k - 1] if k else -1
-    keep: set[int] = set()
-    j = tail_at[-1] if tail_at else -1
-    while j >= 0:
-        keep.add(j)
-        j = prev[j]
-    return [mid for j, (_, mid) in enumerate(order) if j not in keep]
+def late(order: list[tuple[int, str]]) -> list[tuple[str, str]]:
+    """``(id, overtaker)`` for each id committed after an id submitted after it (the first such
+    one): the ids that moved back, not the ones that kept their place."""
+    found = []
+    top: tuple[int, str] | None = None  # the latest-submitted id committed so far
+    for position, mid in order:
+        if top is not None and position < top[0]:
+            found.append((mid, top[1]))
+        elif top is None or position > top[0]:
+            top = (position, mid)
+    return found
 
 
 def explain(mid: str, submitted_at: float | None, timeline: list[Mapping[str, Any]]) -> str:

@@ -16,6 +16,10 @@ VERDICT = {
     "broken": "**broken**",
     "hung": "**hung**",
     "grew": "**grew**",
+    "duplicated": "**duplicated**",
+    "reordered": "**reordered**",
+    "unexpected": "**unexpected**",
+    "dead_lettered": "**dead-lettered**",
 }
 
 

@@ -1,14 +1,21 @@
 """The CI resilience gate: a run's report against thresholds and, optionally, a baseline report.
 
-Settings (``[tool.chaosgate.gate]`` in pyproject.toml): ``lost``, ``duplicated``, ``reordered``
-(most allowed in any scenario, default 0), ``detection_p99``, ``restart_p99``, ``recovery_p99``
-(seconds, any scenario; default: no limit beyond each scenario's own ``chaos_slo``),
-``regression`` (the ratio by which a scenario's recovery p50 or p99 may grow over the baseline's,
-default 1.5) and ``regression_floor_ms`` (growth smaller than this is noise, default 25).
+Settings (``[tool.chaosgate.gate]`` in pyproject.toml): ``lost``, ``duplicated``, ``reordered``,
+``unexpected``, ``dead_lettered`` (most allowed in any scenario, default 0; dead letters count
+beyond those a scenario names as expected), ``skipped`` (most scenarios that may be skipped;
+default: any number, always listed with their reasons), ``detection_p99``, ``restart_p99``,
+``recovery_p99`` (seconds, any scenario; default: no limit beyond each scenario's own
+``chaos_slo``), ``regression`` (the ratio by which a scenario's recovery p50 or p99 may grow over
+the baseline's, default 1.5) and ``regression_floor_ms`` (growth smaller than this is noise,
+default 25).
 
-Exit codes: 0 the gate passed; 10 a weakness was found (an SLO breached, messages lost or
-duplicated, a hang, a recovery regression); 11 a harness or environment error (a scenario that
-errored, a planned fault that never fired, nothing ran); 12 bad configuration.
+Exit codes: 0 the gate passed; 10 a weakness was found (an SLO breached, messages lost,
+duplicated, reordered or dead-lettered, a hang, processes leaked, a recovery regression); 11 a
+harness or environment error (a scenario that errored, a planned fault that never fired or had
+no effect, nothing ran, more skips than allowed); 12 bad configuration. Each finding has a
+``category`` (``lost``, ``duplicated``, ``reordered``, ``unexpected``, ``dead_lettered``,
+``recovery``, ``detection``, ``restart``, ``mode``, ``hung``, ``leak``, ``assertion``,
+``regression``; ``error``, ``unfired``, ``no_effect``, ``skipped``, ``xpass``, ``empty``).
 """
 
 from __future__ import annotations
@@ -24,13 +31,17 @@ DEFAULTS: dict[str, Any] = {
     "lost": 0,
     "duplicated": 0,
     "reordered": 0,
+    "unexpected": 0,
+    "dead_lettered": 0,
+    "skipped": None,
     "detection_p99": None,
     "restart_p99": None,
     "recovery_p99": None,
     "regression": 1.5,
     "regression_floor_ms": 25.0,
 }
-WEAKNESS_KINDS = ("breach", "assertion", "timeout")
+WEAKNESS_KINDS = ("breach", "assertion", "timeout", "leak", "hung")
+ANOMALIES = ("lost", "duplicated", "reordered", "unexpected", "dead_lettered")
 
 
 class GateConfigError(ChaosError):
@@ -66,9 +77,15 @@ class Finding:
     kind: str  # "weakness" or "harness"
     scenario: str | None
     text: str
+    category: str = "error"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "scenario": self.scenario, "text": self.text}
+        return {
+            "kind": self.kind,
+            "category": self.category,
+            "scenario": self.scenario,
+            "text": self.text,
+        }
 
 
 @dataclass
@@ -76,6 +93,7 @@ class GateResult:
     findings: list[Finding] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     baseline: str | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (scenario, reason)
 
     @property
     def verdict(self) -> str:
@@ -93,7 +111,13 @@ class GateResult:
             "settings": self.settings,
             "baseline": self.baseline,
             "findings": [f.as_dict() for f in self.findings],
+            "skipped": [{"scenario": n, "reason": r} for n, r in self.skipped],
         }
+
+    def categories(self) -> list[str]:
+        """The categories found, each once, weaknesses first."""
+        ordered = sorted(self.findings, key=lambda f: f.kind != "weakness")
+        return list(dict.fromkeys(f.category for f in ordered))
 
 
 def evaluate(
@@ -107,45 +131,77 @@ def evaluate(
     add = result.findings.append
     scenarios = report["scenarios"]
     if not [s for s in scenarios if s["outcome"] != "skipped"]:
-        add(Finding("harness", None, "no scenario ran: every one was skipped or none was found"))
+        text = "no scenario ran: every one was skipped or none was found"
+        add(Finding("harness", None, text, "empty"))
+    result.skipped = [
+        (s["nodeid"], s.get("skip_reason") or "no reason given")
+        for s in scenarios
+        if s["outcome"] == "skipped"
+    ]
+    if gate["skipped"] is not None and len(result.skipped) > gate["skipped"]:
+        add(
+            Finding(
+                "harness",
+                None,
+                f"{len(result.skipped)} scenario(s) skipped, the gate allows {gate['skipped']}: "
+                + "; ".join(f"{n.rsplit('::', 1)[-1]} ({r})" for n, r in result.skipped)[:600],
+                "skipped",
+            )
+        )
     for sc in scenarios:
         name = sc["nodeid"]
         if sc["outcome"] == "xfailed":
             continue  # a known weakness, declared and seen: the report shows it, the gate passes
         if sc["outcome"] == "xpassed":
-            add(Finding("harness", name, f"expected to fail, passed: {sc['skip_reason']}"))
+            text = f"expected to fail, passed: {sc['skip_reason']}"
+            add(Finding("harness", name, text, "xpass"))
             continue
         if sc["outcome"] == "error":
-            add(Finding("harness", name, f"errored: {_first_line(sc['failure'])}"))
+            add(Finding("harness", name, f"errored: {_first_line(sc['failure'])}", "error"))
         elif sc["outcome"] == "failed":
-            kind = "weakness" if sc["failure_kind"] in WEAKNESS_KINDS else "harness"
-            what = {
-                "timeout": "hung (timed out)",
-                "unfired": "a planned fault never fired",
-                "xpass": "an expected weakness is gone: update the expectation",
-            }.get(sc["failure_kind"] or "", "failed")
-            add(Finding(kind, name, f"{what}: {_first_line(sc['failure'])}"))
+            add_failure(add, sc)
         checker = sc.get("checker")
         if checker:
-            for anomaly in ("lost", "duplicated", "reordered"):
-                n = len(checker[anomaly])
+            for anomaly in ANOMALIES:
+                n = len(checker.get(anomaly) or [])
                 if n > gate[anomaly]:
-                    allowed = gate[anomaly]
-                    add(Finding("weakness", name, f"{anomaly}={n}, the gate allows {allowed}"))
+                    text = f"{anomaly}={n}, the gate allows {gate[anomaly]}"
+                    add(Finding("weakness", name, text, anomaly))
         for figure in ("detection", "restart", "recovery"):
             limit = gate[f"{figure}_p99"]
             value = sc["figures"].get(f"{figure}_p99_ms")
             if limit is not None and value is not None and value > limit * 1000:
-                add(
-                    Finding(
-                        "weakness",
-                        name,
-                        f"{figure} p99 {value:.0f} ms, the gate allows {limit * 1000:.0f} ms",
-                    )
-                )
+                text = f"{figure} p99 {value:.0f} ms, the gate allows {limit * 1000:.0f} ms"
+                add(Finding("weakness", name, text, figure))
     if baseline is not None:
         result.findings += regressions(report, baseline, gate)
     return result
+
+
+_FAILURES = {  # failure kind -> (finding kind, category, what it means)
+    "breach": ("weakness", "breach", "failed"),
+    "assertion": ("weakness", "assertion", "failed"),
+    "timeout": ("weakness", "hung", "hung (timed out)"),
+    "hung": ("weakness", "hung", "hung"),
+    "leak": ("weakness", "leak", "processes leaked"),
+    "unfired": ("harness", "unfired", "a planned fault never fired"),
+    "no_effect": ("harness", "no_effect", "a fault had no effect"),
+    "xpass": ("harness", "xpass", "an expected weakness is gone: update the expectation"),
+}
+
+
+def add_failure(add: Any, sc: Mapping[str, Any]) -> None:
+    """The findings of a failed scenario: one per breach (each with its category), else one
+    for the failure."""
+    name, kind = sc["nodeid"], sc["failure_kind"] or "error"
+    if kind == "breach" and sc.get("breaches"):
+        from ._scenario import category
+
+        for breach in sc["breaches"]:
+            add(Finding("weakness", name, f"SLO breached: {breach}", category(breach)))
+        return
+    finding, cat, what = _FAILURES.get(kind, ("harness", "error", "failed"))
+    add(Finding(finding, name, f"{what}: {_first_line(sc['failure'])}", cat))
 
 
 def regressions(
@@ -169,6 +225,7 @@ def regressions(
                         sc["nodeid"],
                         f"{figure[:-3].replace('_', ' ')} regressed {b / max(a, 1e-9):.1f}x: "
                         f"{a:.0f} ms -> {b:.0f} ms (the gate allows {gate['regression']}x)",
+                        "regression",
                     )
                 )
     return found
@@ -183,7 +240,19 @@ def _first_line(text: str | None) -> str:
 
 def table(report: Mapping[str, Any]) -> list[str]:
     """The summary table, as terminal lines."""
-    rows = [("scenario", "verdict", "faults", "lost", "dup", "recovery p50/p99 ms")]
+    rows = [
+        (
+            "scenario",
+            "verdict",
+            "faults",
+            "effective",
+            "lost",
+            "dup",
+            "reord",
+            "dead",
+            "recovery ms",
+        )
+    ]
     for sc in report["scenarios"]:
         c, f = sc.get("checker"), sc["figures"]
         rec = (
@@ -192,13 +261,14 @@ def table(report: Mapping[str, Any]) -> list[str]:
             else "-"
         )
         fired = sum(1 for x in sc["faults"] if x["fired"])
+        effective = sum(1 for x in sc["faults"] if x.get("effect") and not x.get("no_effect"))
         rows.append(
             (
                 sc["name"][:60],
                 sc["outcome"].upper(),
                 f"{fired}/{len(sc['faults'])}",
-                str(len(c["lost"])) if c else "-",
-                str(len(c["duplicated"])) if c else "-",
+                str(effective),
+                *(str(len(c.get(a) or [])) if c else "-" for a in ANOMALIES if a != "unexpected"),
                 rec,
             )
         )

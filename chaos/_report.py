@@ -1,4 +1,4 @@
-"""Run reports: one JSON document per run (schema ``chaosgate-report/1``), rendered to Markdown
+"""Run reports: one JSON document per run (schema ``chaosgate-report/2``), rendered to Markdown
 and HTML, in ``<dir>/<run id>/`` with ``<dir>/latest`` pointing at the newest run.
 
 The pytest plugin builds one entry per scenario (a test using the ``chaos`` fixture) from its
@@ -27,7 +27,7 @@ from typing import Any
 
 from ._errors import ChaosError
 
-SCHEMA = "chaosgate-report/1"
+SCHEMA = "chaosgate-report/2"
 KEEP_RUNS = 20  # run directories kept; older ones are removed
 MARKED = (
     "fault",
@@ -107,6 +107,7 @@ def scenario_entry(
         "checker": verdict,
         "figures": dict(record.get("figures") or {}),
         "observed": record.get("observed"),
+        "examples": list(record.get("examples") or []),
         "degradations": [
             {
                 "t": round(e["mono"] - line["t0_mono"], 4) if e.get("mono") else None,

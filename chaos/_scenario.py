@@ -6,19 +6,36 @@ firing counted in the run-wide log, a limit applied, a bad payload submitted). A
 that never fired fails the scenario -- it would prove nothing. Everything it started is reverted
 at teardown: frozen processes thawed, limits lifted, failpoints cleared.
 
-``await chaos.verify()`` reads the target's committed state, runs the checker on the history,
-measures each process fault's recovery (from the target's events, or from its committed state
-alone for a target without events) and holds it all against the scenario's
-``chaos_slo(...)`` marker; a breach fails with one line per breach and the anomalies explained.
+Every process fault also proves its *effect*, observed by the harness, never taken from the
+target: the victim's exit through a pidfd opened before the signal (kill, terminate), its
+stopped state (freeze), and -- for each -- the acknowledged work still uncommitted right after
+it (``pending``). A fault with no effect (the victim did not die; no acknowledged work was
+outstanding) fails the scenario as ``NoEffect`` -- a harness outcome: it proved nothing --
+unless the scenario declared it ``harmless=True`` (then ``require_effective(n)`` can still ask
+for a number of effective ones).
+
+``await chaos.verify()`` reads the target's committed state, runs the checker on the harness's
+own ledger (``history``: every acknowledgement, recorded when it was seen), and holds it against
+the scenario's ``chaos_slo(...)`` marker; a breach fails with one line per breach, each starting
+with its category (``lost=``, ``recovery of ...``), and the anomalies explained. Recovery is the
+harness's measurement for every target: from the fault (its CLOCK_MONOTONIC time) until every
+message acknowledged before it is committed, polling ``committed_now()`` (a read that does not
+wait) where the target has it, else ``committed()``. Detection and restart come from the
+target's events where it has them, and its own recovery figure is shown beside the harness's
+(``claimed_recovery``), with a large disagreement flagged. Dead letters are accounted: each id
+the target dead-letters must be named by ``expect_dead_letters`` (with a reason pattern), else
+it counts against the ``dead_lettered`` objective (default 0).
 ``record()`` is the JSON-ready account of the scenario that reports are made from.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import random
+import select
 import signal
 import statistics
 import time
@@ -27,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import _failpoints, _pipes, _process_faults
-from ._checker import History, Verdict
+from ._checker import History, Verdict, dead_letters_of
 from ._errors import ChaosError
 from ._recovery import Recovery, recovery_of
 from ._target import drained, submit_traffic
@@ -37,13 +54,23 @@ SLO_KEYS = {
     "duplicated": "most duplicated messages allowed (default 0)",
     "reordered": "most reordered messages allowed (default 0)",
     "unexpected": "most unexpected messages allowed (default 0)",
+    "dead_lettered": "most dead letters allowed beyond those the scenario expects (default 0)",
     "recovery": "seconds from each process fault until its in-flight work is committed again",
     "detection": "seconds from each process fault until the target noticed it",
     "restart": "seconds from each process fault until a replacement was ready",
     "mode": "the worker mode the target must end in (e.g. 'inline' after a step down)",
 }
-_DEFAULT_SLO = {"lost": 0, "duplicated": 0, "reordered": 0, "unexpected": 0}
+_DEFAULT_SLO = {"lost": 0, "duplicated": 0, "reordered": 0, "unexpected": 0, "dead_lettered": 0}
 _PROCESS_FAULTS = {"kill", "terminate", "freeze", "break_pipes"}
+_ANOMALIES = ("lost", "duplicated", "reordered", "unexpected", "dead_lettered")
+EXIT_WAIT = 10.0  # seconds a killed process has to be seen gone before the kill had no effect
+POLL = 0.02  # seconds between reads of the committed state while measuring recovery
+DISAGREE_MS = 100.0  # a target's recovery claim this much (and 2x) below the harness's is flagged
+
+
+class NoEffect(ChaosError):
+    """A fault fired but had no effect the harness could observe, so the scenario proved
+    nothing: a harness outcome (exit 11 under the gate), not a verdict on the target."""
 
 
 def slo_of(marker_kwargs: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -72,7 +99,14 @@ class Fault:
     mono: float | None = None
     ts: float | None = None
     detail: str = ""
-    recovery: Recovery | None = None
+    recovery: Recovery | None = None  # detection, restart: the target's; recovery: the harness's
+    harmless: bool = False  # the scenario allows this fault to find nothing to hurt
+    effect: str | None = None  # what the harness observed it do
+    no_effect: str | None = None  # why the harness holds that it did nothing
+    pending: int | None = None  # acknowledged messages uncommitted right after it
+    claimed_recovery: float | None = None  # the target's own figure (its events), seconds
+    disagreement: str | None = None
+    judged: bool = field(default=False, repr=False)  # the harness has looked at its effect
 
     def fire(self, mono: float | None = None, ts: float | None = None) -> Fault:
         self.fired += 1
@@ -88,9 +122,15 @@ class Fault:
     def describe(self) -> str:
         return f"{self.kind} ({self.detail})" if self.detail else self.kind
 
+    @property
+    def effective(self) -> bool:
+        return bool(self.fired) and self.no_effect is None and self.effect is not None
+
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        del d["judged"]
         d["recovery"] = None if self.recovery is None else self.recovery.as_dict()
+        d["claimed_recovery"] = _round_ms(self.claimed_recovery)
         return d
 
 
@@ -109,11 +149,16 @@ class Scenario:
     events: list[dict[str, Any]] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
     observed: dict[str, Any] | None = None  # what a scenario saw the target do, for reports
+    examples: list[dict[str, Any]] = field(default_factory=list)  # fault schedules: each one
+    expected_dead: dict[str, str | None] = field(default_factory=dict)
     checked: bool = False
+    loop: asyncio.AbstractEventLoop | None = None  # where observers run, if not the caller's
+    seen_pids: set[int] = field(default_factory=set)  # every worker pid the target showed
+    effective_needed: int = 0
     rng: random.Random = field(init=False, repr=False)
     _undo: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
     _failpoint_sites: dict[str, Fault] = field(default_factory=dict, repr=False)
-    _pollers: dict[int, Any] = field(default_factory=dict, repr=False)
+    _observers: dict[int, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -133,55 +178,102 @@ class Scenario:
         await drained(self.target, timeout)
 
     async def workers(self, n: int = 1, timeout: float = 30.0) -> list[int]:
-        """The target's worker pids, once it has at least ``n``."""
+        """The target's live worker pids, once it has at least ``n``."""
         deadline = time.monotonic() + timeout
-        while len(pids := self.target.worker_pids()) < n:
+        while len(pids := self.worker_pids()) < n:
             if time.monotonic() > deadline:
                 raise ChaosError(f"the target had {len(pids)} worker(s) after {timeout} s, not {n}")
             await asyncio.sleep(0.01)
         return sorted(pids)
 
+    def worker_pids(self) -> list[int]:
+        """The target's worker pids that are alive (remembered for the leak check)."""
+        pids = [pid for pid in self.target.worker_pids() if not _gone(pid)]
+        self.seen_pids.update(pids)
+        return pids
+
+    async def outstanding(self) -> set[str]:
+        """The acknowledged ids not committed yet, as the target's committed state shows now
+        (``committed_now()`` where it has it): where a fault can do harm."""
+        read = getattr(self.target, "committed_now", None) or self.target.committed
+        committed = await read()
+        return self.history.acked() - {mid for ids in committed.values() for mid in ids}
+
+    def expect_dead_letters(self, ids: Any, reason: str | None = None) -> None:
+        """Name ids the scenario expects the target to dead-letter (a mapping: id -> reason
+        pattern; or ids, all with ``reason``, a regular expression; None: any reason)."""
+        items = ids.items() if isinstance(ids, Mapping) else ((i, reason) for i in ids)
+        self.expected_dead.update(items)
+
+    def require_effective(self, n: int) -> None:
+        """Fail the scenario (``NoEffect``) unless at least ``n`` process faults had an effect
+        (for scenarios whose faults are each ``harmless=True``)."""
+        self.effective_needed = n
+
     # --- faults -------------------------------------------------------------------------
 
-    def plan(self, kind: str, target: str, *, pid: int | None = None, detail: str = "") -> Fault:
-        """Record a fault that the scenario injects itself; call ``.fire()`` once it happened."""
-        fault = Fault(kind, target, pid=pid, detail=detail)
+    def plan(
+        self,
+        kind: str,
+        target: str,
+        *,
+        pid: int | None = None,
+        detail: str = "",
+        harmless: bool = False,
+    ) -> Fault:
+        """Record a fault that the scenario injects itself; call ``.fire()`` once it happened
+        (and set ``.effect``, or ``.no_effect``, from what the scenario observed)."""
+        fault = Fault(kind, target, pid=pid, detail=detail, harmless=harmless)
         self.faults.append(fault)
         return fault
 
-    def _signal(self, kind: str, pids: tuple[int, ...], sig: int) -> list[Fault]:
+    def _signal(self, kind: str, pids: tuple[int, ...], sig: int, harmless: bool) -> list[Fault]:
         name = signal.Signals(sig).name
+        acked = self.history.acked()
+        pinned = {pid: _pidfd(pid) for pid in dict.fromkeys(pids)}  # before the signal
+        try:
+            injected = _process_faults.send_signals(pids, sig, kind=kind)
+        except BaseException:
+            for fd in pinned.values():
+                _close(fd)
+            raise
+        self.seen_pids.update(pids)
         faults = []
-        for injected in _process_faults.send_signals(pids, sig, kind=kind):
-            fault = self.plan(kind, f"pid {injected.pid}", pid=injected.pid, detail=name)
-            faults.append(fault.fire(injected.mono, injected.ts))
-            self._watch_recovery(fault)
+        for hit in injected:
+            fault = self.plan(kind, f"pid {hit.pid}", pid=hit.pid, detail=name, harmless=harmless)
+            faults.append(fault.fire(hit.mono, hit.ts))
+            self._observe(fault, acked, pinned.pop(hit.pid, None))
+        for fd in pinned.values():
+            _close(fd)
         return faults
 
-    def kill(self, pid: int, *more: int, sig: int = signal.SIGKILL) -> Fault:
+    def kill(
+        self, pid: int, *more: int, sig: int = signal.SIGKILL, harmless: bool = False
+    ) -> Fault:
         """Send ``sig`` (SIGKILL) to ``pid`` -- and to ``more`` pids in the same instant: all
         are pinned and checked first, then signalled back to back. The first pid's fault."""
-        return self._signal("kill", (pid, *more), sig)[0]
+        return self._signal("kill", (pid, *more), sig, harmless)[0]
 
-    def terminate(self, pid: int) -> Fault:
-        return self._signal("terminate", (pid,), signal.SIGTERM)[0]
+    def terminate(self, pid: int, *, harmless: bool = False) -> Fault:
+        return self._signal("terminate", (pid,), signal.SIGTERM, harmless)[0]
 
-    def freeze(self, pid: int) -> Fault:
+    def freeze(self, pid: int, *, harmless: bool = False) -> Fault:
         """SIGSTOP ``pid``; it gets SIGCONT at teardown if it is still there."""
-        fault = self._signal("freeze", (pid,), signal.SIGSTOP)[0]
+        fault = self._signal("freeze", (pid,), signal.SIGSTOP, harmless)[0]
         self._undo.callback(_thaw_quietly, pid)
         return fault
 
-    def break_pipes(self, pid: int) -> Fault:
+    def break_pipes(self, pid: int, *, harmless: bool = False) -> Fault:
         """Shut every socket of ``pid`` down from outside (fired if it had one)."""
+        acked = self.history.acked()
         broken = _pipes.break_sockets(pid)
-        fault = self.plan("break_pipes", f"pid {pid}", pid=pid)
+        fault = self.plan("break_pipes", f"pid {pid}", pid=pid, harmless=harmless)
         if broken:
             fault.fire(broken[0].mono, broken[0].ts)
             fault.detail = (
                 f"{len(broken)} socket(s): fds {' '.join(str(b.detail['fd']) for b in broken)}"
             )
-            self._watch_recovery(fault)
+            self._observe(fault, acked, None)
         return fault
 
     def failpoints(self, spec: str) -> list[Fault]:
@@ -235,26 +327,87 @@ class Scenario:
                 fault.mono = mono if mono is not None else now
                 fault.pid = pid
                 fault.ts = time.time() - (now - fault.mono)
+                fault.effect = f"fired {len(times)} time(s), first in pid {pid}"
 
     def unfired(self) -> list[Fault]:
         self.refresh()
         return [f for f in self.faults if f.fired < f.planned]
 
-    # --- recovery of targets without events ----------------------------------------------
+    def ineffective(self) -> list[str]:
+        """Why the scenario proved nothing, if it did not: faults observed to have had no
+        effect (and not declared harmless), or fewer effective ones than required."""
+        found = [
+            f"{f.kind} of {f.target}: {f.no_effect}"
+            for f in self.faults
+            if f.no_effect and not f.harmless
+        ]
+        effective = sum(1 for f in self.faults if f.kind in _PROCESS_FAULTS and f.effective)
+        if effective < self.effective_needed:
+            found.append(
+                f"{effective} process fault(s) had an effect, the scenario needs "
+                f"{self.effective_needed}: "
+                + "; ".join(f"{f.target}: {f.no_effect}" for f in self.faults if f.no_effect)[:500]
+            )
+        return found
 
-    def _watch_recovery(self, fault: Fault) -> None:
-        """For a target without events: poll its committed state until every message
-        acknowledged before the fault is committed (or dead-lettered)."""
+    # --- what the harness observes of each process fault ----------------------------------
+
+    def _observe(self, fault: Fault, acked: set[str], pidfd: int | None) -> None:
+        """Start observing ``fault``: its effect on the victim, the work it left uncommitted,
+        and the recovery (every message acknowledged before it committed), in the background
+        on the running event loop (or ``self.loop``)."""
         target = self.target
-        if target is None or "events" in getattr(target, "capabilities", ()):
+        if target is None:
+            if pidfd is not None:
+                _close(pidfd)
             return
+        coro = _observe(self, target, fault, acked, pidfd)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return
-        acked = {s.id for s in self.history.submits if s.acked}
-        task = loop.create_task(_committed_again(target, acked, fault))
-        self._pollers[id(fault)] = (task, acked)
+            loop = None
+        if loop is not None:
+            self._observers[id(fault)] = (loop.create_task(coro), acked)
+        elif self.loop is not None and self.loop.is_running():
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+            self._observers[id(fault)] = (future, acked)
+        else:  # no loop at all: the effect on the victim only, observed now
+            coro.close()
+            _victim_effect(fault, pidfd)
+
+    async def settle(self, final: set[str] | None = None, timeout: float = 60.0) -> None:
+        """Wait (at most ``timeout`` s in all) for each fault's observation to finish -- only
+        for those whose work ``final`` (everything committed, once the target has processed
+        what it acknowledged) shows recovered: the others never will, and are cancelled."""
+        deadline = time.monotonic() + timeout
+        for fault in self.faults:
+            task, acked = self._observers.pop(id(fault), (None, set()))
+            if task is None:
+                continue
+            if isinstance(task, concurrent.futures.Future):
+                task = asyncio.wrap_future(task)
+            if final is not None and not acked <= final:
+                await self._effect_known(fault, deadline)
+                task.cancel()
+                continue
+            try:
+                await asyncio.wait_for(task, max(0.0, deadline - time.monotonic()))
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+            except Exception as e:  # the target failed a read: say so, do not hide the verdict
+                fault.disagreement = f"observing it failed: {type(e).__name__}: {e}"[:300]
+
+    @staticmethod
+    async def _effect_known(fault: Fault, deadline: float) -> None:
+        while not fault.judged and time.monotonic() < deadline:
+            await asyncio.sleep(POLL)
+
+    async def effects_known(self, timeout: float = 15.0) -> None:
+        """Wait until the harness has judged the effect of every fault it observes."""
+        deadline = time.monotonic() + timeout
+        for fault in self.faults:
+            if id(fault) in self._observers:
+                await self._effect_known(fault, deadline)
 
     # --- the verdict ----------------------------------------------------------------------
 
@@ -265,28 +418,19 @@ class Scenario:
         if target is None:
             raise ChaosError("chaos.verify(): no target; start one with chaos_target()")
         caps = getattr(target, "capabilities", frozenset())
-        committed = await target.committed()
-        dead = target.dead_lettered() if "dead_letters" in caps else []
+        committed = await asyncio.wait_for(target.committed(), timeout)
+        dead = dead_letters_of(target.dead_lettered()) if "dead_letters" in caps else {}
         events = target.events() if "events" in caps else []
         final = {mid for ids in committed.values() for mid in ids} | set(dead)
-        deadline = time.monotonic() + timeout  # one deadline for all the faults
-        for fault in self.faults:
-            task, acked = self._pollers.pop(id(fault), (None, set()))
-            if task is None:
-                continue
-            if acked <= final:  # it has recovered, or is about to see it
-                left = max(0.0, deadline - time.monotonic())
-                with contextlib.suppress(asyncio.TimeoutError):
-                    fault.recovery = await asyncio.wait_for(task, left)
-            else:  # some of it never came back: no recovery to wait for
-                task.cancel()
+        await self.settle(final, timeout)
         timeline = events + [f.as_event() for f in self.faults if f.fired and f.pid]
-        return self.judge(self.history.check(committed, dead, timeline), events)
+        verdict = self.history.check(committed, dead, timeline, self.expected_dead)
+        return self.judge(verdict, events)
 
     def judge(
         self, verdict: Verdict, events: list[dict[str, Any]] | None = None, *, enforce: bool = True
     ) -> Verdict:
-        """Hold a verdict (and the events, for recovery figures) against the SLO; with
+        """Hold a verdict (and the events, for the target's own figures) against the SLO; with
         ``enforce=False``, only record what it breaches (a scenario that expects a weakness)."""
         self.checked = True
         self.verdict = verdict
@@ -295,16 +439,23 @@ class Scenario:
         for fault in self.faults:
             if not (fault.fired and fault.pid and self.events):
                 continue
+            claimed = None
             if fault.kind in _PROCESS_FAULTS:
-                fault.recovery = recovery_of(fault.mono or 0.0, fault.pid, self.events)
+                claimed = recovery_of(fault.mono or 0.0, fault.pid, self.events)
             elif fault.kind == "failpoint" and fault.pid != os.getpid():
                 found = recovery_of(fault.mono or 0.0, fault.pid, self.events)
                 if found.detection is not None:  # it took its worker down: measured too
-                    fault.recovery = found
+                    claimed = found
+            if claimed is not None:
+                _combine(fault, claimed)
         self.breaches = breaches(self.slo, verdict, self.faults, self.events)
         if self.breaches and enforce:
             lines = self.breaches + verdict.details() + list(verdict.explanations.values())[:20]
             raise AssertionError("SLO breached:\n  " + "\n  ".join(lines))
+        if enforce and (why := self.ineffective()):
+            raise NoEffect(
+                "a fault had no effect, so the scenario proves nothing: " + "; ".join(why)
+            )
         return verdict
 
     def figures(self) -> dict[str, Any]:
@@ -337,30 +488,55 @@ class Scenario:
                 "ok": v.ok,
                 "submitted": v.submitted,
                 "committed": v.committed,
-                **{a: getattr(v, a) for a in ("lost", "duplicated", "reordered", "unexpected")},
-                "dead_lettered": v.dead_lettered,
+                **{a: getattr(v, a) for a in _ANOMALIES},
+                "expected_dead": v.expected_dead,
                 "explanations": v.explanations,
             },
             "breaches": self.breaches,
             "figures": self.figures(),
             "observed": self.observed,
+            "examples": self.examples,
             "steps": self.steps,
             "events": self.events,
         }
 
     def close(self) -> None:
-        for task, _ in self._pollers.values():
+        for task, _ in self._observers.values():
             task.cancel()
-        self._pollers.clear()
+        self._observers.clear()
         self._undo.close()
+
+
+def _combine(fault: Fault, claimed: Recovery) -> None:
+    """The target's own figures beside the harness's: detection and restart are the target's
+    (the harness cannot see inside it); recovery stays the harness's, the claim kept beside it
+    and flagged when it is much shorter than what the harness observed."""
+    ours = fault.recovery.recovery if fault.recovery is not None else None
+    fault.recovery = Recovery(
+        fault.pid or 0, claimed.worker, claimed.detection, claimed.restart, ours
+    )
+    fault.claimed_recovery = claimed.recovery
+    if claimed.recovery is not None and ours is not None:
+        gap_ms = (ours - claimed.recovery) * 1000
+        if gap_ms > DISAGREE_MS and ours > 2 * claimed.recovery:
+            fault.disagreement = (
+                f"the target's events claim recovery in {claimed.recovery * 1000:.0f} ms; the "
+                f"harness saw everything acknowledged before the fault committed after "
+                f"{ours * 1000:.0f} ms"
+            )
+
+
+def category(breach: str) -> str:
+    """A breach's category: the word it starts with (``lost=3, ...`` -> ``lost``)."""
+    return breach.split("=", 1)[0].split(" ", 1)[0].rstrip(":")
 
 
 def breaches(
     slo: Mapping[str, Any], verdict: Verdict, faults: list[Fault], events: list[dict[str, Any]]
 ) -> list[str]:
-    """One sentence per objective the run missed."""
+    """One sentence per objective the run missed, each starting with its category."""
     found = []
-    for anomaly in ("lost", "duplicated", "reordered", "unexpected"):
+    for anomaly in _ANOMALIES:
         n = len(getattr(verdict, anomaly))
         if n > slo.get(anomaly, 0):
             found.append(f"{anomaly}={n}, allowed {slo.get(anomaly, 0)}")
@@ -369,11 +545,13 @@ def breaches(
             continue
         for fault in faults:
             measured = fault.kind in _PROCESS_FAULTS or fault.recovery is not None
-            if not measured or not fault.fired:
+            if not measured or not fault.fired or (fault.harmless and not fault.pending):
                 continue
             value = None if fault.recovery is None else getattr(fault.recovery, figure)
             if value is None and not events and figure != "recovery":
                 continue  # a target without events: measured from its committed state alone
+            if value is None and figure == "recovery" and fault.pending == 0:
+                continue  # nothing was outstanding at the fault: nothing to recover
             if value is None:
                 found.append(f"{figure} of {fault.kind} of {fault.target}: never observed")
             elif value > slo[figure]:
@@ -384,7 +562,7 @@ def breaches(
     if slo.get("mode") is not None:
         final = final_mode(events)
         if final != slo["mode"]:
-            found.append(f"the target ended in mode {final!r}, expected {slo['mode']!r}")
+            found.append(f"mode: the target ended in mode {final!r}, expected {slo['mode']!r}")
     return found
 
 
@@ -405,20 +583,106 @@ def final_mode(events: list[dict[str, Any]]) -> str | None:
     return modes[-1] if modes else None
 
 
-async def _committed_again(target: Any, acked: set[str], fault: Fault) -> Recovery:
-    dead_letters = getattr(target, "dead_lettered", None)
+async def _observe(
+    scenario: Scenario, target: Any, fault: Fault, acked: set[str], pidfd: int | None
+) -> None:
+    """The harness's own account of one process fault (see ``Scenario._observe``)."""
+    try:
+        await _observe_work(scenario, target, fault, acked, pidfd)
+    finally:
+        fault.judged = True
+
+
+async def _observe_work(
+    scenario: Scenario, target: Any, fault: Fault, acked: set[str], pidfd: int | None
+) -> None:
+    await asyncio.to_thread(_victim_effect, fault, pidfd)  # closes the pidfd
+    expected = scenario.expected_dead
+    now = getattr(target, "committed_now", None)  # without it, committed() waits for the work:
+    read = now or target.committed  # recovery is then an upper bound, and pending unknown
+    first = True
     while True:
-        committed = await target.committed()
+        committed = await read()
         seen = {mid for ids in committed.values() for mid in ids}
-        if dead_letters is not None and "dead_letters" in getattr(target, "capabilities", ()):
-            seen |= set(dead_letters())
-        if acked <= seen:
-            return Recovery(fault.pid or 0, None, None, None, _since(fault))
-        await asyncio.sleep(0.02)
+        if expected and "dead_letters" in getattr(target, "capabilities", ()):
+            seen |= set(dead_letters_of(target.dead_lettered())) & set(expected)
+        left = acked - seen
+        if first and now is not None:
+            fault.pending = len(left)
+            if left:
+                fault.effect = f"{fault.effect or 'fired'}; {len(left)} acknowledged uncommitted"
+            elif fault.no_effect is None:
+                fault.no_effect = (
+                    "no acknowledged work was outstanding when it hit (all of it was "
+                    "already committed)"
+                )
+        first, fault.judged = False, True
+        if not left:
+            if fault.pending or now is None:
+                fault.recovery = Recovery(fault.pid or 0, None, None, None, _since(fault))
+            return
+        await asyncio.sleep(POLL)
+
+
+def _victim_effect(fault: Fault, pidfd: int | None) -> None:
+    """What happened to the victim itself: for a signal that ends it, its exit (the pidfd
+    turns readable); for a freeze, its stopped state."""
+    try:
+        pid = fault.pid or 0
+        if fault.kind == "freeze":
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                state = _state(pid)
+                if state in ("T", "t"):
+                    fault.effect = "stopped (state T)"
+                    return
+                if state is None:
+                    break
+                time.sleep(0.005)
+            fault.no_effect = f"pid {pid} was not seen stopped after SIGSTOP (state {state})"
+        elif fault.kind in ("kill", "terminate") and pidfd is not None:
+            ready, _, _ = select.select([pidfd], [], [], EXIT_WAIT)
+            if ready:
+                fault.effect = f"exited +{_since(fault) * 1000:.1f} ms (pidfd)"
+            else:
+                fault.no_effect = f"pid {pid} still alive {EXIT_WAIT:.0f} s after {fault.detail}"
+        elif fault.kind == "break_pipes":
+            fault.effect = fault.detail or "sockets shut down"
+    finally:
+        if pidfd is not None:
+            _close(pidfd)
+
+
+def _state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _gone(pid: int) -> bool:
+    return _state(pid) in (None, "Z", "X")
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
+
+
+def _close(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 def _since(fault: Fault) -> float:
     return time.clock_gettime(time.CLOCK_MONOTONIC) - (fault.mono or 0.0)
+
+
+def _round_ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
 
 
 def _thaw_quietly(pid: int) -> None:

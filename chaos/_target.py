@@ -3,7 +3,10 @@
 A target is started, given messages (``submit(key, payload, id)`` returns once the pool has
 acknowledged the message), asked for its worker pids (to hurt them) and for its committed
 per-key state (the list-append workload: each key's list of message ids, in commit order), and
-stopped. What else it can do is named in ``capabilities`` -- ``"events"`` (lifecycle events
+stopped. Optional: ``committed_now()``, the same read without waiting for work in flight (the
+harness polls it to measure recovery; without it, ``committed()`` is polled), and
+``dead_lettered()``, the ids it gave up on (a mapping id -> reason, or a list of ids). What
+else it can do is named in ``capabilities`` -- ``"events"`` (lifecycle events
 with CLOCK_MONOTONIC times, for recovery figures), ``"failpoints"`` (chaos failpoint sites
 inside it), ``"dead_letters"``, ``"restart"`` (stop and start again on the same state),
 ``"leak"`` (a payload ``{"leak_mb": N}`` makes the worker applying it keep N MB more) -- and a
@@ -18,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import multiprocessing
+import pickle
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -90,17 +95,31 @@ class SystemTarget:
 
     async def committed(self) -> dict[str, list[Any]]:
         """The committed state, read from the checkpoint store (not from the workers' memory)."""
-        from system._checkpoint import CheckpointStore
-
         await self.pool.drain()
-        store = CheckpointStore(self.data_dir)
-        try:
-            return dict(store.states())
-        finally:
-            store.close()
+        return self._read()
 
-    def dead_lettered(self) -> list[str]:
-        return [d["id"] for d in self.pool.dead_letters()]
+    async def committed_now(self) -> dict[str, list[Any]]:
+        """The committed state as it is now, without waiting for work in flight."""
+        return await asyncio.to_thread(self._read)
+
+    def _read(self) -> dict[str, list[Any]]:
+        """Each key's state from the checkpoint store, read-only (a reader never blocks the
+        pool's commits in WAL mode)."""
+        path = self.data_dir / "checkpoints.db"
+        if not path.exists():
+            return {}
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            return {k: pickle.loads(v) for k, v in db.execute("SELECT key, state FROM states")}
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):  # created, not yet initialised
+                return {}
+            raise
+        finally:
+            db.close()
+
+    def dead_lettered(self) -> dict[str, str]:
+        return {d["id"]: d["reason"] for d in self.pool.dead_letters()}
 
     def events(self) -> list[dict[str, Any]]:
         from system import read_events

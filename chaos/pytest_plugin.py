@@ -21,6 +21,8 @@ Cheap to load: it imports the toolkit only when a fixture or a failure needs it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import random
 import shlex
@@ -233,15 +235,23 @@ def chaos_target_factory(request: pytest.FixtureRequest) -> Callable[..., Any]:
     return load_target(spec) if spec else SystemTarget
 
 
+STOP_TIMEOUT = 60.0  # seconds a target's stop() may take before it counts as hung
+
+
 @pytest_asyncio.fixture
 async def chaos_target(
     tmp_path: Path, chaos: Any, chaos_target_factory: Callable[..., Any]
 ) -> AsyncIterator[Callable[..., Any]]:
     """``await chaos_target(**options)``: a started target in a fresh data dir, the one
     ``chaos`` faults and verifies. At teardown the faults are undone first (a frozen worker
-    thawed, failpoints cleared), then every target is stopped, each on its own."""
+    thawed, failpoints cleared), then every target is stopped, each on its own and within
+    ``STOP_TIMEOUT``; then any process of the targets still alive is a leak: reported by pid
+    and command line, killed, and the scenario fails as a weakness (``TargetLeak``)."""
+    from chaos._leaks import Leftovers
+
     factory = chaos_target_factory
     started: list[Any] = []
+    leftovers = Leftovers.now()
 
     async def make(**options: Any) -> Any:
         target = factory(tmp_path / f"target-{len(started)}", **options)
@@ -251,15 +261,30 @@ async def chaos_target(
         return target
 
     yield make
+    for target in started:  # the workers of the moment, replacements included
+        with contextlib.suppress(Exception):
+            leftovers.saw(target.worker_pids())
+    leftovers.saw(chaos.seen_pids)
     chaos.close()
-    errors = []
+    errors: list[BaseException] = []
     for target in reversed(started):
         try:
-            await target.stop()
+            await asyncio.wait_for(target.stop(), STOP_TIMEOUT)
+        except TimeoutError:
+            from chaos._leaks import TargetHung
+
+            errors.append(
+                TargetHung(
+                    f"{type(target).__name__}.stop() did not return within {STOP_TIMEOUT:.0f} s"
+                )
+            )
         except Exception as e:  # stop the others all the same
             errors.append(e)
+    leak = leftovers.reap()  # after every stop: what is still running is a leak
     if errors:
         raise errors[0]
+    if leak is not None:
+        raise leak
 
 
 SCENARIO = pytest.StashKey[Any]()
@@ -300,6 +325,12 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
         unfired = scenario.unfired()
         if unfired:
             pytest.fail(unfired_message(unfired), pytrace=False)
+        ineffective = scenario.ineffective()
+        if ineffective:
+            pytest.fail(
+                "a fault had no effect, so the scenario proves nothing: " + "; ".join(ineffective),
+                pytrace=False,
+            )
         if item.get_closest_marker("chaos_slo") and not scenario.checked:
             pytest.fail(
                 "marked chaos_slo but never checked: call `await chaos.verify()` (or "
@@ -345,7 +376,9 @@ def _record(
         return
     if report.when == "teardown":
         if report.failed and known is not None and known["outcome"] != "failed":
-            known["outcome"], known["failure_kind"] = "error", "error"
+            kind = _teardown_kind(call)
+            known["outcome"] = "failed" if kind != "error" else "error"
+            known["failure_kind"] = kind
             known["failure"] = report.longreprtext[-8000:]
         return
     scenario = item.stash.get(SCENARIO, None)
@@ -373,10 +406,23 @@ def _record(
         checker = entry["checker"] or {}
         for name, value in entry["figures"].items():
             item.user_properties.append((name, value))
-        for anomaly in ("lost", "duplicated", "reordered", "dead_lettered"):
+        for anomaly in ("lost", "duplicated", "reordered", "unexpected", "dead_lettered"):
             if anomaly in checker:
                 item.user_properties.append((anomaly, len(checker[anomaly])))
         item.user_properties.append(("seed", item.config.stash[_SETTINGS]["seed"]))
+
+
+def _teardown_kind(call: pytest.CallInfo[None]) -> str:
+    """A teardown failure that is the target's doing (a leak, a stop that hung) is a weakness;
+    any other is an error."""
+    from chaos._leaks import TargetHung, TargetLeak
+
+    error = call.excinfo.value if call.excinfo is not None else None
+    if isinstance(error, TargetLeak):
+        return "leak"
+    if isinstance(error, TargetHung):
+        return "hung"
+    return "error"
 
 
 def _failure_kind(call: pytest.CallInfo[None], scenario: Any) -> str:
@@ -390,6 +436,8 @@ def _failure_kind(call: pytest.CallInfo[None], scenario: Any) -> str:
         return "timeout"
     if "planned fault(s) never fired" in text:
         return "unfired"
+    if "had no effect, so the scenario proves nothing" in text:
+        return "no_effect"
     found = [error]
     if isinstance(error, BaseExceptionGroup):  # e.g. Hypothesis's FlakyFailure
         found += list(error.exceptions)
@@ -463,7 +511,12 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             bold=True,
         )
         for f in gate["findings"]:
-            tr.write_line(f"  {f['kind']}: {f['scenario'] or 'the run'}: {f['text']}")
+            where = (f["scenario"] or "the run").rsplit("::", 1)[-1]
+            tr.write_line(f"  {f['kind']} [{f['category']}]: {where}: {f['text']}")
+        if gate["skipped"]:
+            tr.write_line(f"skipped: {len(gate['skipped'])} scenario(s), not judged:")
+            for s in gate["skipped"]:
+                tr.write_line(f"  {s['scenario'].rsplit('::', 1)[-1]}: {s['reason']}")
     error = config.stash.get(_REPORT_ERROR, None)
     if error:
         tr.write_line(f"report: NOT WRITTEN: {error}", red=True, bold=True)

@@ -23,11 +23,13 @@ async def test_a_channel_broken_from_either_side(chaos_target, chaos, site) -> N
 
 @pytest.mark.chaos_slo(recovery=5.0)
 async def test_a_worker_socket_broken_from_outside(chaos_target, chaos) -> None:
-    await chaos_target(workers=2)
+    # Checkpoints every 0.5 s: the break lands while acknowledged work waits to be committed.
+    await chaos_target(workers=2, checkpoint_interval=0.5)
     await chaos.traffic(200, prefix="a", keys=9, drain_every=100)
     victim = (await chaos.workers(1))[0]
     if not breakable_sockets(victim):
         pytest.skip(f"the target's worker {victim} has no socket of its own to break")
-    chaos.break_pipes(victim)
+    await chaos.traffic(50, prefix="w", keys=9)
+    chaos.break_pipes(victim)  # with nothing outstanding, it would fail as "no effect"
     await chaos.traffic(200, prefix="b", keys=9, drain_every=100)
     await chaos.verify()

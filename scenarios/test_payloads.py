@@ -1,22 +1,25 @@
 """Scenario: the whole bad-payload catalog, mixed into good traffic.
 
-Each bad payload is either refused at submit (nothing written) or dead-lettered in the worker;
-every good message around it is committed exactly once, in order.
+The contract, for any pool: each bad payload is refused at submit (the submit raises: nothing
+acknowledged), or acknowledged and then committed, or -- for a target that reports dead letters
+-- dead-lettered with a reason. Acknowledged and then neither is a loss; a pool that stops
+taking work is broken. Every good message around the bad ones is committed exactly once, in
+order. Which of the allowed outcomes a pool chooses is its business: no error text of this
+project is expected, and the verdict does not depend on test order (a class that only exists in
+the submitting process may well be importable in a worker forked after it was made).
 """
 
 import pytest
 
 from chaos import PAYLOAD_CATALOG
-from chaos._payloads import DEAD_LETTERED, REFUSED
-from chaos.pytest_plugin import require
-from system import PayloadError
 
 
 @pytest.mark.chaos_slo(lost=0, duplicated=0)
-async def test_the_payload_catalog_is_refused_or_dead_lettered(chaos_target, chaos) -> None:
+async def test_the_payload_catalog_is_refused_committed_or_dead_lettered(
+    chaos_target, chaos
+) -> None:
     target = await chaos_target(workers=2, mode="process")
-    require(target, "dead_letters")
-    expected_dead = []
+    refused, accepted = [], []
     for round_ in range(3):
         for i, fault in enumerate(PAYLOAD_CATALOG):
             key = f"k{i}"
@@ -24,18 +27,23 @@ async def test_the_payload_catalog_is_refused_or_dead_lettered(chaos_target, cha
             await target.submit(key, "ok", good)
             chaos.history.submitted(good, key)
             bad = f"bad-{round_}-{fault.name}"
-            outcome = fault.outcome("process")
-            planned = chaos.plan("payload", f"message {bad}", detail=f"{fault.name}: {outcome}")
-            if outcome == REFUSED:
-                with pytest.raises(PayloadError, match="nothing was written"):
-                    await target.submit(key, fault.make(), bad)
-                chaos.history.submitted(bad, key, acked=False)
-            else:
+            planned = chaos.plan("payload", f"message {bad}", detail=fault.name)
+            try:
                 await target.submit(key, fault.make(), bad)
+            except Exception as e:  # refused at submit: correct, and nothing acknowledged
+                chaos.history.submitted(bad, key, acked=False)
+                refused.append(bad)
+                planned.effect = f"refused at submit: {type(e).__name__}"
+            else:
                 chaos.history.submitted(bad, key)
-                if outcome == DEAD_LETTERED:
-                    expected_dead.append(bad)
+                accepted.append(bad)
+                planned.effect = "accepted: must be committed or dead-lettered"
             planned.fire()
+    if "dead_letters" in target.capabilities:
+        chaos.expect_dead_letters(accepted)  # any reason: the pool's own words
     verdict = await chaos.verify()
-    print(f"\n{verdict.summary()} submitted={verdict.submitted} committed={verdict.committed}")
-    assert sorted(target.dead_lettered()) == sorted(expected_dead)
+    print(
+        f"\n{verdict.summary()} submitted={verdict.submitted} committed={verdict.committed} "
+        f"refused={len(refused)} dead-lettered={len(verdict.expected_dead)}"
+    )
+    assert refused or accepted

@@ -22,14 +22,39 @@ def test_a_clean_run_is_ok() -> None:
 def test_each_anomaly_is_found_with_its_ids() -> None:
     h = history(*[(f"a{i}", "a", True) for i in range(6)], ("b1", "b", True), ("b2", "b", False))
     committed = {"a": ["a0", "a3", "a1", "a2", "a3", "x9"], "b": ["b1", "a5"]}
-    verdict = h.check(committed, dead_lettered=["a4"])
-    assert verdict.lost == ["a5"]  # a4 was dead-lettered; b2 was never acknowledged
+    verdict = h.check(committed, dead_lettered=["a4"], expected_dead={"a4": None})
+    assert verdict.lost == ["a5"]  # a4 was dead-lettered, as expected; b2 was never acknowledged
     assert verdict.duplicated == ["a3"]
-    assert verdict.reordered == ["a3"]  # moving a3 alone restores a0 a1 a2
+    assert verdict.reordered == ["a1", "a2"]  # committed after a3, submitted after them
+    assert verdict.explanations["a1"].startswith("a1: committed after a3, which was submitted")
     assert verdict.unexpected == ["a:x9", "b:a5"]  # never submitted; under another key
-    assert verdict.dead_lettered == ["a4"]
+    assert (verdict.dead_lettered, verdict.expected_dead) == ([], ["a4"])
     assert not verdict.ok
     assert verdict.details()[0] == "lost: a5"
+
+
+def test_a_retry_requeued_at_the_back_names_the_ids_that_moved() -> None:
+    """A worker died holding a1..a4; the pool sent a5, a6 first and the retries after them:
+    the ids that moved (came late) are named, not the ones that kept their place."""
+    h = history(*[(f"a{i}", "a", True) for i in range(7)])
+    verdict = h.check({"a": ["a0", "a5", "a6", "a1", "a2", "a3", "a4"]})
+    assert verdict.reordered == ["a1", "a2", "a3", "a4"]
+    assert "committed after a6" in verdict.explanations["a1"]
+
+
+def test_dead_letters_are_accounted_not_forgiven() -> None:
+    h = history(("a1", "a", True), ("a2", "a", True), ("a3", "a", True))
+    # Dead-lettered without the scenario expecting it: an anomaly, not "recovered".
+    verdict = h.check({"a": ["a1"]}, dead_lettered={"a2": "worker died", "a3": "poison"})
+    assert verdict.dead_lettered == ["a2", "a3"] and not verdict.lost and not verdict.ok
+    assert "not named as expected" in verdict.explanations["a2"]
+    # Expected, with the expected reason: accounted; with another reason: an anomaly.
+    expected = {"a2": "ValueError", "a3": "poison"}
+    verdict = h.check({"a": ["a1"]}, {"a2": "worker died", "a3": "poison: 3 deaths"}, (), expected)
+    assert (verdict.dead_lettered, verdict.expected_dead) == (["a2"], ["a3"])
+    assert "expected /ValueError/" in verdict.explanations["a2"]
+    # Expected but neither dead-lettered nor committed: lost.
+    assert h.check({"a": ["a1", "a2"]}, expected_dead={"a3": None}).lost == ["a3"]
 
 
 def test_an_unacknowledged_submit_may_commit_or_not() -> None:

@@ -32,11 +32,13 @@ def test_a_planted_bug_shrinks_to_a_minimal_schedule_and_replays(tmp_path: Path)
     assert first.returncode == 1, first.stdout[-3000:]
     out = first.stdout
     assert "SLO breached" in out and re.search(r"duplicated=1, allowed 0", out), out[-3000:]
-    # Minimal: three messages to one key, then the final check.
-    assert steps_of(out) == ["submit(keys=1, n=3)", "teardown()"], out[-5000:]
+    # Minimal: the first batch (every example starts with 20 or more) to one key, then a drain,
+    # which checks the history so far.
+    assert steps_of(out) == ["first_batch(n=20, keys=1)", "drain()", "teardown()"], out[-5000:]
     (scenario,) = load(tmp_path / "reports" / "latest")["scenarios"]
     assert scenario["failure_kind"] == "breach" and scenario["checker"]["duplicated"]
-    assert scenario["steps"] == ["submit 3 messages over 1 keys", "drain, then check"]
+    assert scenario["steps"] == ["submit 20 messages over 1 keys"] + ["drain, then check"] * 2
+    assert len(scenario["examples"]) >= 2  # every example is accounted, not only the last
     assert "--chaos-seed 1" in out  # the replay line
     again = run_schedules(tmp_path, "--chaos-seed", "1")
     assert again.returncode == 1 and steps_of(again.stdout) == steps_of(out)
