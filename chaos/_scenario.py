@@ -64,7 +64,8 @@ _DEFAULT_SLO = {"lost": 0, "duplicated": 0, "reordered": 0, "unexpected": 0, "de
 _PROCESS_FAULTS = {"kill", "terminate", "freeze", "break_pipes"}
 _ANOMALIES = ("lost", "duplicated", "reordered", "unexpected", "dead_lettered")
 EXIT_WAIT = 10.0  # seconds a killed process has to be seen gone before the kill had no effect
-POLL = 0.02  # seconds between reads of the committed state while measuring recovery
+POLL = 0.02  # seconds between reads of the committed state while measuring recovery ...
+SLOW_AFTER, SLOW_POLL = 2.0, 0.2  # ... and, once a recovery takes 2 s, between reads after
 DISAGREE_MS = 100.0  # a target's recovery claim this much (and 2x) below the harness's is flagged
 
 
@@ -159,6 +160,8 @@ class Scenario:
     _undo: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
     _failpoint_sites: dict[str, Fault] = field(default_factory=dict, repr=False)
     _observers: dict[int, Any] = field(default_factory=dict, repr=False)
+    _snapshot: tuple[float, set[str]] | None = field(default=None, repr=False)
+    _reading: asyncio.Lock | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -198,6 +201,21 @@ class Scenario:
         read = getattr(self.target, "committed_now", None) or self.target.committed
         committed = await read()
         return self.history.acked() - {mid for ids in committed.values() for mid in ids}
+
+    async def committed_ids(self, since: float = 0.0) -> set[str]:
+        """Every id the target shows committed, read at or after ``since`` (CLOCK_MONOTONIC):
+        one read shared by every observer that asks within the same ``POLL``."""
+        if self._reading is None:
+            self._reading = asyncio.Lock()
+        async with self._reading:
+            snap = self._snapshot
+            mono = time.clock_gettime(time.CLOCK_MONOTONIC)
+            if snap is None or snap[0] < since or mono - snap[0] >= POLL:
+                read = getattr(self.target, "committed_now", None) or self.target.committed
+                committed = await read()
+                snap = (mono, {mid for ids in committed.values() for mid in ids})
+                self._snapshot = snap
+            return snap[1]
 
     def expect_dead_letters(self, ids: Any, reason: str | None = None) -> None:
         """Name ids the scenario expects the target to dead-letter (a mapping: id -> reason
@@ -599,13 +617,11 @@ async def _observe_work(
     await asyncio.to_thread(_victim_effect, fault, pidfd)  # closes the pidfd
     expected = scenario.expected_dead
     now = getattr(target, "committed_now", None)  # without it, committed() waits for the work:
-    read = now or target.committed  # recovery is then an upper bound, and pending unknown
-    first = True
+    first = True  # recovery is then an upper bound, and pending unknown
     while True:
-        committed = await read()
-        seen = {mid for ids in committed.values() for mid in ids}
+        seen = await scenario.committed_ids(since=fault.mono or 0.0)
         if expected and "dead_letters" in getattr(target, "capabilities", ()):
-            seen |= set(dead_letters_of(target.dead_lettered())) & set(expected)
+            seen = seen | (set(dead_letters_of(target.dead_lettered())) & set(expected))
         left = acked - seen
         if first and now is not None:
             fault.pending = len(left)
@@ -621,7 +637,9 @@ async def _observe_work(
             if fault.pending or now is None:
                 fault.recovery = Recovery(fault.pid or 0, None, None, None, _since(fault))
             return
-        await asyncio.sleep(POLL)
+        # Fine-grained while a recovery is young; coarser after (a lossy target's work never
+        # comes back, and its observers must not starve the run).
+        await asyncio.sleep(POLL if _since(fault) < SLOW_AFTER else SLOW_POLL)
 
 
 def _victim_effect(fault: Fault, pidfd: int | None) -> None:
