@@ -155,6 +155,7 @@ class Scenario:
     checked: bool = False
     loop: asyncio.AbstractEventLoop | None = None  # where observers run, if not the caller's
     seen_pids: set[int] = field(default_factory=set)  # every worker pid the target showed
+    killed: set[int] = field(default_factory=set)  # pids this scenario sent a fatal signal
     effective_needed: int = 0
     rng: random.Random = field(init=False, repr=False)
     _undo: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
@@ -169,11 +170,24 @@ class Scenario:
     # --- traffic ------------------------------------------------------------------------
 
     async def traffic(
-        self, n: int, *, prefix: str, keys: int = 8, drain_every: int | None = None
+        self,
+        n: int,
+        *,
+        prefix: str,
+        keys: int = 8,
+        drain_every: int | None = None,
+        work: float | None = None,
     ) -> None:
-        """Submit the list-append workload to the target, recorded in the history."""
+        """Submit the list-append workload to the target, recorded in the history (``work``:
+        seconds each message keeps its worker busy)."""
         await submit_traffic(
-            self.target, self.history, n, prefix=prefix, keys=keys, drain_every=drain_every
+            self.target,
+            self.history,
+            n,
+            prefix=prefix,
+            keys=keys,
+            drain_every=drain_every,
+            work=work,
         )
 
     async def drain(self, timeout: float = 60.0) -> None:
@@ -190,8 +204,11 @@ class Scenario:
         return sorted(pids)
 
     def worker_pids(self) -> list[int]:
-        """The target's worker pids that are alive (remembered for the leak check)."""
-        pids = [pid for pid in self.target.worker_pids() if not _gone(pid)]
+        """The target's worker pids that are alive and not already killed by this scenario
+        (a pool may list a dead worker until it notices); remembered for the leak check."""
+        pids = [
+            pid for pid in self.target.worker_pids() if pid not in self.killed and not _gone(pid)
+        ]
         self.seen_pids.update(pids)
         return pids
 
@@ -256,6 +273,8 @@ class Scenario:
                 _close(fd)
             raise
         self.seen_pids.update(pids)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            self.killed.update(pids)
         faults = []
         for hit in injected:
             fault = self.plan(kind, f"pid {hit.pid}", pid=hit.pid, detail=name, harmless=harmless)

@@ -171,14 +171,17 @@ async def submit_traffic(
     prefix: str,
     keys: int = 8,
     drain_every: int | None = None,
+    work: float | None = None,
 ) -> None:
     """The list-append workload: ``n`` messages ``<prefix><i>`` over ``keys`` keys, each recorded
     in ``history`` once acknowledged (``drain_every``: drain after that many, so that the pool
-    makes many small channel writes rather than a few large ones)."""
+    makes many small channel writes rather than a few large ones; ``work``: seconds each message
+    keeps its worker busy -- the payload ``{"sleep": work}`` -- so that a fault finds work in
+    flight even in a pool that commits at once)."""
     for i in range(n):
         key, mid = f"k{i % keys}", f"{prefix}{i}"
         try:
-            await target.submit(key, i, mid)
+            await target.submit(key, i if work is None else {"sleep": work}, mid)
         except Exception as e:
             history.submitted(mid, key, acked=False)
             raise TargetRefused(

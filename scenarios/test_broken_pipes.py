@@ -29,7 +29,7 @@ async def test_a_worker_socket_broken_from_outside(chaos_target, chaos) -> None:
     victim = (await chaos.workers(1))[0]
     if not breakable_sockets(victim):
         pytest.skip(f"the target's worker {victim} has no socket of its own to break")
-    await chaos.traffic(50, prefix="w", keys=9)
+    await chaos.traffic(50, prefix="w", keys=9, work=0.01)  # ~0.25 s of work per worker
     chaos.break_pipes(victim)  # with nothing outstanding, it would fail as "no effect"
     await chaos.traffic(200, prefix="b", keys=9, drain_every=100)
     await chaos.verify()

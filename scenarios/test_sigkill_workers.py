@@ -57,5 +57,6 @@ async def paced(chaos, n: int, per_second: int) -> None:
     """The workload in chunks of 100, at about ``per_second`` (pacing, not synchronisation)."""
     start = time.monotonic()
     for chunk in range(0, n, 100):
-        await chaos.traffic(min(100, n - chunk), prefix=f"m{chunk}-", keys=100)
+        # 1 ms of work a message: every worker holds work in flight, whatever its pool's speed
+        await chaos.traffic(min(100, n - chunk), prefix=f"m{chunk}-", keys=100, work=0.001)
         await asyncio.sleep(max(0.0, start + (chunk + 100) / per_second - time.monotonic()))
