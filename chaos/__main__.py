@@ -1,12 +1,16 @@
-"""``python -m chaos``: re-render a run's report, or apply the gate to it.
+"""``python -m chaos``: re-render a run's report, or apply the gate to it; serve a target.
 
     python -m chaos report [PATH] [--format md|html|json] [--output FILE]
     python -m chaos gate [PATH] [--baseline OLD] [--config pyproject.toml]
     python -m chaos compare [PATH] [--readme README.md]
+    python -m chaos serve SPEC DATA_DIR [--options JSON] [--stop-timeout S]
 
 PATH is a report.json or a run directory (default: reports/latest). ``gate`` prints the summary
 table and its findings and exits 0 (pass), 10 (a weakness found), 11 (a harness or environment
-error) or 12 (bad configuration: a bad setting, or a report that cannot be read).
+error) or 12 (bad configuration: a bad setting, or a report that cannot be read). ``serve`` runs the
+target ``SPEC`` ("package.module:factory") on DATA_DIR for a ``chaos.ServedTarget``, which
+drives it over stdin and stdout (not for use by hand); a bad spec or options exit 2 with one
+line saying the cause and the fix.
 """
 
 from __future__ import annotations
@@ -42,7 +46,21 @@ def main(argv: list[str] | None = None) -> int:
     cmp = sub.add_parser("compare", help="the pools-side-by-side table of a report")
     cmp.add_argument("path", nargs="?", default="reports/latest")
     cmp.add_argument("--readme", help="write it into this file's comparison block instead")
+    srv = sub.add_parser("serve", help="run a target for a ServedTarget (stdin/stdout protocol)")
+    srv.add_argument("spec", help="package.module:factory (e.g. chaos:SystemTarget)")
+    srv.add_argument("data_dir")
+    srv.add_argument("--options", default="{}", help="the factory's keyword arguments, as JSON")
+    srv.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=60.0,
+        help="seconds the target's stop() may take before its processes are killed",
+    )
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        from ._served import serve_main
+
+        return serve_main(args.spec, args.data_dir, args.options, args.stop_timeout)
     try:
         report = load(args.path)
         if args.command == "report":

@@ -1,67 +1,213 @@
-"""Scenario: the whole pool -- kill -9 of its process group or of its supervisor alone, and
-SIGTERM / SIGINT -- then a re-run on the same data dir.
+"""Scenario: the whole pool -- kill -9 of its process group or of its server alone, and SIGTERM /
+SIGINT -- judged on what the harness itself saw acknowledged.
 
-Each test runs ``python -m system run`` in its own process group, injects the fault by pid, lets
-it (or a re-run) finish, and holds the data dir's verdict (what ``verify`` prints) against the
-SLO: nothing lost, duplicated or reordered, and no process left behind. (Repeated kill -9 of
-workers during a run is ``test_sigkill_workers.py``.)
+Each test serves the run's target (``--chaos-target``; by default the system pool, whose
+``mode`` parameter the other targets skip) from a child process in its own process group
+(``chaos._served.ServedTarget``) and sends it the list-append workload from 16 submitters at
+once (each owning its keys), paced at a few thousand messages per second. The fault comes once
+2,000 messages are acknowledged and -- where the target can tell (``committed_now``) -- some are
+committed while others acknowledged are not yet, right after a load spike (``until_outstanding``:
+unpaced traffic for 200 more acknowledgements), so that work is in flight even in a pool that
+keeps up with paced traffic. The traffic ends when the target is gone: the submits it was
+waiting for are recorded unacknowledged.
+
+Verdict 1, judged against the SLO, comes before anything is resubmitted: a new server recovers
+the same data dir, and every id the harness saw acknowledged must be committed, once, in order
+(a pool that acknowledges before the message is durable fails here). Then the harness does
+what a real producer would -- resubmits the ids it never saw acknowledged, with their keys and
+payloads -- and the final state must hold everything acknowledged exactly once, in order per
+key. No process of the pool may be left. (Repeated kill -9 of workers during a run is
+``test_sigkill_workers.py``.)
 """
 
+from __future__ import annotations
+
+import asyncio
+import contextlib
 import signal
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pytest_asyncio
 
-from chaos import descendants, freeze, wait_gone
-from conftest import cli, events, live
-from system._demo import verdict_of
+from chaos import descendants, wait_gone
+from chaos._served import ServedTarget, TargetGone, pipelined_traffic, until_outstanding
+from chaos._target import TargetRefused
+from chaos.pytest_plugin import chosen_target
 
 pytestmark = pytest.mark.slow
 SLO = pytest.mark.chaos_slo(lost=0, duplicated=0)
+SYSTEM = (None, "chaos:SystemTarget", "chaos._target:SystemTarget")
+# At most this many messages, per second (from 16 submitters at once; unpaced from just before
+# the fault): the traffic outlasts the wait for the fault, and ends there.
+TOTAL, RATE = 60_000, 4_000
+BEFORE_FAULT = 2_000  # acknowledged before the fault
+GRACE, SLACK = 10.0, 5.0  # the system pool's close() grace; slack for a loaded machine
 
 
-def committed_some(d: Path) -> bool:
-    return any(e["kind"] == "checkpointed" and e["messages"] for e in events(d))
+@pytest.fixture
+def spec(request: pytest.FixtureRequest) -> str | None:
+    """The run's target spec (None: the system pool)."""
+    return chosen_target(request.config)
 
 
-def judged(chaos, d: Path, messages: int = 20000) -> None:
-    verdict = chaos.judge(verdict_of(d), events(d))
-    assert verdict.submitted == messages, verdict.summary()
+@pytest_asyncio.fixture
+async def serve(tmp_path: Path, spec: str | None) -> AsyncIterator[Callable[..., Any]]:
+    """``await serve(mode=...)``: a started ServedTarget of the run's target in a fresh data
+    dir; ``await serve(again=target)``: another server on ``target``'s data dir. All stopped
+    (or their process groups killed) at teardown."""
+    started: list[ServedTarget] = []
+
+    async def start(*, mode: str | None = None, again: ServedTarget | None = None):
+        if again is not None:
+            data_dir, options = again.data_dir, again.options
+        else:
+            data_dir, options = tmp_path / f"d{len(started)}", {"workers": 4}
+            if mode is not None and spec in SYSTEM:
+                options["mode"] = mode
+        target = ServedTarget(spec, data_dir, **options)
+        started.append(target)
+        await target.start()
+        return target
+
+    yield start
+    errors = []
+    for target in reversed(started):
+        try:
+            await target.stop()
+        except Exception as e:  # stop the others all the same
+            errors.append(e)
+    if errors:
+        raise errors[0]
+
+
+def only_system_modes(spec: str | None, mode: str) -> None:
+    if spec not in SYSTEM and mode != "process":
+        pytest.skip(f"mode={mode} is the system pool's option; target {spec} runs in its own way")
+
+
+@contextlib.asynccontextmanager
+async def running(coro: Any) -> AsyncIterator[asyncio.Task[Any]]:
+    """The coroutine as a task for the block; cancelled if the block fails before it ends."""
+    task = asyncio.create_task(coro)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def uncommitted(outstanding: int | None) -> str:
+    if outstanding is None:
+        return ""
+    return f"; {outstanding} acknowledged messages uncommitted at the last read before it"
+
+
+async def acknowledged(chaos: Any, traffic: asyncio.Task[None]) -> None:
+    """Wait until ``BEFORE_FAULT`` messages are acknowledged."""
+    deadline = time.monotonic() + 60.0
+    while (acked := sum(s.acked for s in chaos.history.submits)) < BEFORE_FAULT:
+        if traffic.done():
+            traffic.result()
+            raise AssertionError("the traffic ended before the fault")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"only {acked} messages acknowledged after 60 s")
+        await asyncio.sleep(0.01)
+
+
+async def traffic_ended(traffic: asyncio.Task[None]) -> None:
+    """The traffic ends because the target is gone: its last submits were not acknowledged."""
+    try:
+        await asyncio.wait_for(traffic, 30.0)
+    except TargetRefused as e:
+        assert isinstance(e.__cause__, TargetGone), f"not because it was gone: {e!r}"
+
+
+async def judged_after_recovery(chaos: Any, serve: Callable[..., Any], first: Any) -> None:
+    """Verdict 1 on a new server of ``first``'s data dir, before any resubmission (judged);
+    then the unacknowledged ids resubmitted, and the final state checked."""
+    acked = sum(s.acked for s in chaos.history.submits)
+    assert acked >= BEFORE_FAULT, f"only {acked} acknowledged before the fault"
+    again = await serve(again=first)
+    chaos.target = again
+    committed = await again.committed()
+    dead = again.dead_lettered() if "dead_letters" in again.capabilities else ()
+    events = again.events() if "events" in again.capabilities else []
+    timeline = events + [f.as_event() for f in chaos.faults if f.fired]
+    chaos.judge(chaos.history.check(committed, dead, timeline), events)  # verdict 1
+
+    resubmitted = await resubmit_unacknowledged(chaos, again)
+    final = chaos.history.check(await again.committed(), dead, timeline)
+    assert final.ok, f"after resubmitting {resubmitted}: {final.summary()} {final.details()}"
+    ids = {s.id for s in chaos.history.submits}
+    assert final.committed + len(final.dead_lettered) == len(ids), final.summary()
+
+
+async def resubmit_unacknowledged(chaos: Any, target: Any) -> int:
+    """What a producer does after a crash: submit again, with the same key and payload, every
+    id it never saw acknowledged (recorded as acknowledged once it is)."""
+    acked = {s.id for s in chaos.history.submits if s.acked}
+    todo = {s.id: s for s in chaos.history.submits if s.id not in acked}
+    for s in todo.values():
+        await target.submit(s.key, int(s.id.removeprefix("m")), s.id)  # payload i of m<i>
+        chaos.history.submitted(s.id, s.key)
+    return len(todo)
+
+
+def tree_of(target: ServedTarget) -> set[int]:
+    return {target.pid} | {p.pid for p in descendants(target.pid)}
 
 
 @SLO
 @pytest.mark.parametrize("mode", ["process", "thread", "inline"])
-def test_sigkill_of_the_whole_process_group_then_rerun(demo_run, chaos, mode: str) -> None:
-    args = ("--messages", "20000", "--mode", mode)
-    run = demo_run(*args, "--rate", "8000")
-    run.wait_until(lambda: committed_some(run.data_dir), 30, "some messages committed")
-    tree = {run.pid} | {p.pid for p in descendants(run.pid)}
-    fault = chaos.plan("kill", f"process group {run.pid}", detail=f"SIGKILL to {len(tree)} pids")
-    run.kill_group(signal.SIGKILL)
-    fault.fire()
-    assert run.finish(30) == -signal.SIGKILL
-    assert not wait_gone(tree, 5.0)
-    rerun = cli("run", "--data-dir", str(run.data_dir), *args)
-    assert rerun.returncode == 0, rerun.stderr
-    assert "committed_now=0 " not in rerun.stdout
-    judged(chaos, run.data_dir)
+async def test_sigkill_of_the_whole_process_group_then_rerun(serve, chaos, spec, mode: str) -> None:
+    only_system_modes(spec, mode)
+    served = await serve(mode=mode)
+    chaos.target = served
+    burst = asyncio.Event()  # set just before the fault: a load spike
+    traffic = pipelined_traffic(served, chaos.history, TOTAL, rate=RATE, burst=burst)
+    async with running(traffic) as traffic:
+        await acknowledged(chaos, traffic)
+        tree = tree_of(served)
+        outstanding = await until_outstanding(served, chaos.history, burst=burst)
+        fault = chaos.plan("kill", f"process group {served.pgid}", detail="SIGKILL")
+        killed = served.kill_whole(signal.SIGKILL, known=tree)  # returns once all are gone
+        fault.fire(killed.mono, killed.ts)
+        fault.effect = f"all {len(killed.detail['pids'])} processes of the group gone"
+        fault.effect += uncommitted(outstanding)
+        await traffic_ended(traffic)
+        assert served.returncode == -signal.SIGKILL
+        assert not wait_gone(tree, 5.0)
+    await judged_after_recovery(chaos, serve, served)
 
 
 @SLO
-def test_sigkill_of_the_supervisor_alone_takes_its_workers_down(demo_run, chaos) -> None:
-    run = demo_run("--messages", "20000", "--rate", "5000")
-    workers = run.wait_until(
-        lambda: len(live(run.data_dir)) == 4 and live(run.data_dir), 30, "4 workers ready"
-    )
-    tree = {p.pid for p in descendants(run.pid)}
-    assert set(workers.values()) <= tree
-    chaos.kill(run.pid)  # the supervisor only, not its group
-    assert run.finish(30) == -signal.SIGKILL
-    left = wait_gone(tree, 5.0)
-    assert not left, f"orphaned workers {left}"
-    assert cli("run", "--data-dir", str(run.data_dir), "--messages", "20000").returncode == 0
-    judged(chaos, run.data_dir)
+async def test_sigkill_of_the_server_alone_takes_its_workers_down(serve, chaos, spec) -> None:
+    served = await serve(mode="process")
+    chaos.target = served
+    burst = asyncio.Event()  # set just before the fault: a load spike
+    traffic = pipelined_traffic(served, chaos.history, TOTAL, rate=RATE, burst=burst)
+    async with running(traffic) as traffic:
+        await chaos.workers(4 if spec in SYSTEM else 1)
+        await acknowledged(chaos, traffic)
+        workers = served.worker_pids()
+        tree = tree_of(served)
+        assert workers and set(workers) <= tree
+        outstanding = await until_outstanding(served, chaos.history, burst=burst)
+        fault = chaos.plan("kill", f"server pid {served.pid}", detail="SIGKILL to the server alone")
+        killed = served.kill_server(signal.SIGKILL)  # not its group
+        fault.fire(killed.mono, killed.ts)
+        await traffic_ended(traffic)
+        assert await served.wait_exit(10.0) == -signal.SIGKILL
+        left = wait_gone(workers, 5.0)
+        assert not left, f"orphaned workers {sorted(left)} of the killed server"
+        fault.effect = f"the server and its {len(workers)} workers gone"
+        fault.effect += uncommitted(outstanding)
+        assert not wait_gone(tree, 5.0)
+    await judged_after_recovery(chaos, serve, served)
 
 
 @SLO
@@ -74,40 +220,38 @@ def test_sigkill_of_the_supervisor_alone_takes_its_workers_down(demo_run, chaos)
         ("inline", "SIGTERM"),
     ],
 )
-def test_sigterm_drains_and_exits_within_grace(demo_run, chaos, mode: str, how: str) -> None:
-    args = ("--messages", "20000", "--mode", mode)
-    run = demo_run(*args, "--rate", "4000", "--grace", "5")
-    run.wait_until(lambda: committed_some(run.data_dir), 30, "some messages committed")
-    tree = {p.pid for p in descendants(run.pid)}
-    t0 = time.monotonic()
-    if how == "SIGTERM":
-        chaos.terminate(run.pid)
-    else:
-        fault = chaos.plan("interrupt", f"process group {run.pid}", detail="SIGINT (Ctrl-C)")
-        run.kill_group(signal.SIGINT)  # what a Ctrl-C in a terminal does
-        fault.fire()
-    code = run.finish(30)
-    elapsed = time.monotonic() - t0
-    signum = signal.SIGTERM if how == "SIGTERM" else signal.SIGINT
-    assert code == 128 + signum, run.explain()
-    assert elapsed < 5 + 5  # the grace, plus slack for a loaded machine
-    assert f"stopped by signal {signum}" in run.stdout
-    assert not wait_gone(tree, 5.0)
-    stops = [e for e in events(run.data_dir) if e["kind"] == "stopped"]
-    assert stops[-1]["worker"] is None and stops[-1]["drained"] is True
-    assert cli("run", "--data-dir", str(run.data_dir), *args).returncode == 0
-    judged(chaos, run.data_dir)
-
-
-def test_the_rerun_is_needed(demo_run) -> None:
-    """The verdict can fail: with its workers frozen, a run goes on acknowledging messages that
-    no worker commits; killed then, before a re-run, its data dir shows them lost."""
-    run = demo_run("--messages", "20000", "--rate", "8000", name="early")
-    workers = run.wait_until(lambda: len(live(run.data_dir)) == 4 and live(run.data_dir), 30, "4")
-    for pid in workers.values():
-        freeze(pid)
-    run.wait_until(lambda: verdict_of(run.data_dir).lost, 30, "acknowledged, uncommitted")
-    run.kill_group(signal.SIGKILL)
-    run.finish(30)
-    verdict = verdict_of(run.data_dir)
-    assert verdict.lost and not verdict.duplicated, verdict.summary()
+async def test_sigterm_drains_and_exits_within_grace(serve, chaos, spec, mode, how) -> None:
+    only_system_modes(spec, mode)
+    served = await serve(mode=mode)
+    chaos.target = served
+    burst = asyncio.Event()  # set just before the fault: a load spike
+    traffic = pipelined_traffic(served, chaos.history, TOTAL, rate=RATE, burst=burst)
+    async with running(traffic) as traffic:
+        await acknowledged(chaos, traffic)
+        tree = tree_of(served)
+        outstanding = await until_outstanding(served, chaos.history, burst=burst)
+        t0 = time.monotonic()
+        if how == "SIGTERM":
+            signum = signal.SIGTERM
+            fault = chaos.plan("terminate", f"server pid {served.pid}", detail="SIGTERM")
+            sent = served.terminate()
+            fault.fire(sent.mono, sent.ts)
+            code = await served.wait_exit(GRACE + SLACK)
+        else:  # what a Ctrl-C in a terminal does; returns once the whole group is gone
+            signum = signal.SIGINT
+            fault = chaos.plan(
+                "interrupt", f"process group {served.pgid}", detail="SIGINT (Ctrl-C)"
+            )
+            sent = served.kill_whole(signal.SIGINT, timeout=GRACE + SLACK, known=tree)
+            fault.fire(sent.mono, sent.ts)
+            code = await served.wait_exit(1.0)
+        elapsed = time.monotonic() - t0
+        stderr = served.stderr_path.read_text()
+        assert code == 128 + signum, f"exit code {code}; stderr:\n{stderr[-3000:]}"
+        assert elapsed < GRACE + SLACK
+        assert f"stopped by signal {signum}" in stderr
+        fault.effect = f"the server exited {code} after {elapsed:.2f} s"
+        fault.effect += uncommitted(outstanding)
+        await traffic_ended(traffic)
+        assert not wait_gone(tree, 5.0)
+    await judged_after_recovery(chaos, serve, served)

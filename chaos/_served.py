@@ -1,0 +1,819 @@
+"""A target served from a child process: ``ServedTarget`` runs any target in a pool of its own.
+
+``ServedTarget(spec, data_dir, **options)`` starts ``python -m chaos serve SPEC DATA_DIR
+--options JSON`` in a new session (its own process group: the server, and every process its
+target starts, can be killed whole), builds the target there (``factory(data_dir, **options)``;
+spec ``"package.module:factory"``, by default the system pool, ``"chaos:SystemTarget"``) and
+drives it through the same protocol as ``chaos.Target``. So the harness judges what it saw
+itself: a ``submit`` returns when *this* process received the server's acknowledgement, and a
+server that dies leaves what it never acknowledged unacknowledged.
+
+The protocol: length-prefixed pickle frames over the child's stdin (requests ``(rid, command,
+args)``) and stdout (replies ``("ack", rid)``, ``("refused", rid, "ExcType: msg")``, ``("ok",
+rid, value)``, ``("error", rid, "ExcType: msg")``; first ``("ready", info)``). Requests are
+pipelined: each submit runs as its own task in the server and is answered the moment it
+completes. Here, a writer thread sends and a reader thread dispatches replies to the callers'
+futures by request id; so the blocking calls of the protocol (``worker_pids()``, ``events()``,
+``dead_lettered()``) are real round trips even from the event loop.
+
+Every wait is bounded (``timeout``, 60 s: start, committed; ``ack_timeout``, 30 s: a submit's
+acknowledgement and the blocking calls; ``stop_timeout``, by default ``timeout``: the target's
+``stop()``) and fails with a ``ChaosError`` naming the command and the server's pid. When the
+server's end of the pipe closes (it exited), every pending call fails at once with
+``TargetGone``, which names the exit status (``killed by SIGKILL(-9)``) and quotes the tail of
+the server's stderr (``<data dir>.served.stderr``, next to the data dir).
+
+Faults: ``kill_whole(sig)`` signals the server's process group and waits until the server and
+every process of the group are gone; ``kill_server(sig)`` and ``terminate()`` signal the server
+alone. In the server, SIGTERM or SIGINT stops the target gracefully (``await target.stop()``),
+answers nothing more, prints ``stopped by signal N`` on stderr and exits with 128+N; the end of
+its stdin (this side gone) stops it too. ``stop()`` asks for a graceful stop (the server kills
+its target's processes past ``stop_timeout``; this side kills the group 5 s later) and then
+sweeps the group: it never leaves a process behind. ``async with serving(spec, data_dir,
+**options)`` is a started one, stopped on the way out.
+
+Needs: options that are JSON, payloads and results that pickle, and the target's module
+importable in the child (the child's PYTHONPATH is this process's, extended with this process's
+``sys.path`` entries outside the interpreter's own directories). The server's stdout is the
+protocol channel: the target's own prints go to its stderr file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import json
+import logging
+import os
+import pickle
+import queue
+import signal
+import struct
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+import traceback
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from ._errors import ChaosError
+from ._process_faults import Injected, send_signals
+from ._processes import descendants, is_gone, wait_gone
+
+DEFAULT_SPEC = "chaos:SystemTarget"
+_OPTIONAL = ("committed_now", "dead_lettered", "events")
+_HEADER = struct.Struct(">I")
+_TAIL = 2000  # bytes of the server's stderr quoted in errors
+
+
+class TargetGone(ChaosError):
+    """The served target's server process ended: what it had not answered never will be."""
+
+    def __init__(self, message: str, returncode: int | None = None):
+        super().__init__(message)
+        self.returncode = returncode
+
+
+class Refused(ChaosError):
+    """The served target refused a submit (its exception, as ``"ExcType: msg"``)."""
+
+    def __init__(self, message: str, error: str):
+        super().__init__(message)
+        self.error = error
+
+
+def exit_status(returncode: int | None) -> str:
+    """``killed by SIGKILL(-9)``, ``exited with status 143``, or ``still running``."""
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "signal"
+        return f"killed by {name}({returncode})"
+    return f"exited with status {returncode}"
+
+
+def _frame(obj: Any) -> bytes:
+    body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(body)) + body
+
+
+def _child_pythonpath() -> str:
+    """This process's PYTHONPATH, then its ``sys.path`` entries that are not the interpreter's
+    own (stdlib, site-packages): the project, ``tests/``, wherever a user's target lives."""
+    entries = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    own = {os.path.abspath(p) for p in sysconfig.get_paths().values()}
+    own |= {os.path.abspath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    for p in sys.path:
+        p = os.path.abspath(p or os.getcwd())
+        inside = any(p == o or p.startswith(o + os.sep) for o in own if o != os.sep)
+        if os.path.isdir(p) and not inside and p not in entries:
+            entries.append(p)
+    return os.pathsep.join(entries)
+
+
+def group_members(pgid: int) -> set[int]:
+    """The live (non-zombie) processes of process group ``pgid``."""
+    found = set()
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and not is_gone(proc.pid):
+                found.add(proc.pid)
+        except (ProcessLookupError, psutil.Error):
+            pass
+    return found
+
+
+class ServedTarget:
+    """A target run in a child process of its own (see the module doc)."""
+
+    def __init__(
+        self,
+        spec: str | None,
+        data_dir: str | Path,
+        *,
+        timeout: float = 60.0,
+        ack_timeout: float = 30.0,
+        stop_timeout: float | None = None,
+        env: dict[str, str] | None = None,
+        **options: Any,
+    ):
+        self.spec = spec or DEFAULT_SPEC
+        self.data_dir = Path(data_dir)
+        self.options = options
+        self.timeout = timeout
+        self.ack_timeout = ack_timeout
+        self.stop_timeout = timeout if stop_timeout is None else stop_timeout
+        self.env = env or {}
+        self.stderr_path = self.data_dir.parent / f"{self.data_dir.name}.served.stderr"
+        self.capabilities: frozenset[str] = frozenset()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.most_pending = 0  # the most requests ever awaiting an answer at once
+        self._has: frozenset[str] = frozenset()
+        self._rids = itertools.count(1)
+        self._pending: dict[int, tuple[str, Any]] = {}  # rid -> (command, future)
+        self._lock = threading.Lock()
+        self._gone: TargetGone | None = None
+        self._exited = threading.Event()
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._stderr_from = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- identity -------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise ChaosError(f"served target {self.spec} is not started")
+        return self.proc.pid
+
+    @property
+    def pgid(self) -> int:
+        return self.pid  # a session leader: its group is its pid
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def __repr__(self) -> str:
+        pid = self.proc.pid if self.proc else None
+        return f"ServedTarget({self.spec!r}, {str(self.data_dir)!r}, pid={pid})"
+
+    def __getattr__(self, name: str) -> Any:
+        """``committed_now``, ``dead_lettered`` and ``events`` exist when the inner target has
+        them (known once started)."""
+        if name in _OPTIONAL and name in self.__dict__.get("_has", ()):
+            return getattr(self, f"_{name}")
+        raise AttributeError(f"{type(self).__name__} of {self.__dict__.get('spec')} has no {name}")
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.proc is not None:
+            raise ChaosError(f"{self!r} is already started; start() it once")
+        try:
+            options = json.dumps(self.options)
+        except TypeError as e:
+            raise ChaosError(
+                f"options of served target {self.spec} must be JSON to reach its process ({e}); "
+                "pass plain numbers, strings, lists and dicts"
+            ) from None
+        self._loop = asyncio.get_running_loop()
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONPATH": _child_pythonpath(), **self.env}
+        argv = [sys.executable, "-m", "chaos", "serve", self.spec, str(self.data_dir)]
+        argv += ["--options", options, "--stop-timeout", str(self.stop_timeout)]
+        with open(self.stderr_path, "ab") as err:
+            self._stderr_from = err.tell()
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env=env,
+                start_new_session=True,
+            )
+        ready = self._loop.create_future()
+        self._pending[0] = ("start", ready)
+        for name, run in (("reader", self._read), ("writer", self._write)):
+            thread = threading.Thread(target=run, name=f"served-{name}-{self.pid}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        try:
+            info = await self._wait(ready, "start", self.timeout, 0)
+        except TargetGone as e:
+            self._close_pipes()
+            raise TargetGone(
+                f"served target {self.spec} did not start (server pid {self.pid} "
+                f"{exit_status(e.returncode)}){self._tail()}",
+                e.returncode,
+            ) from None
+        except ChaosError:  # not ready in time: nothing of it may stay
+            self.kill_whole()
+            self._close_pipes()
+            raise
+        self.capabilities = frozenset(info["capabilities"]) | {"whole"}
+        self._has = frozenset(info["has"])
+
+    async def submit(self, key: str, payload: Any, id: str) -> None:
+        """Returns once this process received the server's acknowledgement of ``id``."""
+        reply = await self._call("submit", (key, payload, id), self.ack_timeout)
+        if reply is not None:  # ("refused", "ExcType: msg")
+            raise Refused(f"served target {self.spec} refused {id}: {reply}", reply)
+
+    def worker_pids(self) -> list[int]:
+        return self._call_blocking("worker_pids")
+
+    async def committed(self) -> dict[str, list[Any]]:
+        return await self._call("committed", (), self.timeout)
+
+    async def _committed_now(self) -> dict[str, list[Any]]:
+        return await self._call("committed_now", (), self.timeout)
+
+    def _dead_lettered(self) -> Any:
+        return self._call_blocking("dead_lettered")
+
+    def _events(self) -> list[dict[str, Any]]:
+        return self._call_blocking("events")
+
+    async def stop(self) -> None:
+        """Stop the target gracefully and make sure nothing of its process group is left. The
+        server gives the target's ``stop()`` ``stop_timeout`` s, then kills the target's
+        processes and exits 1; this side waits 5 s more, then kills the group. Either way a
+        ``ChaosError`` says the stop failed. Safe after a kill, and twice."""
+        if self.proc is None:
+            return
+        asked = self._gone is None and self.proc.poll() is None
+        if asked:
+            bound = self.stop_timeout + 5.0
+            try:
+                await self._call("stop", (), bound)
+                await self.wait_exit(bound)
+            except TargetGone:
+                pass
+            except ChaosError as e:
+                self.kill_whole()
+                self._close_pipes()
+                raise ChaosError(
+                    f"served target {self.spec} (pid {self.pid}) did not stop within {bound} s "
+                    f"({e}); its process group was killed"
+                ) from None
+        self._sweep()
+        self._close_pipes()
+        if asked and self.proc.returncode != 0:
+            raise ChaosError(
+                f"served target {self.spec} (pid {self.pid}) failed to stop: "
+                f"{exit_status(self.proc.returncode)}{self._tail()}"
+            )
+
+    async def wait_exit(self, timeout: float) -> int:
+        """The server's exit status, once it has exited (``ChaosError`` past ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while not self._exited.is_set():
+            if time.monotonic() > deadline:
+                raise ChaosError(
+                    f"served target {self.spec} (pid {self.pid}) did not exit within {timeout} s"
+                    f"{self._tail()}"
+                )
+            await asyncio.sleep(0.01)
+        assert self.proc is not None and self.proc.returncode is not None
+        return self.proc.returncode
+
+    # --- faults ---------------------------------------------------------------------------
+
+    def kill_whole(
+        self, sig: int = signal.SIGKILL, timeout: float = 10.0, *, known: Iterable[int] = ()
+    ) -> Injected:
+        """Signal the server's whole process group (the server and all its workers) at once,
+        first thing (no survey before it: the target's work goes on until the signal), then
+        wait until every process of the group -- and of ``known``, pids the caller saw in it
+        before -- is gone; ``ChaosError`` naming any survivor (the group's are SIGKILLed)."""
+        name = signal.Signals(sig).name
+        assert self.proc is not None
+        mono, ts = time.clock_gettime(time.CLOCK_MONOTONIC), time.time()
+        if self.proc.poll() is None or group_members(self.pgid):  # else the group is no more
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pgid, sig)
+        tree = {self.pid, *known} | {p.pid for p in descendants(self.pid)}
+        tree |= group_members(self.pgid)
+        left = wait_gone(tree | group_members(self.pgid), timeout)
+        if left:
+            if group_members(self.pgid):  # what is still in the group: SIGKILLed now
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.pgid, signal.SIGKILL)
+            raise ChaosError(
+                f"after {name} to process group {self.pgid} of served target {self.spec}, "
+                f"pids {sorted(left)} were still alive {timeout} s later"
+            )
+        self._exited.wait(timeout)
+        detail = {"signal": f"{name}(-{int(sig)})", "pgid": self.pgid, "pids": sorted(tree)}
+        return Injected("kill_whole", self.pid, mono, ts, detail)
+
+    def kill_server(self, sig: int = signal.SIGKILL) -> Injected:
+        """Signal the server process alone (its workers are the target's business)."""
+        return send_signals([self.pid], sig, kind="kill_server")[0]
+
+    def terminate(self) -> Injected:
+        """SIGTERM to the server alone: it stops its target gracefully and exits 128+15."""
+        return send_signals([self.pid], signal.SIGTERM, kind="terminate")[0]
+
+    # --- the client side of the protocol -------------------------------------------------------
+
+    def _register(self, command: str, future: Any) -> int:
+        with self._lock:
+            if self._gone is not None:  # a fresh exception each time, the same words
+                raise TargetGone(str(self._gone), self._gone.returncode)
+            if self.proc is None:
+                raise ChaosError(f"served target {self.spec} is not started")
+            rid = next(self._rids)
+            self._pending[rid] = (command, future)
+            self.most_pending = max(self.most_pending, len(self._pending))
+        return rid
+
+    async def _call(self, command: str, args: tuple[Any, ...], timeout: float) -> Any:
+        assert self._loop is not None
+        future = self._loop.create_future()
+        rid = self._register(command, future)
+        try:
+            frame = _frame((rid, command, args))
+        except Exception:
+            self._pending.pop(rid, None)
+            raise
+        self._outbox.put(frame)
+        return await self._wait(future, command, timeout, rid)
+
+    async def _wait(self, future: asyncio.Future[Any], command: str, timeout: float, rid: int):
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            with self._lock:
+                self._pending.pop(rid, None)
+            raise ChaosError(self._late(command, timeout)) from None
+
+    def _call_blocking(self, command: str) -> Any:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        rid = self._register(command, future)
+        self._outbox.put(_frame((rid, command, ())))
+        try:
+            return future.result(self.ack_timeout)
+        except concurrent.futures.TimeoutError:
+            with self._lock:
+                self._pending.pop(rid, None)
+            raise ChaosError(self._late(command, self.ack_timeout)) from None
+
+    def _late(self, command: str, timeout: float) -> str:
+        return (
+            f"{command} got no answer from served target {self.spec} (server pid {self.pid}) "
+            f"within {timeout} s{self._tail()}"
+        )
+
+    def _tail(self) -> str:
+        try:
+            with open(self.stderr_path, "rb") as f:
+                f.seek(max(self._stderr_from, f.seek(0, os.SEEK_END) - _TAIL))
+                text = f.read().decode(errors="replace").strip()
+        except OSError:
+            return ""
+        return f"; its stderr ({self.stderr_path}) ends:\n{text}" if text else ""
+
+    def _write(self) -> None:
+        """Writer thread: frames to the server's stdin, several at a time; dropped once the
+        server is gone (its reader reports that)."""
+        assert self.proc is not None and self.proc.stdin is not None
+        fd = self.proc.stdin.fileno()
+        broken = False
+        while True:
+            frame = self._outbox.get()
+            if frame is None:
+                return
+            chunks = [frame]
+            with contextlib.suppress(queue.Empty):
+                while len(chunks) < 512:
+                    more = self._outbox.get_nowait()
+                    if more is None:
+                        self._outbox.put(None)
+                        break
+                    chunks.append(more)
+            if broken:
+                continue
+            data = memoryview(b"".join(chunks))
+            try:
+                while data:
+                    data = data[os.write(fd, data) :]
+            except OSError:  # EPIPE: the server is gone
+                broken = True
+
+    def _read(self) -> None:
+        """Reader thread: replies to the callers' futures; at the end of the pipe, the exit
+        status, and ``TargetGone`` for every call still pending."""
+        assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        buf = bytearray()
+        broken = ""
+        while not broken:
+            try:
+                chunk = os.read(fd, 1 << 18)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            buf += chunk
+            replies = []
+            try:
+                while len(buf) >= 4:
+                    (n,) = _HEADER.unpack_from(buf)
+                    if len(buf) < 4 + n:
+                        break
+                    replies.append(pickle.loads(bytes(buf[4 : 4 + n])))
+                    del buf[: 4 + n]
+            except Exception as e:  # not our protocol any more: the server is of no use
+                broken = f" (its protocol broke: {type(e).__name__}: {e}; killed)"
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.pgid, signal.SIGKILL)
+            self._settle(replies)
+        try:
+            code = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            code = None
+        gone = TargetGone(
+            f"served target {self.spec} (server pid {self.pid}) is gone: {exit_status(code)}"
+            f"{broken}{self._tail()}",
+            code,
+        )
+        with self._lock:
+            self._gone = gone
+            pending, self._pending = self._pending, {}
+        self._deliver([(future, None, gone) for _, future in pending.values()])
+        self._exited.set()
+        self._outbox.put(None)
+
+    def _settle(self, replies: list[tuple[Any, ...]]) -> None:
+        outcomes = []
+        with self._lock:
+            for reply in replies:
+                kind, rid = reply[0], (0 if reply[0] == "ready" else reply[1])
+                entry = self._pending.pop(rid, None)
+                if entry is None:
+                    continue  # its caller gave up waiting
+                command, future = entry
+                if kind == "ready":
+                    outcomes.append((future, reply[1], None))
+                elif kind == "ack":
+                    outcomes.append((future, None, None))
+                elif kind == "refused":
+                    outcomes.append((future, reply[2], None))
+                elif kind == "ok":
+                    outcomes.append((future, reply[2], None))
+                else:
+                    error = ChaosError(
+                        f"{command} failed in served target {self.spec} (server pid "
+                        f"{self.pid}): {reply[2]}"
+                    )
+                    outcomes.append((future, None, error))
+        self._deliver(outcomes)
+
+    def _deliver(self, outcomes: list[tuple[Any, Any, BaseException | None]]) -> None:
+        """Blocking callers' futures now, from this thread; the event loop's in one callback."""
+        in_loop = []
+        for future, value, error in outcomes:
+            if isinstance(future, concurrent.futures.Future):
+                if error is None:
+                    future.set_result(value)
+                else:
+                    future.set_exception(error)
+            else:
+                in_loop.append((future, value, error))
+        if in_loop and self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                self._loop.call_soon_threadsafe(_resolve, in_loop)
+
+    def _sweep(self, timeout: float = 10.0) -> None:
+        """Whatever is left of the server's group (after a kill of the server alone, say),
+        killed; the server reaped."""
+        left = wait_gone(group_members(self.pgid), 5.0)  # helpers that end with the server
+        if left:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pgid, signal.SIGKILL)
+            left = wait_gone(left, timeout)
+            if left:
+                raise ChaosError(f"served target {self.spec}: pids {sorted(left)} survive SIGKILL")
+        assert self.proc is not None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout)
+        self._exited.wait(timeout)
+
+    def _close_pipes(self) -> None:
+        self._outbox.put(None)
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(5.0)
+        assert self.proc is not None
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+def _resolve(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, value, error in outcomes:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(value)
+        else:
+            future.set_exception(error)
+
+
+async def pipelined_traffic(
+    target: Any,
+    history: Any,
+    n: int,
+    *,
+    prefix: str = "m",
+    keys: int = 48,
+    lanes: int = 16,
+    rate: float | None = None,
+    burst: asyncio.Event | None = None,
+) -> None:
+    """The list-append workload (``<prefix><i>``, payload ``i``, key ``k<i % keys>``) from
+    ``lanes`` submitters at once, at most ``rate`` messages per second (pacing, not
+    synchronisation) until ``burst`` is set, then as fast as the target takes them. Lane ``j``
+    sends the messages ``i % lanes == j``, one at a time, and owns their keys (``keys`` is a
+    multiple of ``lanes``): per-key order is submission order. Each message is recorded in
+    ``history`` when its acknowledgement is seen, or as unacknowledged when its submit fails --
+    then every lane stops, and ``TargetRefused`` (from the first failure) is raised once all
+    have."""
+    from ._target import TargetRefused
+
+    if keys % lanes:
+        raise ChaosError(f"keys ({keys}) must be a multiple of lanes ({lanes})")
+    t0 = time.monotonic()
+    failed: list[TargetRefused] = []
+
+    async def lane(j: int) -> None:
+        for i in range(j, n, lanes):
+            if rate and not (burst and burst.is_set()):
+                await asyncio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
+            if failed:
+                return
+            key, mid = f"k{i % keys}", f"{prefix}{i}"
+            try:
+                await target.submit(key, i, mid)
+            except Exception as e:
+                history.submitted(mid, key, acked=False)
+                refused = TargetRefused(
+                    f"the target refused message {mid} ({type(e).__name__}: {e}): it takes no "
+                    "more work after the fault"
+                )
+                refused.__cause__ = e
+                failed.append(refused)
+                return
+            history.submitted(mid, key)
+
+    await asyncio.gather(*(lane(j) for j in range(lanes)))
+    if failed:
+        raise failed[0]
+
+
+async def until_outstanding(
+    target: Any,
+    history: Any,
+    at_least: int = 1,
+    *,
+    flow: int = 200,
+    give_up: float = 10.0,
+    burst: asyncio.Event | None = None,
+) -> int | None:
+    """Wait for a moment when a fault can do harm, as the harness sees it, and return how many
+    acknowledged messages were outstanding (None: the target cannot tell).
+
+    First, reads of ``target.committed_now()`` (which does not wait; every 20 ms) until some
+    messages are committed and at least ``at_least`` others acknowledged (``history``) are not
+    yet -- or ``give_up`` s passed (a pool that commits before it acknowledges never has any).
+    A read may hold the pool up while its workers catch up, so then the traffic must flow again
+    -- as fast as the target takes it, once ``burst`` (``pipelined_traffic``'s) is set: a load
+    spike, so that work is in flight even in a pool that keeps up with paced traffic -- until
+    ``flow`` more acknowledgements are seen (at most 30 s). Inject the fault at once after:
+    nothing that blocks the event loop in between."""
+    outstanding = None
+    if hasattr(target, "committed_now"):
+        deadline = time.monotonic() + give_up
+        while True:
+            acked = {s.id for s in history.submits if s.acked}
+            committed = {mid for ids in (await target.committed_now()).values() for mid in ids}
+            outstanding = len(acked - committed) if committed else 0
+            if outstanding >= at_least or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.02)
+    seen = sum(s.acked for s in history.submits)
+    if burst is not None:
+        burst.set()
+    deadline = time.monotonic() + 30.0
+    while sum(s.acked for s in history.submits[seen:]) < flow and time.monotonic() < deadline:
+        await asyncio.sleep(0.002)
+    return outstanding
+
+
+# --- the server: python -m chaos serve SPEC DATA_DIR --options JSON -------------------------------
+
+
+def serve_main(spec: str, data_dir: str, options: str, stop_timeout: float) -> int:
+    """Entry point of ``python -m chaos serve``: 0 after a stop asked for, 128+N after signal N,
+    2 for bad arguments (one line on stderr: the cause and the fix), 1 if the target fails."""
+    from ._target import load_target
+
+    # The protocol gets private copies of stdin and stdout (not inherited by the target's
+    # processes); fd 0 becomes /dev/null and fd 1 the stderr file, so prints cannot corrupt it.
+    proto_in, proto_out = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        kwargs = json.loads(options)
+        if not isinstance(kwargs, dict):
+            raise ValueError("not an object")
+    except ValueError as e:
+        print(f"error: --options {options!r} is not a JSON object ({e}); give e.g. "
+              "'{\"workers\": 4}'", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        factory = load_target(spec, where="python -m chaos serve")
+        target = factory(Path(data_dir), **kwargs)
+    except ChaosError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TypeError as e:
+        print(f"error: {spec}(data_dir, **{kwargs}) failed: {e}; give options the factory "
+              "takes", file=sys.stderr)  # fmt: skip
+        return 2
+    return asyncio.run(_Server(target, proto_in, proto_out, stop_timeout).run())
+
+
+class _Server:
+    def __init__(self, target: Any, proto_in: int, proto_out: int, stop_timeout: float):
+        self.target = target
+        self.proto_in = proto_in
+        self.proto_out = proto_out
+        self.stop_timeout = stop_timeout
+        self.replying = True
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.signalled = asyncio.Event()
+        self.signum = 0
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        reader = asyncio.StreamReader(limit=1 << 20)
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(self.proto_in, "rb", 0)
+        )
+        self.out, _ = await loop.connect_write_pipe(
+            asyncio.Protocol, os.fdopen(self.proto_out, "wb", 0)
+        )
+        try:
+            await self.target.start()
+        except Exception as e:
+            traceback.print_exc()
+            print(f"error: starting the target failed: {type(e).__name__}: {e}", file=sys.stderr)
+            await self._stop()
+            return 1
+        caps = sorted(getattr(self.target, "capabilities", ()))
+        has = [name for name in _OPTIONAL if callable(getattr(self.target, name, None))]
+        self._send(("ready", {"capabilities": caps, "has": has, "pid": os.getpid()}))
+        requests = asyncio.ensure_future(self._requests(reader))
+        signalled = asyncio.ensure_future(self.signalled.wait())
+        await asyncio.wait({requests, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        if self.signum:  # SIGTERM / SIGINT: drain, answer nothing more
+            requests.cancel()
+            await self._stop()
+            await self._flush()
+            print(f"stopped by signal {self.signum}", file=sys.stderr)
+            return 128 + self.signum
+        signalled.cancel()
+        stop_rid = requests.result()
+        ok = await self._stop()
+        if stop_rid is not None and ok:
+            self._send(("ok", stop_rid, None))
+        await self._flush()
+        return 0 if ok else 1
+
+    def _on_signal(self, signum: int) -> None:
+        if not self.signum:
+            self.signum = signum
+            self.replying = False
+            self.signalled.set()
+
+    async def _requests(self, reader: asyncio.StreamReader) -> int | None:
+        """Serve requests until ``stop`` (its request id) or the end of stdin (None)."""
+        while True:
+            try:
+                (n,) = _HEADER.unpack(await reader.readexactly(4))
+                rid, command, args = pickle.loads(await reader.readexactly(n))
+            except asyncio.IncompleteReadError:
+                print("the client went away: stopping the target", file=sys.stderr)
+                return None
+            if command == "stop":
+                return rid
+            task = asyncio.ensure_future(self._answer(rid, command, args))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _answer(self, rid: int, command: str, args: tuple[Any, ...]) -> None:
+        try:
+            if command == "submit":
+                await self.target.submit(*args)
+                reply: tuple[Any, ...] = ("ack", rid)
+            else:
+                value = getattr(self.target, command)(*args)
+                if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
+                    value = await value
+                if command in ("committed", "committed_now"):
+                    value = dict(value)
+                elif command == "worker_pids":
+                    value = list(value)
+                reply = ("ok", rid, value)
+        except Exception as e:
+            kind = "refused" if command == "submit" else "error"
+            reply = (kind, rid, f"{type(e).__name__}: {e}")
+        self._send(reply)
+
+    def _send(self, reply: tuple[Any, ...]) -> None:
+        if not self.replying or self.out.is_closing():
+            return
+        try:
+            frame = _frame(reply)
+        except Exception as e:  # a value that does not pickle: say so instead
+            frame = _frame(("error", reply[1], f"the answer does not pickle: {e}"))
+        self.out.write(frame)
+
+    async def _flush(self) -> None:
+        deadline = time.monotonic() + 10.0
+        while self.out.get_write_buffer_size() and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+
+    async def _stop(self) -> bool:
+        """``target.stop()``, bounded; past ``stop_timeout``, the target's processes are killed."""
+        try:
+            await asyncio.wait_for(self.target.stop(), self.stop_timeout)
+            ok = True
+        except Exception as e:
+            traceback.print_exc()
+            print(f"error: stopping the target failed: {type(e).__name__}: {e}", file=sys.stderr)
+            for proc in descendants(os.getpid()):
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+            ok = False
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        return ok
+
+
+@contextlib.asynccontextmanager
+async def serving(spec: str | None, data_dir: str | Path, **options: Any):
+    """``async with serving(spec, data_dir, **options) as target``: a started ``ServedTarget``,
+    stopped on the way out (its processes killed if it will not stop); a failure of the block
+    is not hidden by one of the stop."""
+    target = ServedTarget(spec, data_dir, **options)
+    try:
+        await target.start()
+        yield target
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await target.stop()
+        raise
+    await target.stop()
