@@ -152,6 +152,7 @@ class ScheduleRun:
     steps: int = 0
     faults: int = 0
     last: Scenario | None = None
+    failing: Scenario | None = None  # the last example that breached the SLO
 
 
 def run_schedules(
@@ -183,6 +184,7 @@ def run_schedules(
             scenario.loop = runner.loop
             self.number = n
             self.accounts = chaos.examples
+            self.run = result
             super().__init__(runner, factory(workdir / f"example-{n}", **options), scenario)
             result.examples += 1
             result.last = scenario
@@ -191,7 +193,9 @@ def run_schedules(
         run_state_machine_as_test(hypothesis_seed(chaos.seed)(Schedule), settings=PROFILES[profile])
     finally:
         runner.close()
-        last = result.last
+        # The failing example's account, if any: a failure that depends on timing may not come
+        # back on Hypothesis' final replay (FlakyFailure), and its breaches must not be lost.
+        last = result.failing or result.last
         if last is not None:
             result.steps, result.faults = len(last.steps), sum(f.fired > 0 for f in last.faults)
             chaos.steps, chaos.faults, chaos.events = last.steps, last.faults, last.events
@@ -380,9 +384,12 @@ class FaultSchedule(RuleBasedStateMachine):
 
     def _account(self) -> None:
         """This example, for the report."""
+        c, v = self.chaos, self.chaos.verdict
+        run = getattr(self, "run", None)
+        if c.breaches and run is not None:
+            run.failing = c
         if len(self.accounts) >= MAX_EXAMPLES_KEPT:
             return
-        c, v = self.chaos, self.chaos.verdict
         self.accounts.append(
             {
                 "example": self.number,
