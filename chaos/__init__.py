@@ -9,7 +9,9 @@
   ``thread_stack_limit``, ``thread_limit``, ``hogging_threads``; broken pipes:
   ``break_socket``/``break_sockets``; ``cgroup_available``.
 - stacks: ``dump_stacks(pid)`` with py-spy, or a stated fallback.
-- targets: the ``Target`` protocol a scenario drives, ``SystemTarget``, ``load_target``.
+- targets: the ``Target`` protocol a scenario drives, ``SystemTarget``, ``load_target``;
+  ``ServedTarget`` runs any target in a child process of its own session (whole-pool faults),
+  ``TargetGone`` when that process died.
 - scenarios: ``Scenario`` (the pytest plugin's ``chaos`` fixture): faults planned against fired,
   reverted at teardown, the verdict held against the SLO; ``Fault``.
 - history: ``History`` of submits and its ``check`` of committed per-key lists -> ``Verdict``
@@ -62,6 +64,8 @@ _EXPORTS = {  # name -> (module, attribute): imported when first used (PEP 562),
     "Scenario": ("._scenario", "Scenario"),
     "StackDump": ("._stacks", "StackDump"),
     "dump_stacks": ("._stacks", "dump_stacks"),
+    "ServedTarget": ("._served", "ServedTarget"),
+    "TargetGone": ("._served", "TargetGone"),
     "SystemTarget": ("._target", "SystemTarget"),
     "Target": ("._target", "Target"),
     "load_target": ("._target", "load_target"),
@@ -85,9 +89,11 @@ __all__ = [
     "PayloadFault",
     "Recovery",
     "Scenario",
+    "ServedTarget",
     "StackDump",
     "SystemTarget",
     "Target",
+    "TargetGone",
     "Verdict",
     "address_space_limit",
     "break_socket",
