@@ -61,7 +61,7 @@ async def test_a_replacement_killed_while_retries_are_in_flight(chaos_target, ch
         await chaos.drain()  # recovered: a third death with the same work in flight is poison
     # Once recovered: a burst, and a kill in the middle of it.
     await chaos.workers(2)
-    burst = asyncio.create_task(chaos.traffic(600, prefix="burst", keys=8))
+    burst = asyncio.create_task(chaos.traffic(600, prefix="burst", keys=8, work=0.002))
     deadline = time.monotonic() + 30
     while sum(1 for s in chaos.history.submits if s.id.startswith("burst")) < 200:
         assert not burst.done() and time.monotonic() < deadline, "the burst did not get going"
