@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from ._processes import descendants, wait_gone
+from ._processes import descendants, describe, is_helper, wait_gone
 
 GRACE = 5.0  # seconds a stopped target's processes have to exit by themselves
 
@@ -60,7 +60,7 @@ class Leftovers:
         procs = [p for pid in sorted(left) if (p := self._same(pid)) is not None]
         if not procs:
             return None
-        described = [f"pid {p.pid} ({_cmdline(p)})" for p in procs]
+        described = [f"pid {p.pid} ({describe(p)})" for p in procs]
         for proc in procs:
             _kill(proc)
         wait_gone({p.pid for p in procs}, grace)
@@ -73,7 +73,7 @@ class Leftovers:
 
     def _candidates(self) -> set[int]:
         mine = {p.pid: p for p in descendants(os.getpid())}
-        found = {pid for pid in mine if pid not in self.before and not _helper(mine[pid])}
+        found = {pid for pid in mine if pid not in self.before and not is_helper(mine[pid])}
         return found | {pid for pid in self.shown if self._same(pid) is not None}
 
     def _same(self, pid: int) -> psutil.Process | None:
@@ -89,26 +89,6 @@ class Leftovers:
             return proc
         except psutil.Error:
             return None
-
-
-def _helper(proc: psutil.Process) -> bool:
-    """multiprocessing's (or loky's) forkserver or resource tracker: shared, not the target's."""
-    line = _cmdline(proc)
-    if "resource_tracker" in line:
-        return True
-    if "forkserver" in line:
-        with contextlib.suppress(psutil.Error):
-            return "forkserver" not in _cmdline(proc.parent())  # the server, not its forks
-    return False
-
-
-def _cmdline(proc: psutil.Process | None) -> str:
-    if proc is None:
-        return ""
-    try:
-        return " ".join(proc.cmdline())[:160] or proc.name()
-    except psutil.Error:
-        return "?"
 
 
 def _kill(proc: psutil.Process) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 
 from ._errors import BlastRadiusError
-from ._processes import descendants
+from ._processes import descendants, describe, is_gone, is_helper
 
 
 @dataclass(frozen=True)
@@ -66,18 +66,11 @@ def check_target(pid: int, *, allow_outside: bool = False) -> psutil.Process:
         if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
             raise ProcessLookupError(f"no process {pid}: it exited while being checked")
         raise BlastRadiusError(
-            f"refusing to target pid {pid} ({_describe(proc)}): it is not a descendant of this "
+            f"refusing to target pid {pid} ({describe(proc)}): it is not a descendant of this "
             f"process (pid {os.getpid()}); chaos only hurts processes its caller started. Pass "
             "allow_outside=True to target it anyway"
         )
     return proc
-
-
-def _describe(proc: psutil.Process) -> str:
-    try:
-        return " ".join(proc.cmdline())[:200] or proc.name()
-    except psutil.Error:
-        return "unknown"
 
 
 def send_signal(pid: int, sig: int, *, allow_outside: bool = False, kind: str = "") -> Injected:
@@ -163,22 +156,13 @@ def pick(pids: Sequence[int], rng: random.Random | int) -> int:
 
 
 def workers_of(target: Any) -> list[int]:
-    """The worker pids of ``target``: anything with ``worker_pids()``, or the children of a pid
-    (multiprocessing's forkserver and resource tracker left out: they are helpers, not workers).
+    """The worker pids of ``target``: anything with ``worker_pids()``, or the live descendants
+    of a pid (multiprocessing's forkserver and resource tracker left out: helpers, not workers).
     """
     if hasattr(target, "worker_pids"):
         return list(target.worker_pids())
     if isinstance(target, int):
-        procs = descendants(target)
-        lines = {p.pid: _describe(p) for p in procs}
-        helpers = {
-            p.pid
-            for p in procs
-            if "resource_tracker" in lines[p.pid]
-            # the forkserver itself; the workers it forks carry its command line too
-            or ("forkserver" in lines[p.pid] and "forkserver" not in lines.get(p.ppid(), ""))
-        }
-        return [p.pid for p in procs if p.pid not in helpers]
+        return [p.pid for p in descendants(target) if not is_gone(p.pid) and not is_helper(p)]
     raise TypeError(
         f"cannot find the workers of {type(target).__name__}: pass a pid or an object with "
         "worker_pids()"

@@ -23,6 +23,30 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+def describe(proc: psutil.Process | None) -> str:
+    """A process's command line (cut short), or its name; "?" once it is gone."""
+    if proc is None:
+        return ""
+    try:
+        return " ".join(proc.cmdline())[:200] or proc.name()
+    except psutil.Error:
+        return "?"
+
+
+def is_helper(proc: psutil.Process) -> bool:
+    """multiprocessing's (or loky's) forkserver or resource tracker: a shared helper, not a
+    worker (the processes the forkserver forks carry its command line too: not helpers)."""
+    line = describe(proc)
+    if "resource_tracker" in line:
+        return True
+    if "forkserver" in line:
+        try:
+            return "forkserver" not in describe(proc.parent())
+        except psutil.Error:
+            return False
+    return False
+
+
 def is_gone(pid: int) -> bool:
     """True once ``pid`` has exited (a zombie awaiting its parent's wait counts as exited)."""
     try:

@@ -46,7 +46,8 @@ from typing import Any
 from . import _failpoints, _pipes, _process_faults
 from ._checker import History, Verdict, dead_letters_of
 from ._errors import ChaosError
-from ._recovery import Recovery, recovery_of
+from ._processes import is_gone
+from ._recovery import Recovery, _ms, recovery_of
 from ._target import drained, submit_traffic
 
 SLO_KEYS = {
@@ -131,7 +132,7 @@ class Fault:
         d = asdict(self)
         del d["judged"]
         d["recovery"] = None if self.recovery is None else self.recovery.as_dict()
-        d["claimed_recovery"] = _round_ms(self.claimed_recovery)
+        d["claimed_recovery"] = _ms(self.claimed_recovery)
         return d
 
 
@@ -207,7 +208,7 @@ class Scenario:
         """The target's worker pids that are alive and not already killed by this scenario
         (a pool may list a dead worker until it notices); remembered for the leak check."""
         pids = [
-            pid for pid in self.target.worker_pids() if pid not in self.killed and not _gone(pid)
+            pid for pid in self.target.worker_pids() if pid not in self.killed and not is_gone(pid)
         ]
         self.seen_pids.update(pids)
         return pids
@@ -215,9 +216,8 @@ class Scenario:
     async def outstanding(self) -> set[str]:
         """The acknowledged ids not committed yet, as the target's committed state shows now
         (``committed_now()`` where it has it): where a fault can do harm."""
-        read = getattr(self.target, "committed_now", None) or self.target.committed
-        committed = await read()
-        return self.history.acked() - {mid for ids in committed.values() for mid in ids}
+        now = time.clock_gettime(time.CLOCK_MONOTONIC)
+        return self.history.acked() - await self.committed_ids(since=now)
 
     async def committed_ids(self, since: float = 0.0) -> set[str]:
         """Every id the target shows committed, read at or after ``since`` (CLOCK_MONOTONIC):
@@ -625,40 +625,36 @@ async def _observe(
 ) -> None:
     """The harness's own account of one process fault (see ``Scenario._observe``)."""
     try:
-        await _observe_work(scenario, target, fault, acked, pidfd)
+        await asyncio.to_thread(_victim_effect, fault, pidfd)  # closes the pidfd
+        expected = scenario.expected_dead
+        now = getattr(target, "committed_now", None)  # without it, committed() waits for the
+        first = True  # work: recovery is then an upper bound, and pending unknown
+        while True:
+            seen = await scenario.committed_ids(since=fault.mono or 0.0)
+            if expected and "dead_letters" in getattr(target, "capabilities", ()):
+                seen = seen | (set(dead_letters_of(target.dead_lettered())) & set(expected))
+            left = acked - seen
+            if first and now is not None:
+                fault.pending = len(left)
+                if left:
+                    fault.effect = (
+                        f"{fault.effect or 'fired'}; {len(left)} acknowledged uncommitted"
+                    )
+                elif fault.no_effect is None:
+                    fault.no_effect = (
+                        "no acknowledged work was outstanding when it hit (all of it was "
+                        "already committed)"
+                    )
+            first, fault.judged = False, True
+            if not left:
+                if fault.pending or now is None:
+                    fault.recovery = Recovery(fault.pid or 0, None, None, None, _since(fault))
+                return
+            # Fine-grained while a recovery is young; coarser after (a lossy target's work
+            # never comes back, and its observers must not starve the run).
+            await asyncio.sleep(POLL if _since(fault) < SLOW_AFTER else SLOW_POLL)
     finally:
-        fault.judged = True
-
-
-async def _observe_work(
-    scenario: Scenario, target: Any, fault: Fault, acked: set[str], pidfd: int | None
-) -> None:
-    await asyncio.to_thread(_victim_effect, fault, pidfd)  # closes the pidfd
-    expected = scenario.expected_dead
-    now = getattr(target, "committed_now", None)  # without it, committed() waits for the work:
-    first = True  # recovery is then an upper bound, and pending unknown
-    while True:
-        seen = await scenario.committed_ids(since=fault.mono or 0.0)
-        if expected and "dead_letters" in getattr(target, "capabilities", ()):
-            seen = seen | (set(dead_letters_of(target.dead_lettered())) & set(expected))
-        left = acked - seen
-        if first and now is not None:
-            fault.pending = len(left)
-            if left:
-                fault.effect = f"{fault.effect or 'fired'}; {len(left)} acknowledged uncommitted"
-            elif fault.no_effect is None:
-                fault.no_effect = (
-                    "no acknowledged work was outstanding when it hit (all of it was "
-                    "already committed)"
-                )
-        first, fault.judged = False, True
-        if not left:
-            if fault.pending or now is None:
-                fault.recovery = Recovery(fault.pid or 0, None, None, None, _since(fault))
-            return
-        # Fine-grained while a recovery is young; coarser after (a lossy target's work never
-        # comes back, and its observers must not starve the run).
-        await asyncio.sleep(POLL if _since(fault) < SLOW_AFTER else SLOW_POLL)
+        fault.judged = True  # also when the target failed a read, or the observer was cancelled
 
 
 def _victim_effect(fault: Fault, pidfd: int | None) -> None:
@@ -698,10 +694,6 @@ def _state(pid: int) -> str | None:
         return None
 
 
-def _gone(pid: int) -> bool:
-    return _state(pid) in (None, "Z", "X")
-
-
 def _pidfd(pid: int) -> int | None:
     try:
         return os.pidfd_open(pid)
@@ -716,10 +708,6 @@ def _close(fd: int) -> None:
 
 def _since(fault: Fault) -> float:
     return time.clock_gettime(time.CLOCK_MONOTONIC) - (fault.mono or 0.0)
-
-
-def _round_ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 3)
 
 
 def _thaw_quietly(pid: int) -> None:

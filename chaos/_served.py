@@ -57,7 +57,7 @@ import sysconfig
 import threading
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -573,7 +573,7 @@ async def pipelined_traffic(
     ``history`` when its acknowledgement is seen, or as unacknowledged when its submit fails --
     then every lane stops, and ``TargetRefused`` (from the first failure) is raised once all
     have."""
-    from ._target import TargetRefused
+    from ._target import TargetRefused, submit_one
 
     if keys % lanes:
         raise ChaosError(f"keys ({keys}) must be a multiple of lanes ({lanes})")
@@ -586,23 +586,24 @@ async def pipelined_traffic(
                 await asyncio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
             if failed:
                 return
-            key, mid = f"k{i % keys}", f"{prefix}{i}"
-            try:
-                await target.submit(key, i, mid)
-            except Exception as e:
-                history.submitted(mid, key, acked=False)
-                refused = TargetRefused(
-                    f"the target refused message {mid} ({type(e).__name__}: {e}): it takes no "
-                    "more work after the fault"
-                )
-                refused.__cause__ = e
+            if refused := await submit_one(target, history, f"k{i % keys}", i, f"{prefix}{i}"):
                 failed.append(refused)
                 return
-            history.submitted(mid, key)
 
     await asyncio.gather(*(lane(j) for j in range(lanes)))
     if failed:
         raise failed[0]
+
+
+@contextlib.asynccontextmanager
+async def running(coro: Any) -> AsyncIterator[asyncio.Task[Any]]:
+    """The coroutine (traffic, say) as a task for the block; cancelled if the block ends first."""
+    task = asyncio.create_task(coro)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def until_outstanding(
@@ -629,7 +630,7 @@ async def until_outstanding(
     if hasattr(target, "committed_now"):
         deadline = time.monotonic() + give_up
         while True:
-            acked = {s.id for s in history.submits if s.acked}
+            acked = history.acked()
             committed = {mid for ids in (await target.committed_now()).values() for mid in ids}
             outstanding = len(acked - committed) if committed else 0
             if outstanding >= at_least or time.monotonic() > deadline:

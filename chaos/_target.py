@@ -180,17 +180,31 @@ async def submit_traffic(
     flight even in a pool that commits at once)."""
     for i in range(n):
         key, mid = f"k{i % keys}", f"{prefix}{i}"
-        try:
-            await target.submit(key, i if work is None else {"sleep": work}, mid)
-        except Exception as e:
-            history.submitted(mid, key, acked=False)
-            raise TargetRefused(
-                f"the target refused message {mid} ({type(e).__name__}: {e}): it takes no more "
-                "work after the fault"
-            ) from e
-        history.submitted(mid, key)
+        if refused := await submit_one(
+            target, history, key, i if work is None else {"sleep": work}, mid
+        ):
+            raise refused
         if drain_every and i % drain_every == drain_every - 1:
             await drained(target)
+
+
+async def submit_one(
+    target: Any, history: Any, key: str, payload: Any, mid: str
+) -> TargetRefused | None:
+    """Submit one message, recorded in ``history`` as acknowledged once the target returns, or
+    as unacknowledged if it raised -- then the ``TargetRefused`` to raise, the cause kept."""
+    try:
+        await target.submit(key, payload, mid)
+    except Exception as e:
+        history.submitted(mid, key, acked=False)
+        refused = TargetRefused(
+            f"the target refused message {mid} ({type(e).__name__}: {e}): it takes no more "
+            "work after the fault"
+        )
+        refused.__cause__ = e
+        return refused
+    history.submitted(mid, key)
+    return None
 
 
 async def drained(target: Any, timeout: float = 60.0) -> None:

@@ -12,48 +12,19 @@ checked from outside too: once it has stepped down, the server has no worker pro
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
-from chaos import descendants, pids_limit, wait_gone
-from chaos._served import pipelined_traffic, serving, until_outstanding
+from chaos import pids_limit, wait_gone, workers_of
+from chaos._served import pipelined_traffic, running, serving, until_outstanding
 from chaos.pytest_plugin import chosen_target
 from conftest import PIDS_OK, PIDS_WHY
 
 TOTAL, RATE = 20_000, 4_000  # messages, at most per second (from 16 submitters at once)
 BEFORE_FAULT = 1_000  # acknowledged before the fault
-HELPERS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
-
-
-def worker_processes(server: int) -> set[int]:
-    """The server's descendants but multiprocessing's helpers (its forkserver and resource
-    tracker, children of the server; the workers are the forkserver's children)."""
-    found = set()
-    for proc in descendants(server):
-        try:
-            helper = proc.ppid() == server and any(h in " ".join(proc.cmdline()) for h in HELPERS)
-        except psutil.Error:
-            continue  # gone
-        if not helper:
-            found.add(proc.pid)
-    return found
-
-
-@contextlib.asynccontextmanager
-async def running(coro: Any) -> AsyncIterator[asyncio.Task[None]]:
-    """The coroutine as a task for the block; cancelled if the block fails before it ends."""
-    task = asyncio.create_task(coro)
-    try:
-        yield task
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def until(predicate, timeout: float, what: str):
@@ -96,15 +67,10 @@ async def test_a_pool_refused_new_processes_and_threads_ends_inline(
                 "the step down to inline",
             )
             assert not wait_gone({victim, other}, 10.0), "workers left after the step down"
-            await until(
-                lambda: not worker_processes(served.pid), 10, "no worker process of the server"
-            )
+            await until(lambda: not workers_of(served.pid), 10, "no worker process of the server")
             await asyncio.wait_for(traffic, 200)  # the rest of the traffic, acknowledged inline
-            committed = await served.committed()
-            dead = served.dead_lettered()
-            events = served.events()
-        timeline = events + [f.as_event() for f in chaos.faults if f.fired and f.pid]
-        chaos.judge(chaos.history.check(committed, dead, timeline), events)
+            await chaos.verify()
+        events = chaos.events
     assert len(chaos.history.submits) == TOTAL and all(s.acked for s in chaos.history.submits)
     reasons = [e["reason"] for e in events if e["kind"] == "degraded"]  # intake writer too
     assert all("EAGAIN" in r or "can't start new thread" in r for r in reasons), reasons

@@ -27,6 +27,7 @@ import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,13 @@ import pytest
 import pytest_asyncio
 
 from chaos import descendants, wait_gone
-from chaos._served import ServedTarget, TargetGone, pipelined_traffic, until_outstanding
+from chaos._served import (
+    ServedTarget,
+    TargetGone,
+    pipelined_traffic,
+    running,
+    until_outstanding,
+)
 from chaos._target import TargetRefused
 from chaos.pytest_plugin import chosen_target
 
@@ -89,15 +96,30 @@ def only_system_modes(spec: str | None, mode: str) -> None:
         pytest.skip(f"mode={mode} is the system pool's option; target {spec} runs in its own way")
 
 
+@dataclass
+class Loaded:
+    traffic: asyncio.Task[None]  # the paced traffic, running
+    workers: list[int]  # the target's workers, once it had ``workers`` of them
+    tree: set[int]  # the server and its descendants
+    outstanding: int | None  # acknowledged messages uncommitted at the last read (None: unknown)
+
+
 @contextlib.asynccontextmanager
-async def running(coro: Any) -> AsyncIterator[asyncio.Task[Any]]:
-    """The coroutine as a task for the block; cancelled if the block fails before it ends."""
-    task = asyncio.create_task(coro)
-    try:
-        yield task
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+async def loaded(chaos: Any, served: ServedTarget, workers: int = 0) -> AsyncIterator[Loaded]:
+    """``served`` under paced traffic, at a moment when a fault can do harm: ``BEFORE_FAULT``
+    messages acknowledged, then ``until_outstanding`` (a load spike); inject the fault at once.
+    The traffic is cancelled if the block ends before it."""
+    chaos.target = served
+    burst = asyncio.Event()  # set just before the fault: a load spike
+    traffic = pipelined_traffic(served, chaos.history, TOTAL, rate=RATE, burst=burst)
+    async with running(traffic) as task:
+        if workers:
+            await chaos.workers(workers)
+        await acknowledged(chaos, task)
+        pids = served.worker_pids()
+        tree = tree_of(served)
+        outstanding = await until_outstanding(served, chaos.history, burst=burst)
+        yield Loaded(task, pids, tree, outstanding)
 
 
 def uncommitted(outstanding: int | None) -> str:
@@ -133,14 +155,11 @@ async def judged_after_recovery(chaos: Any, serve: Callable[..., Any], first: An
     assert acked >= BEFORE_FAULT, f"only {acked} acknowledged before the fault"
     again = await serve(again=first)
     chaos.target = again
-    committed = await again.committed()
-    dead = again.dead_lettered() if "dead_letters" in again.capabilities else ()
-    events = again.events() if "events" in again.capabilities else []
-    timeline = events + [f.as_event() for f in chaos.faults if f.fired]
-    chaos.judge(chaos.history.check(committed, dead, timeline), events)  # verdict 1
+    await chaos.verify(again)  # verdict 1
 
     resubmitted = await resubmit_unacknowledged(chaos, again)
-    final = chaos.history.check(await again.committed(), dead, timeline)
+    dead = again.dead_lettered() if "dead_letters" in again.capabilities else ()
+    final = chaos.history.check(await again.committed(), dead)
     assert final.ok, f"after resubmitting {resubmitted}: {final.summary()} {final.details()}"
     ids = {s.id for s in chaos.history.submits}
     assert final.committed + len(final.dead_lettered) == len(ids), final.summary()
@@ -166,47 +185,33 @@ def tree_of(target: ServedTarget) -> set[int]:
 async def test_sigkill_of_the_whole_process_group_then_rerun(serve, chaos, spec, mode: str) -> None:
     only_system_modes(spec, mode)
     served = await serve(mode=mode)
-    chaos.target = served
-    burst = asyncio.Event()  # set just before the fault: a load spike
-    traffic = pipelined_traffic(served, chaos.history, TOTAL, rate=RATE, burst=burst)
-    async with running(traffic) as traffic:
-        await acknowledged(chaos, traffic)
-        tree = tree_of(served)
-        outstanding = await until_outstanding(served, chaos.history, burst=burst)
+    async with loaded(chaos, served) as load:
         fault = chaos.plan("kill", f"process group {served.pgid}", detail="SIGKILL")
-        killed = served.kill_whole(signal.SIGKILL, known=tree)  # returns once all are gone
+        killed = served.kill_whole(signal.SIGKILL, known=load.tree)  # returns once all are gone
         fault.fire(killed.mono, killed.ts)
         fault.effect = f"all {len(killed.detail['pids'])} processes of the group gone"
-        fault.effect += uncommitted(outstanding)
-        await traffic_ended(traffic)
+        fault.effect += uncommitted(load.outstanding)
+        await traffic_ended(load.traffic)
         assert served.returncode == -signal.SIGKILL
-        assert not wait_gone(tree, 5.0)
+        assert not wait_gone(load.tree, 5.0)
     await judged_after_recovery(chaos, serve, served)
 
 
 @SLO
 async def test_sigkill_of_the_server_alone_takes_its_workers_down(serve, chaos, spec) -> None:
     served = await serve(mode="process")
-    chaos.target = served
-    burst = asyncio.Event()  # set just before the fault: a load spike
-    traffic = pipelined_traffic(served, chaos.history, TOTAL, rate=RATE, burst=burst)
-    async with running(traffic) as traffic:
-        await chaos.workers(4 if spec in SYSTEM else 1)
-        await acknowledged(chaos, traffic)
-        workers = served.worker_pids()
-        tree = tree_of(served)
-        assert workers and set(workers) <= tree
-        outstanding = await until_outstanding(served, chaos.history, burst=burst)
+    async with loaded(chaos, served, workers=4 if spec in SYSTEM else 1) as load:
+        assert load.workers and set(load.workers) <= load.tree
         fault = chaos.plan("kill", f"server pid {served.pid}", detail="SIGKILL to the server alone")
         killed = served.kill_server(signal.SIGKILL)  # not its group
         fault.fire(killed.mono, killed.ts)
-        await traffic_ended(traffic)
+        await traffic_ended(load.traffic)
         assert await served.wait_exit(10.0) == -signal.SIGKILL
-        left = wait_gone(workers, 5.0)
+        left = wait_gone(load.workers, 5.0)
         assert not left, f"orphaned workers {sorted(left)} of the killed server"
-        fault.effect = f"the server and its {len(workers)} workers gone"
-        fault.effect += uncommitted(outstanding)
-        assert not wait_gone(tree, 5.0)
+        fault.effect = f"the server and its {len(load.workers)} workers gone"
+        fault.effect += uncommitted(load.outstanding)
+        assert not wait_gone(load.tree, 5.0)
     await judged_after_recovery(chaos, serve, served)
 
 
@@ -223,13 +228,7 @@ async def test_sigkill_of_the_server_alone_takes_its_workers_down(serve, chaos, 
 async def test_sigterm_drains_and_exits_within_grace(serve, chaos, spec, mode, how) -> None:
     only_system_modes(spec, mode)
     served = await serve(mode=mode)
-    chaos.target = served
-    burst = asyncio.Event()  # set just before the fault: a load spike
-    traffic = pipelined_traffic(served, chaos.history, TOTAL, rate=RATE, burst=burst)
-    async with running(traffic) as traffic:
-        await acknowledged(chaos, traffic)
-        tree = tree_of(served)
-        outstanding = await until_outstanding(served, chaos.history, burst=burst)
+    async with loaded(chaos, served) as load:
         t0 = time.monotonic()
         if how == "SIGTERM":
             signum = signal.SIGTERM
@@ -242,7 +241,7 @@ async def test_sigterm_drains_and_exits_within_grace(serve, chaos, spec, mode, h
             fault = chaos.plan(
                 "interrupt", f"process group {served.pgid}", detail="SIGINT (Ctrl-C)"
             )
-            sent = served.kill_whole(signal.SIGINT, timeout=GRACE + SLACK, known=tree)
+            sent = served.kill_whole(signal.SIGINT, timeout=GRACE + SLACK, known=load.tree)
             fault.fire(sent.mono, sent.ts)
             code = await served.wait_exit(1.0)
         elapsed = time.monotonic() - t0
@@ -251,7 +250,7 @@ async def test_sigterm_drains_and_exits_within_grace(serve, chaos, spec, mode, h
         assert elapsed < GRACE + SLACK
         assert f"stopped by signal {signum}" in stderr
         fault.effect = f"the server exited {code} after {elapsed:.2f} s"
-        fault.effect += uncommitted(outstanding)
-        await traffic_ended(traffic)
-        assert not wait_gone(tree, 5.0)
+        fault.effect += uncommitted(load.outstanding)
+        await traffic_ended(load.traffic)
+        assert not wait_gone(load.tree, 5.0)
     await judged_after_recovery(chaos, serve, served)
