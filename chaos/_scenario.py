@@ -219,15 +219,15 @@ class Scenario:
         now = time.clock_gettime(time.CLOCK_MONOTONIC)
         return self.history.acked() - await self.committed_ids(since=now)
 
-    async def committed_ids(self, since: float = 0.0) -> set[str]:
-        """Every id the target shows committed, read at or after ``since`` (CLOCK_MONOTONIC):
-        one read shared by every observer that asks within the same ``POLL``."""
+    async def committed_ids(self, since: float = 0.0, max_age: float = POLL) -> set[str]:
+        """Every id the target shows committed, read at or after ``since`` (CLOCK_MONOTONIC)
+        and at most ``max_age`` s ago: one read shared by every observer that asks meanwhile."""
         if self._reading is None:
             self._reading = asyncio.Lock()
         async with self._reading:
             snap = self._snapshot
             mono = time.clock_gettime(time.CLOCK_MONOTONIC)
-            if snap is None or snap[0] < since or mono - snap[0] >= POLL:
+            if snap is None or snap[0] < since or mono - snap[0] >= max_age:
                 read = getattr(self.target, "committed_now", None) or self.target.committed
                 committed = await read()
                 snap = (mono, {mid for ids in committed.values() for mid in ids})
@@ -458,7 +458,9 @@ class Scenario:
         committed = await asyncio.wait_for(target.committed(), timeout)
         dead = dead_letters_of(target.dead_lettered()) if "dead_letters" in caps else {}
         events = target.events() if "events" in caps else []
-        final = {mid for ids in committed.values() for mid in ids} | set(dead)
+        # What the observers count as recovered: committed, or dead-lettered as expected.
+        final = {mid for ids in committed.values() for mid in ids}
+        final |= set(dead) & set(self.expected_dead)
         await self.settle(final, timeout)
         timeline = events + [f.as_event() for f in self.faults if f.fired and f.pid]
         verdict = self.history.check(committed, dead, timeline, self.expected_dead)
@@ -630,7 +632,10 @@ async def _observe(
         now = getattr(target, "committed_now", None)  # without it, committed() waits for the
         first = True  # work: recovery is then an upper bound, and pending unknown
         while True:
-            seen = await scenario.committed_ids(since=fault.mono or 0.0)
+            # Fine-grained while a recovery is young; coarser after (a lossy target's work
+            # never comes back, and its observers must not starve the run with reads).
+            every = POLL if _since(fault) < SLOW_AFTER else SLOW_POLL
+            seen = await scenario.committed_ids(since=fault.mono or 0.0, max_age=every)
             if expected and "dead_letters" in getattr(target, "capabilities", ()):
                 seen = seen | (set(dead_letters_of(target.dead_lettered())) & set(expected))
             left = acked - seen
@@ -650,9 +655,7 @@ async def _observe(
                 if fault.pending or now is None:
                     fault.recovery = Recovery(fault.pid or 0, None, None, None, _since(fault))
                 return
-            # Fine-grained while a recovery is young; coarser after (a lossy target's work
-            # never comes back, and its observers must not starve the run).
-            await asyncio.sleep(POLL if _since(fault) < SLOW_AFTER else SLOW_POLL)
+            await asyncio.sleep(every)
     finally:
         fault.judged = True  # also when the target failed a read, or the observer was cancelled
 
