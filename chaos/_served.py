@@ -564,6 +564,7 @@ async def pipelined_traffic(
     lanes: int = 16,
     rate: float | None = None,
     burst: asyncio.Event | None = None,
+    work: float | None = None,
 ) -> None:
     """The list-append workload (``<prefix><i>``, payload ``i``, key ``k<i % keys>``) from
     ``lanes`` submitters at once, at most ``rate`` messages per second (pacing, not
@@ -572,7 +573,7 @@ async def pipelined_traffic(
     multiple of ``lanes``): per-key order is submission order. Each message is recorded in
     ``history`` when its acknowledgement is seen, or as unacknowledged when its submit fails --
     then every lane stops, and ``TargetRefused`` (from the first failure) is raised once all
-    have."""
+    have. ``work``: seconds each message keeps its worker busy (payload ``{"sleep": work}``)."""
     from ._target import TargetRefused, submit_one
 
     if keys % lanes:
@@ -586,7 +587,10 @@ async def pipelined_traffic(
                 await asyncio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
             if failed:
                 return
-            if refused := await submit_one(target, history, f"k{i % keys}", i, f"{prefix}{i}"):
+            payload = i if work is None else {"sleep": work}
+            if refused := await submit_one(
+                target, history, f"k{i % keys}", payload, f"{prefix}{i}"
+            ):
                 failed.append(refused)
                 return
 

@@ -105,13 +105,16 @@ class Loaded:
 
 
 @contextlib.asynccontextmanager
-async def loaded(chaos: Any, served: ServedTarget, workers: int = 0) -> AsyncIterator[Loaded]:
+async def loaded(
+    chaos: Any, served: ServedTarget, workers: int = 0, work: float | None = None
+) -> AsyncIterator[Loaded]:
     """``served`` under paced traffic, at a moment when a fault can do harm: ``BEFORE_FAULT``
     messages acknowledged, then ``until_outstanding`` (a load spike); inject the fault at once.
-    The traffic is cancelled if the block ends before it."""
+    The traffic is cancelled if the block ends before it. ``work``: seconds each message keeps
+    its worker busy, so that acknowledged work waits to be applied even in a fast pool."""
     chaos.target = served
     burst = asyncio.Event()  # set just before the fault: a load spike
-    traffic = pipelined_traffic(served, chaos.history, TOTAL, rate=RATE, burst=burst)
+    traffic = pipelined_traffic(served, chaos.history, TOTAL, rate=RATE, burst=burst, work=work)
     async with running(traffic) as task:
         if workers:
             await chaos.workers(workers)
@@ -185,7 +188,7 @@ def tree_of(target: ServedTarget) -> set[int]:
 async def test_sigkill_of_the_whole_process_group_then_rerun(serve, chaos, spec, mode: str) -> None:
     only_system_modes(spec, mode)
     served = await serve(mode=mode)
-    async with loaded(chaos, served) as load:
+    async with loaded(chaos, served, work=0.001) as load:  # a backlog when the kill comes
         fault = chaos.plan("kill", f"process group {served.pgid}", detail="SIGKILL")
         killed = served.kill_whole(signal.SIGKILL, known=load.tree)  # returns once all are gone
         fault.fire(killed.mono, killed.ts)
