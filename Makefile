@@ -13,10 +13,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The main job: real faults into a real pool, a verdict and figures per scenario, the report
-# in reports/latest/ (JSON, Markdown, HTML), and the gate (exit 10: a weakness found).
+# in reports/latest/ (JSON, Markdown, HTML), and the gate. Make exits 2 for any failed recipe, so
+# the gate's own code (10, 11, 12; 1: a test outside the gate failed) is printed, not returned.
+SCENARIOS := $(BIN)/python -m pytest scenarios/ -p no:cacheprovider -rA --chaos-gate \
+	--junitxml=reports/scenarios-junit.xml
 scenarios: $(STAMP)
-	$(BIN)/python -m pytest scenarios/ -p no:cacheprovider -rA --chaos-gate \
-		--junitxml=reports/scenarios-junit.xml
+	@echo "$(SCENARIOS)"
+	@$(SCENARIOS) || { status=$$?; echo "make scenarios: pytest --chaos-gate exited $$status" \
+		"(10 a weakness found, 11 a harness or environment error, 12 bad configuration," \
+		"1 a test outside the gate failed; reports/latest/report.html says why); make exits 2." \
+		"For the code itself: $(BIN)/python -m pytest scenarios/ --chaos-gate"; exit $$status; }
 
 # The whole test suite (tests/ and scenarios/), lint and format check included.
 test: lint chromium

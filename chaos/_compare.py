@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ._errors import ChaosError
+
 BEGIN, END = "<!-- comparison:begin -->", "<!-- comparison:end -->"
 VERDICT = {
     "recovered": "recovered",
@@ -21,6 +23,10 @@ VERDICT = {
     "unexpected": "**unexpected**",
     "dead_lettered": "**dead-lettered**",
 }
+
+
+class CompareError(ChaosError, ValueError):
+    """The report holds no comparison, or the README has no place for one."""
 
 
 def table(report: Mapping[str, Any]) -> str:
@@ -38,7 +44,10 @@ def table(report: Mapping[str, Any]) -> str:
         if seen["fault"] not in faults:
             faults.append(seen["fault"])
     if not cells:
-        raise ValueError("the report has no comparison scenario (run scenarios/test_peers.py)")
+        raise CompareError(
+            "the report has no comparison scenario: give the report of a run of "
+            "scenarios/test_peers.py (e.g. `pytest scenarios/test_peers.py`, then reports/latest)"
+        )
     lines = [
         "| fault | " + " | ".join(targets) + " |",
         "|---|" + "---|" * len(targets),
@@ -75,7 +84,10 @@ def update_readme(path: str | Path, report: Mapping[str, Any]) -> None:
     p = Path(path)
     text = p.read_text()
     if BEGIN not in text or END not in text:
-        raise ValueError(f"{p} has no {BEGIN} ... {END} block to fill")
+        raise CompareError(
+            f"{p} has no {BEGIN} ... {END} block to fill; put those two lines where the "
+            "table belongs"
+        )
     fresh = f"{BEGIN}\n{table(report)}{END}"
     p.write_text(
         re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: fresh, text, flags=re.S)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import ChaosError
+from ._failure import one_line
 
 EXIT_OK, EXIT_WEAKNESS, EXIT_HARNESS, EXIT_CONFIG = 0, 10, 11, 12
 DEFAULTS: dict[str, Any] = {
@@ -157,7 +158,7 @@ def evaluate(
             add(Finding("harness", name, text, "xpass"))
             continue
         if sc["outcome"] == "error":
-            add(Finding("harness", name, f"errored: {_first_line(sc['failure'])}", "error"))
+            add(Finding("harness", name, f"errored: {one_line(sc['failure'])}", "error"))
         elif sc["outcome"] == "failed":
             add_failure(add, sc)
         checker = sc.get("checker")
@@ -201,7 +202,7 @@ def add_failure(add: Any, sc: Mapping[str, Any]) -> None:
             add(Finding("weakness", name, f"SLO breached: {breach}", category(breach)))
         return
     finding, cat, what = _FAILURES.get(kind, ("harness", "error", "failed"))
-    add(Finding(finding, name, f"{what}: {_first_line(sc['failure'])}", cat))
+    add(Finding(finding, name, f"{what}: {one_line(sc['failure'])}", cat))
 
 
 def regressions(
@@ -231,11 +232,25 @@ def regressions(
     return found
 
 
-def _first_line(text: str | None) -> str:
-    """The first ``E`` line of a pytest failure (the error), else its last line."""
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    errors = [line[2:].strip() for line in lines if line.startswith("E ")]
-    return (errors or lines or ["no detail"])[0 if errors else -1][:300]
+NAME_WIDTH = 60  # the scenario column of the terminal table, at most
+
+
+def shorten(name: str, width: int) -> str:
+    """``name`` in ``width`` characters, cut in the middle so both ends stay readable; a
+    parametrised name keeps its brackets and both ends of its ids: "test_x[Proce…Executor]"."""
+    base, bracket, params = name.partition("[")
+    if len(name) <= width or not (bracket and params.endswith("]")):
+        return _middle(name, width)
+    ids, room = params[:-1], width - 2
+    keep = len(base) if len(base) + min(len(ids), 12) <= room else max(room - len(ids), room // 2)
+    return f"{_middle(base, keep)}[{_middle(ids, room - keep)}]"
+
+
+def _middle(text: str, width: int) -> str:
+    if len(text) <= width:
+        return text
+    head = width // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head) :]
 
 
 def table(report: Mapping[str, Any]) -> list[str]:
@@ -264,7 +279,7 @@ def table(report: Mapping[str, Any]) -> list[str]:
         effective = sum(1 for x in sc["faults"] if x.get("effect") and not x.get("no_effect"))
         rows.append(
             (
-                sc["name"][:60],
+                shorten(sc["name"], NAME_WIDTH),
                 sc["outcome"].upper(),
                 f"{fired}/{len(sc['faults'])}",
                 str(effective),

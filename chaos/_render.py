@@ -1,15 +1,24 @@
 """Reports rendered for people: Markdown (a table a reviewer reads in a pull request) and one
 self-contained HTML file (no network: styles inline, timelines as inline SVG drawn by
-matplotlib, stack dumps folded in ``<details>``), both from Jinja templates."""
+matplotlib, stack dumps folded in ``<details>``), both from Jinja templates.
+
+A failure is shown by its message (``_failure.message``: the assertion or breach lines), not by
+pytest's whole text, which the HTML keeps folded. Each chart's SVG ids are prefixed with its
+scenario's, so that no id repeats in the page: matplotlib names its glyphs, clip paths and ticks
+the same way in every chart.
+"""
 
 from __future__ import annotations
 
 import io
+import re
 from functools import cache
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, Undefined, select_autoescape
 from markupsafe import Markup, escape
+
+from ._failure import cut, message
 
 # How each kind of timeline event is drawn: lane, marker, colour.
 LANES = {
@@ -27,6 +36,10 @@ LANES = {
     "dead_lettered": (1, "p", "#9467bd"),
 }
 LANE_NAMES = {5: "faults", 4: "deaths, hangs", 3: "restarts", 2: "fallback", 1: "poison"}
+TIMED = ("detection", "restart", "recovery")  # objectives in seconds; the others count, or name
+MESSAGE_LINES, MESSAGE_WIDTH = 12, 240  # a failure's message, as shown
+SVG_ID = re.compile(r'(?<=\s)id="([^"]+)"')
+SVG_REF = re.compile(r'(url\(#|href="#)([^)"]+)')  # url(#x), href="#x", xlink:href="#x"
 
 
 @cache
@@ -40,6 +53,8 @@ def _environment() -> Environment:
     )
     env.filters["ms"] = _ms
     env.filters["highlight"] = highlight
+    env.filters["message"] = failure_message
+    env.globals["limit"] = limit
     env.globals["timeline_svg"] = timeline_svg
     env.globals["verdict_of"] = verdict_of
     return env
@@ -49,6 +64,23 @@ def _ms(value: Any) -> str:
     if value is None or isinstance(value, Undefined):
         return "-"
     return f"{value:,.0f} ms" if value >= 10 else f"{value:.1f} ms"
+
+
+def limit(objective: str, value: Any) -> str:
+    """An SLO objective's bound: "≤0" (lost), "≤5.0 s" (recovery), "=inline" (mode)."""
+    if isinstance(value, str):
+        return f"={value}"
+    return f"≤{value} s" if objective in TIMED else f"≤{value}"
+
+
+def failure_message(text: str | None) -> dict[str, Any]:
+    """The first MESSAGE_LINES lines of a failure's message, each cut at MESSAGE_WIDTH, and how
+    many lines more there are."""
+    lines = message(text)
+    return {
+        "lines": [cut(line, MESSAGE_WIDTH) for line in lines[:MESSAGE_LINES]],
+        "more": max(len(lines) - MESSAGE_LINES, 0),
+    }
 
 
 def verdict_of(scenario: dict[str, Any]) -> str:
@@ -84,19 +116,41 @@ def html(report: dict[str, Any]) -> str:
     return _environment().get_template("report.html.j2").render(r=report)
 
 
-def timeline_svg(scenario: dict[str, Any]) -> Markup:
-    """The scenario's timeline as inline SVG: events in lanes against time, with messages
-    committed per interval as bars beneath."""
-    line = scenario["timeline"]
-    if not line["events"] and not line["committed"]:
+def timeline_svg(scenario: dict[str, Any], prefix: str) -> Markup:
+    """The scenario's timeline as inline SVG, its ids prefixed with ``prefix``: events in lanes
+    against time, with messages committed per interval as bars beneath; a panel with nothing
+    to show is left out."""
+    events, committed = scenario["timeline"]["events"], scenario["timeline"]["committed"]
+    if not events and not committed:
         return Markup("")
     import matplotlib
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(9.5, 2.6), layout="constrained")
-    ax, bars = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.4))
+    ratios = [r for r, shown in ((3, events), (1.4, committed)) if shown]
+    fig = Figure(figsize=(9.5, 0.5 + 0.5 * sum(ratios)), layout="constrained")
+    axes = fig.subplots(len(ratios), 1, sharex=True, height_ratios=ratios, squeeze=False)[:, 0]
+    if events:
+        _draw_lanes(axes[0], events)
+    if committed:
+        _draw_committed(axes[-1], committed)
+    axes[-1].set_xlabel("seconds since the first event", fontsize=8)
+    buf = io.StringIO()
+    # hashsalt: the same ids in every render of a report (prefix: unique within the page)
+    with matplotlib.rc_context({"svg.hashsalt": scenario["nodeid"]}):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    svg = buf.getvalue()
+    return Markup(own_ids(svg[svg.index("<svg") :], prefix))
+
+
+def own_ids(svg: str, prefix: str) -> str:
+    """``svg`` with every id, and every reference to one, prefixed."""
+    svg = SVG_ID.sub(lambda m: f'id="{prefix}{m[1]}"', svg)
+    return SVG_REF.sub(lambda m: f"{m[1]}{prefix}{m[2]}", svg)
+
+
+def _draw_lanes(ax: Any, events: list[dict[str, Any]]) -> None:
     seen: set[str] = set()
-    for e in line["events"]:
+    for e in events:
         lane, marker, colour = LANES.get(e["kind"], (1, ".", "#333333"))
         label = e["kind"] if e["kind"] not in seen else None
         seen.add(e["kind"])
@@ -104,30 +158,23 @@ def timeline_svg(scenario: dict[str, Any]) -> Markup:
     ax.set_yticks(list(LANE_NAMES), list(LANE_NAMES.values()), fontsize=8)
     ax.set_ylim(0.4, 5.6)
     ax.grid(axis="x", alpha=0.3)
-    if seen:
-        ax.legend(
-            fontsize=7,
-            ncols=min(len(seen), 6),
-            loc="upper center",
-            bbox_to_anchor=(0.5, 1.32),
-            frameon=False,
-        )
-    committed = line["committed"]
-    if committed:
-        bars.bar(
-            [c["t"] for c in committed],
-            [c["messages"] for c in committed],
-            width=[c["width"] for c in committed],
-            align="edge",
-            color="#4c72b0",
-        )
-    bars.set_ylabel("committed", fontsize=8)
-    bars.set_xlabel("seconds since the first event", fontsize=8)
-    bars.tick_params(labelsize=7)
     ax.tick_params(labelsize=7)
-    buf = io.StringIO()
-    # ids inside the SVG: stable across renders, distinct between the charts of one page
-    with matplotlib.rc_context({"svg.hashsalt": scenario["nodeid"]}):
-        fig.savefig(buf, format="svg", metadata={"Date": None})
-    svg = buf.getvalue()
-    return Markup(svg[svg.index("<svg") :])
+    ax.legend(
+        fontsize=7,
+        ncols=min(len(seen), 6),
+        loc="upper center",
+        bbox_to_anchor=(0.5, 1.32),
+        frameon=False,
+    )
+
+
+def _draw_committed(ax: Any, committed: list[dict[str, Any]]) -> None:
+    ax.bar(
+        [c["t"] for c in committed],
+        [c["messages"] for c in committed],
+        width=[c["width"] for c in committed],
+        align="edge",
+        color="#4c72b0",
+    )
+    ax.set_ylabel("committed", fontsize=8)
+    ax.tick_params(labelsize=7)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ChaosError
+from ._failure import cut
 
 SCHEMA = "chaosgate-report/2"
 KEEP_RUNS = 20  # run directories kept; older ones are removed
@@ -64,11 +65,10 @@ def validate(report: Mapping[str, Any]) -> None:
     errors = sorted(validator.iter_errors(report), key=lambda e: list(e.absolute_path))
     if errors:
         raise ReportError(
-            "the report does not match schema "
-            + SCHEMA
-            + ":\n"
-            + "\n".join(
-                f"  at /{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors[:20]
+            f"the report does not match schema {SCHEMA}: "
+            + "; ".join(
+                f"at /{'/'.join(map(str, e.absolute_path))}: {cut(e.message, 200)}"
+                for e in errors[:20]
             )
         )
 
@@ -343,17 +343,26 @@ def load(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if p.is_dir():
         p = p / "report.json"
+    fix = "give a report.json written by `pytest --chaos-report`, or a run directory such as "
+    fix += "reports/latest"
     try:
         report = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ReportError(
-            f"no report at {path}: run `pytest scenarios/` first, or give the path of a "
-            "report.json or of a run directory such as reports/latest"
-        ) from None
-    except (OSError, ValueError) as e:
-        raise ReportError(f"cannot read the report {p}: {e}") from e
+        raise ReportError(f"no report at {path}: run `pytest scenarios/` first, or {fix}") from None
+    except OSError as e:
+        raise ReportError(f"cannot read the report {p}: {e.strerror or e}; {fix}") from e
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise ReportError(f"{p} is not a JSON report ({cut(str(e), 200)}); {fix}") from e
     if not isinstance(report, dict) or report.get("schema") != SCHEMA:
         found = report.get("schema") if isinstance(report, dict) else type(report).__name__
-        raise ReportError(f"{p} is not a {SCHEMA} report (schema: {found!r})")
-    validate(report)
+        raise ReportError(
+            f"{p} is not a {SCHEMA} report (schema: {found!r}); {fix}, as this chaosgate "
+            "writes them"
+        )
+    try:
+        validate(report)
+    except ReportError as e:
+        raise ReportError(
+            f"{p}: {e}; was it edited, or written by another chaosgate version? {fix}"
+        ) from e
     return report
