@@ -22,3 +22,8 @@ class FailpointError(ChaosError, ValueError):
 
 class InjectorUnavailable(ChaosError, OSError):
     """This machine cannot inject this fault; the message says why."""
+
+
+class ContractError(ChaosError):
+    """A target's adapter broke the target contract (e.g. ``worker_pids()`` lists a process that
+    is long dead): the harness cannot judge the pool through it. The message says the fix."""

@@ -14,8 +14,10 @@ duplicated, reordered or dead-lettered, a hang, processes leaked, a recovery reg
 harness or environment error (a scenario that errored, a planned fault that never fired or had
 no effect, nothing ran, more skips than allowed); 12 bad configuration. Each finding has a
 ``category`` (``lost``, ``duplicated``, ``reordered``, ``unexpected``, ``dead_lettered``,
-``recovery``, ``detection``, ``restart``, ``mode``, ``hung``, ``leak``, ``assertion``,
-``regression``; ``error``, ``unfired``, ``no_effect``, ``skipped``, ``xpass``, ``empty``).
+``recovery``, ``detection``, ``restart``, ``mode``, ``hung``, ``leak``, ``target_error`` (the
+target raised where it must not), ``assertion``, ``regression``; ``error``, ``contract`` (the
+adapter broke the target contract), ``unfired``, ``no_effect``, ``skipped``, ``xpass``,
+``empty``).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "regression": 1.5,
     "regression_floor_ms": 25.0,
 }
-WEAKNESS_KINDS = ("breach", "assertion", "timeout", "leak", "hung")
+WEAKNESS_KINDS = ("breach", "assertion", "timeout", "leak", "hung", "target_error", "not_replaced")
 ANOMALIES = ("lost", "duplicated", "reordered", "unexpected", "dead_lettered")
 
 
@@ -185,6 +187,9 @@ _FAILURES = {  # failure kind -> (finding kind, category, what it means)
     "timeout": ("weakness", "hung", "hung (timed out)"),
     "hung": ("weakness", "hung", "hung"),
     "leak": ("weakness", "leak", "processes leaked"),
+    "target_error": ("weakness", "target_error", "the target raised"),
+    "not_replaced": ("weakness", "recovery", "killed workers not replaced"),
+    "contract": ("harness", "contract", "the target's adapter broke the contract"),
     "unfired": ("harness", "unfired", "a planned fault never fired"),
     "no_effect": ("harness", "no_effect", "a fault had no effect"),
     "xpass": ("harness", "xpass", "an expected weakness is gone: update the expectation"),

@@ -23,17 +23,16 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from ._guard import TargetHung
 from ._processes import descendants, describe, is_helper, wait_gone
+
+__all__ = ["Leftovers", "TargetHung", "TargetLeak"]
 
 GRACE = 5.0  # seconds a stopped target's processes have to exit by themselves
 
 
 class TargetLeak(AssertionError):
     """The target left processes running after ``stop()`` (they were killed)."""
-
-
-class TargetHung(AssertionError):
-    """The target's ``stop()`` (or another call) did not return in time."""
 
 
 @dataclass
@@ -50,6 +49,10 @@ class Leftovers:
             if pid not in self.shown:
                 with contextlib.suppress(psutil.Error):
                     self.shown[pid] = psutil.Process(pid).create_time()
+
+    def alive(self) -> list[psutil.Process]:
+        """The target's processes alive now: new descendants and the workers it showed."""
+        return [p for pid in sorted(self._candidates()) if (p := self._same(pid)) is not None]
 
     def reap(self, grace: float = GRACE) -> TargetLeak | None:
         """Kill what the target left behind; the leak as an error to raise, or None."""

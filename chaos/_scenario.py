@@ -45,7 +45,8 @@ from typing import Any
 
 from . import _failpoints, _pipes, _process_faults
 from ._checker import History, Verdict, dead_letters_of
-from ._errors import ChaosError
+from ._errors import ChaosError, ContractError
+from ._guard import DEFAULT_TIMEOUT, Guarded, TargetHung
 from ._processes import is_gone
 from ._recovery import Recovery, _ms, recovery_of
 from ._target import drained, submit_traffic
@@ -67,7 +68,12 @@ _ANOMALIES = ("lost", "duplicated", "reordered", "unexpected", "dead_lettered")
 EXIT_WAIT = 10.0  # seconds a killed process has to be seen gone before the kill had no effect
 POLL = 0.02  # seconds between reads of the committed state while measuring recovery ...
 SLOW_AFTER, SLOW_POLL = 2.0, 0.2  # ... and, once a recovery takes 2 s, between reads after
+DEAD_LISTED = 10.0  # seconds a target may go on listing a dead worker among its workers
 DISAGREE_MS = 100.0  # a target's recovery claim this much (and 2x) below the harness's is flagged
+
+
+class WorkersNotReplaced(AssertionError):
+    """Workers this scenario killed were not replaced in time: a weakness of the target."""
 
 
 class NoEffect(ChaosError):
@@ -158,15 +164,39 @@ class Scenario:
     seen_pids: set[int] = field(default_factory=set)  # every worker pid the target showed
     killed: set[int] = field(default_factory=set)  # pids this scenario sent a fatal signal
     effective_needed: int = 0
+    target_timeout: float = DEFAULT_TIMEOUT  # seconds any one call into the target may take
+    hung: TargetHung | None = None  # the first call into a target that did not return in time
     rng: random.Random = field(init=False, repr=False)
     _undo: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
     _failpoint_sites: dict[str, Fault] = field(default_factory=dict, repr=False)
     _observers: dict[int, Any] = field(default_factory=dict, repr=False)
     _snapshot: tuple[float, set[str]] | None = field(default=None, repr=False)
     _reading: asyncio.Lock | None = field(default=None, repr=False)
+    _dead_listed: dict[int, float] = field(default_factory=dict, repr=False)  # pid -> seen dead
+    _ready_pids: set[int] = field(default_factory=set, repr=False)  # pids with a "ready" event
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
+
+    def guard(self, target: Any, leftovers: Any = None, kill: Any = None) -> Guarded:
+        """``target`` with every call bounded by ``target_timeout`` and whatever it raises
+        contained (``chaos._guard``); on a hang, the processes of ``leftovers`` (the target's:
+        new descendants of this process, and every worker pid it showed) are dumped and killed,
+        with ``kill()`` too, and the hang is kept in ``hung``."""
+        if isinstance(target, Guarded):
+            return target
+        from ._leaks import Leftovers
+
+        found = leftovers or Leftovers.now()
+
+        def tree() -> list[Any]:
+            found.saw(self.seen_pids)
+            return found.alive()
+
+        def on_hang(hung: TargetHung) -> None:
+            self.hung = self.hung or hung
+
+        return Guarded(target, self.target_timeout, tree=tree, kill=kill, on_hang=on_hang)
 
     # --- traffic ------------------------------------------------------------------------
 
@@ -195,21 +225,53 @@ class Scenario:
         """Wait until the target has processed everything it acknowledged."""
         await drained(self.target, timeout)
 
-    async def workers(self, n: int = 1, timeout: float = 30.0) -> list[int]:
-        """The target's live worker pids, once it has at least ``n``."""
+    async def workers(self, n: int = 1, timeout: float | None = None) -> list[int]:
+        """The target's live worker pids, once it has at least ``n`` (within ``timeout``,
+        default ``target_timeout``) -- ready ones, for a target with events (a "ready" event
+        names the pid): a fault aimed at a worker still starting would measure its start. Past
+        the timeout: a weakness (``WorkersNotReplaced``) if this scenario killed workers the
+        target did not replace; else a harness error. A target that
+        goes on listing a dead worker for ``DEAD_LISTED`` s breaks the contract
+        (``ContractError``), and the wait ends then."""
+        timeout = self.target_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        while len(pids := self.worker_pids()) < n:
-            if time.monotonic() > deadline:
+        while len(pids := self._ready(self.worker_pids())) < n:
+            now = time.monotonic()
+            stale = sorted(p for p, t in self._dead_listed.items() if now - t > DEAD_LISTED)
+            if stale:
+                raise ContractError(
+                    f"{type(self.target).__name__}.worker_pids() still lists pid(s) {stale}, "
+                    f"dead for more than {DEAD_LISTED:.0f} s: it must return the pool's live "
+                    "worker processes (a pool may list a dead one until it notices, not for "
+                    "longer); have the adapter leave out processes that are not alive"
+                )
+            if now > deadline:
+                if self.killed:
+                    raise WorkersNotReplaced(
+                        f"the target had {len(pids)} live worker(s) {timeout:g} s after this "
+                        f"scenario killed {sorted(self.killed)}, not {n}: it did not replace "
+                        "its dead workers"
+                    )
                 raise ChaosError(f"the target had {len(pids)} worker(s) after {timeout} s, not {n}")
             await asyncio.sleep(0.01)
         return sorted(pids)
 
+    def _ready(self, pids: list[int]) -> list[int]:
+        if "events" not in getattr(self.target, "capabilities", ()):
+            return pids
+        if set(pids) - self._ready_pids:
+            events = self.target.events()
+            self._ready_pids |= {e.get("pid") for e in events if e.get("kind") == "ready"}
+        return [pid for pid in pids if pid in self._ready_pids]
+
     def worker_pids(self) -> list[int]:
         """The target's worker pids that are alive and not already killed by this scenario
         (a pool may list a dead worker until it notices); remembered for the leak check."""
-        pids = [
-            pid for pid in self.target.worker_pids() if pid not in self.killed and not is_gone(pid)
-        ]
+        listed = self.target.worker_pids()
+        pids = [pid for pid in listed if pid not in self.killed and not is_gone(pid)]
+        now = time.monotonic()
+        dead = set(listed) - set(pids)
+        self._dead_listed = {p: self._dead_listed.get(p, now) for p in dead if is_gone(p)}
         self.seen_pids.update(pids)
         return pids
 

@@ -18,6 +18,13 @@ schedule shrinks to a minimal one, which Hypothesis prints as steps
 (``state.kill_worker(which=1)``...) and ``Scenario.steps`` keeps for the report; the same
 ``--chaos-seed`` replays it. Steps that need a capability the target lacks are not drawn.
 
+Every wait is bounded. Each call into an example's target is bounded by ``target_timeout``
+(``chaos._guard``): a target that hangs fails its example as hung, with stack dumps, and its
+processes are killed; a call that blocks the schedule's event-loop thread abandons that thread
+(the next examples run on a fresh loop). Shrinking a failure has a time budget
+(``SHRINK_BUDGET``: 60 s for ``ci``, 300 s for ``soak``): past it, the smallest failing schedule
+reached so far is the one replayed and reported, with a note in its steps.
+
 Profiles: ``ci`` (a few short schedules, within the suite's budget) and ``soak`` (many long
 ones; give it time: ``--timeout 0``).
 """
@@ -29,6 +36,7 @@ import concurrent.futures
 import contextlib
 import itertools
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +53,7 @@ from hypothesis.stateful import (
 )
 
 from ._errors import BlastRadiusError, ChaosError
+from ._guard import TargetError, TargetHung, passes_through
 from ._payloads import CATALOG
 from ._pipes import breakable_sockets
 from ._scenario import Scenario
@@ -79,6 +88,7 @@ LEAK_MB = 48
 MIN_ACKED = 20  # acknowledged messages every example must have
 TOP_UP_TRIES = 3  # closing kills tried for an example whose steps hurt no outstanding work
 MAX_EXAMPLES_KEPT = 300  # examples described in the report (shrinking can run many)
+SHRINK_BUDGET = {"ci": 60, "soak": 300}  # seconds Hypothesis may spend shrinking a failure
 
 
 class LoopThread:
@@ -86,6 +96,10 @@ class LoopThread:
     target (and the target's own tasks run between steps, as they would in production)."""
 
     def __init__(self) -> None:
+        self.guards: list[Any] = []  # the targets' guards: one may report this thread blocked
+        self._open()
+
+    def _open(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(
             target=self.loop.run_forever, name="chaos-schedule", daemon=True
@@ -93,16 +107,40 @@ class LoopThread:
         self.thread.start()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 120.0) -> T:
+        """Run ``coro`` on the loop; a step past ``timeout`` -- or blocked in a target call
+        past its bound -- fails as hung, and a blocked loop is abandoned for a fresh one."""
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return future.result(0.2)
+            except concurrent.futures.TimeoutError:
+                pass
+            blocked = next(
+                (h for g in self.guards if (h := g.blocking(self.thread.ident)) is not None), None
+            )
+            if blocked is not None:
+                self._abandon()
+                raise TargetHung(
+                    f"{blocked} (the schedule's event loop is abandoned)", blocked.dumps
+                )
+            if time.monotonic() > deadline:
+                break
+        future.cancel()  # not left running behind the step that gave up on it
         try:
-            return future.result(timeout)
+            waiting = asyncio.run_coroutine_threadsafe(_waiting(), self.loop).result(5)
         except concurrent.futures.TimeoutError:
-            waiting = asyncio.run_coroutine_threadsafe(_waiting(), self.loop).result(10)
-            future.cancel()  # not left running behind the step that gave up on it
-            raise TimeoutError(
-                f"a step took more than {timeout} s; the target's tasks were waiting at:\n"
-                + "\n".join(waiting)
-            ) from None
+            self._abandon()
+            waiting = ["  (the loop's thread is blocked: abandoned for a fresh loop)"]
+        raise TargetHung(
+            f"a step took more than {timeout} s; the target's tasks were waiting at:\n"
+            + "\n".join(waiting)
+        )
+
+    def _abandon(self) -> None:
+        """The loop's thread is blocked in a target's code for good: leave it (a daemon) and
+        carry on with a fresh loop."""
+        self._open()
 
     def close(self) -> None:
         async def wind_down() -> None:
@@ -152,7 +190,10 @@ class ScheduleRun:
     steps: int = 0
     faults: int = 0
     last: Scenario | None = None
-    failing: Scenario | None = None  # the last example that breached the SLO
+    failing: Scenario | None = None  # the last example that breached the SLO (or hung)
+    hung: TargetHung | None = None  # the first hang of any example's target
+    shrink_cut: bool = False  # shrinking stopped at its time budget
+    failed_at: float | None = None  # time.monotonic() of the first failing example
 
 
 def run_schedules(
@@ -182,25 +223,63 @@ def run_schedules(
             n = next(counter)
             scenario = Scenario(f"{chaos.nodeid} example {n}", chaos.seed, dict(chaos.slo))
             scenario.loop = runner.loop
+            scenario.target_timeout = chaos.target_timeout
             self.number = n
             self.accounts = chaos.examples
             self.run = result
-            super().__init__(runner, factory(workdir / f"example-{n}", **options), scenario)
+            try:
+                made = factory(workdir / f"example-{n}", **options)
+            except BaseException as e:
+                if passes_through(e):
+                    raise
+                raise TargetError("the target factory", e) from None
+            target = scenario.guard(made)
+            runner.guards = [target]  # the examples before are over
             result.examples += 1
             result.last = scenario
+            super().__init__(runner, target, scenario)
 
     try:
-        run_state_machine_as_test(hypothesis_seed(chaos.seed)(Schedule), settings=PROFILES[profile])
+        with shrink_budget(SHRINK_BUDGET[profile]):
+            run_state_machine_as_test(
+                hypothesis_seed(chaos.seed)(Schedule), settings=PROFILES[profile]
+            )
     finally:
         runner.close()
+        result.shrink_cut = result.failed_at is not None and (
+            time.monotonic() - result.failed_at > SHRINK_BUDGET[profile]
+        )
+        chaos.hung = chaos.hung or result.hung
         # The failing example's account, if any: a failure that depends on timing may not come
         # back on Hypothesis' final replay (FlakyFailure), and its breaches must not be lost.
         last = result.failing or result.last
         if last is not None:
+            if result.shrink_cut:
+                last.steps.append(
+                    f"(shrinking stopped at its {SHRINK_BUDGET[profile]} s budget: the smallest "
+                    "failing schedule reached by then)"
+                )
             result.steps, result.faults = len(last.steps), sum(f.fired > 0 for f in last.faults)
             chaos.steps, chaos.faults, chaos.events = last.steps, last.faults, last.events
             chaos.verdict, chaos.breaches = last.verdict, last.breaches
     return result
+
+
+@contextlib.contextmanager
+def shrink_budget(seconds: float) -> Any:
+    """Hypothesis stops shrinking after ``seconds`` (its engine's ``MAX_SHRINKING_SECONDS``,
+    300 by default, read when shrinking starts) and reports the smallest failure it reached."""
+    from hypothesis.internal.conjecture import engine
+
+    if not hasattr(engine, "MAX_SHRINKING_SECONDS"):  # a Hypothesis without it: its default
+        yield
+        return
+    before = engine.MAX_SHRINKING_SECONDS
+    engine.MAX_SHRINKING_SECONDS = seconds
+    try:
+        yield
+    finally:
+        engine.MAX_SHRINKING_SECONDS = before
 
 
 class FaultSchedule(RuleBasedStateMachine):
@@ -386,8 +465,10 @@ class FaultSchedule(RuleBasedStateMachine):
         """This example, for the report."""
         c, v = self.chaos, self.chaos.verdict
         run = getattr(self, "run", None)
-        if c.breaches and run is not None:
+        if (c.breaches or c.hung) and run is not None:
             run.failing = c
+            run.hung = run.hung or c.hung
+            run.failed_at = run.failed_at or time.monotonic()
         if len(self.accounts) >= MAX_EXAMPLES_KEPT:
             return
         self.accounts.append(

@@ -18,7 +18,7 @@ futures by request id; so the blocking calls of the protocol (``worker_pids()``,
 
 Every wait is bounded (``timeout``, 60 s: start, committed; ``ack_timeout``, 30 s: a submit's
 acknowledgement and the blocking calls; ``stop_timeout``, by default ``timeout``: the target's
-``stop()``) and fails with a ``ChaosError`` naming the command and the server's pid. When the
+``stop()``) and fails with a ``TargetHung`` naming the command and the server's pid. When the
 server's end of the pipe closes (it exited), every pending call fails at once with
 ``TargetGone``, which names the exit status (``killed by SIGKILL(-9)``) and quotes the tail of
 the server's stderr (``<data dir>.served.stderr``, next to the data dir).
@@ -64,6 +64,7 @@ from typing import Any
 import psutil
 
 from ._errors import ChaosError
+from ._guard import TargetHung
 from ._process_faults import Injected, send_signals
 from ._processes import descendants, is_gone, wait_gone
 
@@ -238,7 +239,7 @@ class ServedTarget:
                 f"{exit_status(e.returncode)}){self._tail()}",
                 e.returncode,
             ) from None
-        except ChaosError:  # not ready in time: nothing of it may stay
+        except (ChaosError, TargetHung):  # not ready in time: nothing of it may stay
             self.kill_whole()
             self._close_pipes()
             raise
@@ -270,7 +271,8 @@ class ServedTarget:
         """Stop the target gracefully and make sure nothing of its process group is left. The
         server gives the target's ``stop()`` ``stop_timeout`` s, then kills the target's
         processes and exits 1; this side waits 5 s more, then kills the group. Either way a
-        ``ChaosError`` says the stop failed. Safe after a kill, and twice."""
+        ``TargetHung`` (no stop in time) or ``ChaosError`` says the stop failed. Safe after a
+        kill, and twice."""
         if self.proc is None:
             return
         asked = self._gone is None and self.proc.poll() is None
@@ -281,10 +283,10 @@ class ServedTarget:
                 await self.wait_exit(bound)
             except TargetGone:
                 pass
-            except ChaosError as e:
+            except (ChaosError, TargetHung) as e:
                 self.kill_whole()
                 self._close_pipes()
-                raise ChaosError(
+                raise TargetHung(
                     f"served target {self.spec} (pid {self.pid}) did not stop within {bound} s "
                     f"({e}); its process group was killed"
                 ) from None
@@ -378,7 +380,7 @@ class ServedTarget:
         except TimeoutError:
             with self._lock:
                 self._pending.pop(rid, None)
-            raise ChaosError(self._late(command, timeout)) from None
+            raise TargetHung(self._late(command, timeout)) from None
 
     def _call_blocking(self, command: str) -> Any:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -389,7 +391,7 @@ class ServedTarget:
         except concurrent.futures.TimeoutError:
             with self._lock:
                 self._pending.pop(rid, None)
-            raise ChaosError(self._late(command, self.ack_timeout)) from None
+            raise TargetHung(self._late(command, self.ack_timeout)) from None
 
     def _late(self, command: str, timeout: float) -> str:
         return (

@@ -193,13 +193,18 @@ async def submit_one(
 ) -> TargetRefused | None:
     """Submit one message, recorded in ``history`` as acknowledged once the target returns, or
     as unacknowledged if it raised -- then the ``TargetRefused`` to raise, the cause kept."""
+    from ._guard import TargetError, TargetHung, describe
+
     try:
         await target.submit(key, payload, mid)
+    except TargetHung:  # not a refusal: the scenario fails as hung
+        history.submitted(mid, key, acked=False)
+        raise
     except Exception as e:
         history.submitted(mid, key, acked=False)
+        why = describe(e.original if isinstance(e, TargetError) else e)
         refused = TargetRefused(
-            f"the target refused message {mid} ({type(e).__name__}: {e}): it takes no more "
-            "work after the fault"
+            f"the target refused message {mid} ({why}): it takes no more work after the fault"
         )
         refused.__cause__ = e
         return refused

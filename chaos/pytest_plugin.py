@@ -17,12 +17,22 @@ Cheap to load: it imports the toolkit only when a fixture or a failure needs it.
 - On any failure, the report gets a ``chaosgate`` section with the seed and a one-line command
   that replays the test. On a timeout (pytest-timeout) it also gets a py-spy dump of every
   descendant process of the test, after which the process tree is killed -- no orphans.
+- The run's report (``--chaos-report``) and, with ``--chaos-gate``, its exit code; the gate line
+  in the terminal shows the code the process exits with, and why when it is not the gate's.
+- Under pytest-xdist (``-n N``) the gate gives what a serial run gives::
+
+      controller --(seed, start time: pytest_configure_node)--> each worker
+      worker: _record builds a scenario's entry --> report.chaos_entry (a teardown's update too)
+      controller: pytest_runtest_logreport keeps it --> pytest_sessionfinish: report, gate
+
+  Only the controller writes the report; a worker that dies in a scenario errs it, and a
+  worker's bad configuration ends the run as it would end a serial one.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import json
 import os
 import random
 import shlex
@@ -35,7 +45,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-SETTINGS = ("seed", "target", "report", "profile", "baseline", "gate")
+SETTINGS = ("seed", "target", "report", "profile", "baseline", "gate", "target_timeout")
 PROFILES = ("ci", "soak")
 
 
@@ -67,6 +77,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--chaos-baseline",
         default=None,
         help="a previous report.json: the gate fails when recovery regresses past it",
+    )
+    group.addoption(
+        "--chaos-target-timeout",
+        default=None,
+        help="seconds any one call into the target may take before the scenario fails as "
+        "hung, with stack dumps (default 30)",
     )
     group.addoption(
         "--chaos-profile",
@@ -118,6 +134,19 @@ def resolve_settings(config: pytest.Config) -> dict[str, Any]:
             raise ChaosConfigError(
                 f"bad target {chosen[key]!r} (from {where}): expected 'package.module:factory'"
             )
+        elif key == "target_timeout":
+            from chaos._guard import DEFAULT_TIMEOUT
+
+            raw = chosen[key]
+            try:
+                chosen[key] = DEFAULT_TIMEOUT if raw is None else float(raw)
+            except (TypeError, ValueError):
+                chosen[key] = -1.0
+            if not 0 < chosen[key] < float("inf"):
+                raise ChaosConfigError(
+                    f"bad target_timeout {raw!r} (from {where}): give the seconds any one call "
+                    "into the target may take, a number > 0 (e.g. 30)"
+                )
         elif key == "profile":
             chosen[key] = chosen[key] or "ci"
             if chosen[key] not in PROFILES:
@@ -167,12 +196,74 @@ def pytest_configure(config: pytest.Config) -> None:
         _config_error(config, e)
     config.stash[_ENTRIES] = {}
     config.stash[_STARTED] = time.time()
+    sent = getattr(config, "workerinput", {})  # an xdist worker: the controller's choices
+    if "chaosgate_seed" in sent:
+        config.stash[_SETTINGS]["seed"] = sent["chaosgate_seed"]
+        config.stash[_STARTED] = sent["chaosgate_started"]
+    if config.pluginmanager.hasplugin("xdist"):  # pytest refuses its hooks without it
+        config.pluginmanager.register(XdistHooks(config), "chaosgate-xdist")
 
 
 _SETTINGS = pytest.StashKey[dict[str, Any]]()
 _ENTRIES = pytest.StashKey[dict[str, dict[str, Any]]]()
 _STARTED = pytest.StashKey[float]()
 _REPORT = pytest.StashKey[dict[str, Any]]()
+_ORDER = pytest.StashKey[dict[str, int]]()  # xdist: nodeid -> its place in the collection
+_SESSION = pytest.StashKey[pytest.Session]()
+
+
+class XdistHooks:
+    """pytest-xdist's hooks, registered only when it is installed.
+
+    The controller sends its seed and start time to each worker and keeps the scenarios'
+    entries that come back on the workers' test reports, in the collection's order (as a serial
+    run lists them). A worker that dies in a scenario errs that scenario (a serial run would
+    have died with it); a worker's bad configuration ends the run as it ends a serial one."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.started: set[str] = set()  # scenarios past their setup
+
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["chaosgate_seed"] = self.config.stash[_SETTINGS]["seed"]
+        node.workerinput["chaosgate_started"] = self.config.stash[_STARTED]
+
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        if _ORDER not in self.config.stash:  # every worker collects the same items
+            self.config.stash[_ORDER] = {nodeid: i for i, nodeid in enumerate(ids)}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        entry = getattr(report, "chaos_entry", None)  # in a serial run: already kept
+        if entry is not None:
+            self.config.stash[_ENTRIES][report.nodeid] = entry
+        elif getattr(report, "chaos_scenario", False):
+            self.started.add(report.nodeid)
+
+    def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport) -> None:
+        if crashitem in self.started:
+            _worker_crashed(self.config, crashitem, str(report.longrepr))
+
+    def pytest_testnodedown(self, node: Any) -> None:
+        error = getattr(node, "workeroutput", {}).get("chaosgate_config_error")
+        if error:
+            _config_error(self.config, ChaosConfigError(error))
+
+
+def _worker_crashed(config: pytest.Config, nodeid: str, why: str) -> None:
+    """The scenario ``nodeid`` whose xdist worker died under it: an error (the harness's)."""
+    from chaos._report import scenario_entry
+
+    entries = config.stash[_ENTRIES]
+    entry = entries.get(nodeid)
+    if entry is None:
+        replay = _replay_command(config, nodeid)
+        entries[nodeid] = scenario_entry(
+            nodeid, "error", 0.0, None, failure=why, failure_kind="error", replay=replay
+        )
+    elif entry["outcome"] in ("failed", "error"):  # its own failure first, then the crash
+        entry["failure"] = f"{entry['failure']}\n{why}"
+    else:  # it died in its teardown
+        entry.update(outcome="error", failure_kind="error", failure=why)
 
 
 def chosen_target(config: pytest.Config) -> str | None:
@@ -214,6 +305,7 @@ def chaos(request: pytest.FixtureRequest, chaos_seed: int) -> Iterator[Any]:
     except Exception as e:
         raise ChaosConfigError(str(e)) from None
     scenario = Scenario(request.node.nodeid, chaos_seed, slo)
+    scenario.target_timeout = request.config.stash[_SETTINGS]["target_timeout"]
     request.node.stash[SCENARIO] = scenario
     yield scenario
     scenario.close()
@@ -235,18 +327,18 @@ def chaos_target_factory(request: pytest.FixtureRequest) -> Callable[..., Any]:
     return load_target(spec) if spec else SystemTarget
 
 
-STOP_TIMEOUT = 60.0  # seconds a target's stop() may take before it counts as hung
-
-
 @pytest_asyncio.fixture
 async def chaos_target(
     tmp_path: Path, chaos: Any, chaos_target_factory: Callable[..., Any]
 ) -> AsyncIterator[Callable[..., Any]]:
     """``await chaos_target(**options)``: a started target in a fresh data dir, the one
-    ``chaos`` faults and verifies. At teardown the faults are undone first (a frozen worker
-    thawed, failpoints cleared), then every target is stopped, each on its own and within
-    ``STOP_TIMEOUT``; then any process of the targets still alive is a leak: reported by pid
-    and command line, killed, and the scenario fails as a weakness (``TargetLeak``)."""
+    ``chaos`` faults and verifies, every call into it bounded by ``target_timeout`` (a call past
+    it fails the scenario as hung, with stack dumps, and the target's processes are killed: see
+    ``chaos._guard``). At teardown the faults are undone first (a frozen worker thawed,
+    failpoints cleared), then every target is stopped, each on its own and within the same
+    bound; then any process of the targets still alive is a leak: reported by pid and command
+    line, killed, and the scenario fails as a weakness (``TargetLeak``)."""
+    from chaos._guard import TargetError, interruptible, passes_through
     from chaos._leaks import Leftovers
 
     factory = chaos_target_factory
@@ -254,32 +346,33 @@ async def chaos_target(
     leftovers = Leftovers.now()
 
     async def make(**options: Any) -> Any:
-        target = factory(tmp_path / f"target-{len(started)}", **options)
+        try:
+            made = factory(tmp_path / f"target-{len(started)}", **options)
+        except BaseException as e:
+            if passes_through(e):
+                raise
+            raise TargetError("the target factory", e) from None
+        target = chaos.guard(made, leftovers)
         started.append(target)  # before start: a start that fails half-way is stopped too
         await target.start()
         chaos.target = target
         return target
 
-    yield make
-    for target in started:  # the workers of the moment, replacements included
-        with contextlib.suppress(Exception):
-            leftovers.saw(target.worker_pids())
-    leftovers.saw(chaos.seen_pids)
-    chaos.close()
-    errors: list[BaseException] = []
-    for target in reversed(started):
-        try:
-            await asyncio.wait_for(target.stop(), STOP_TIMEOUT)
-        except TimeoutError:
-            from chaos._leaks import TargetHung
-
-            errors.append(
-                TargetHung(
-                    f"{type(target).__name__}.stop() did not return within {STOP_TIMEOUT:.0f} s"
-                )
-            )
-        except Exception as e:  # stop the others all the same
-            errors.append(e)
+    with interruptible():  # a call that blocks this thread past its bound is interrupted
+        yield make
+        for target in started:  # the workers of the moment, replacements included
+            with contextlib.suppress(Exception):
+                leftovers.saw(target.worker_pids())
+        leftovers.saw(chaos.seen_pids)
+        chaos.close()
+        errors: list[BaseException] = []
+        for target in reversed(started):
+            try:
+                await target.stop()
+            except Exception as e:  # stop the others all the same
+                errors.append(e)
+            finally:
+                target.close()
     leak = leftovers.reap()  # after every stop: what is still running is a leak
     if errors:
         raise errors[0]
@@ -304,11 +397,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _config_error(config: pytest.Config, error: ChaosConfigError) -> None:
-    """Exit 12 under the gate (its code for bad configuration), else pytest's usage error."""
+    """Exit 12 under the gate (its code for bad configuration), else pytest's usage error. An
+    xdist worker also leaves the error for the controller, which ends the run the same way."""
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["chaosgate_config_error"] = str(error)
     if config.getoption("chaos_gate"):
         from chaos._gate import EXIT_CONFIG
 
-        sys.stderr.write(f"ERROR: {error}\n")
+        if workeroutput is None:  # the controller says it once, not each worker
+            sys.stderr.write(f"ERROR: {error}\n")
         pytest.exit(f"chaosgate: bad configuration: {error}", returncode=EXIT_CONFIG)
     raise error
 
@@ -349,6 +447,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         if _timed_out(call):
             post_mortem = "\n".join(_post_mortem())
             lines.append(post_mortem)
+        elif (hung := _hung(item)) is not None and hung.dumps:  # gathered at its deadline
+            post_mortem = hung.dumps
+            lines.append(post_mortem)
         report.sections.append(("chaosgate", "\n".join(lines)))
     if "chaos" in getattr(item, "fixturenames", ()):
         _record(item, call, report, post_mortem)
@@ -356,10 +457,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def _replay(item: pytest.Item) -> str:
-    s = item.config.stash[_SETTINGS]
+    return _replay_command(item.config, item.nodeid)
+
+
+def _replay_command(config: pytest.Config, nodeid: str) -> str:
+    s = config.stash[_SETTINGS]
     target = f" --chaos-target {shlex.quote(s['target'])}" if s["target"] else ""
     return (
-        f"{shlex.quote(sys.executable)} -m pytest {shlex.quote(item.nodeid)} "
+        f"{shlex.quote(sys.executable)} -m pytest {shlex.quote(nodeid)} "
         f"--chaos-seed {s['seed']}{target}"
     )
 
@@ -367,12 +472,14 @@ def _replay(item: pytest.Item) -> str:
 def _record(
     item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport, dumps: str | None
 ) -> None:
-    """Keep the scenario's entry for the run's report (and its figures for JUnit XML)."""
+    """Keep the scenario's entry for the run's report (and its figures for JUnit XML), and put
+    it on the test report too: an xdist worker's reports take it to the controller."""
     from chaos._report import scenario_entry
 
     entries = item.config.stash[_ENTRIES]
     known = entries.get(item.nodeid)
     if report.when == "setup" and report.passed:
+        report.chaos_scenario = True  # under xdist: if its worker dies now, the scenario errs
         return
     if report.when == "teardown":
         if report.failed and known is not None and known["outcome"] != "failed":
@@ -380,6 +487,7 @@ def _record(
             known["outcome"] = "failed" if kind != "error" else "error"
             known["failure_kind"] = kind
             known["failure"] = report.longreprtext[-8000:]
+            report.chaos_entry = known
         return
     scenario = item.stash.get(SCENARIO, None)
     record = scenario.record() if scenario is not None else None
@@ -401,7 +509,8 @@ def _record(
         replay=_replay(item),
         post_mortem=dumps,
     )
-    entries[item.nodeid] = entry
+    entry = json.loads(json.dumps(entry, default=repr))  # plain data, as xdist can send it
+    entries[item.nodeid] = report.chaos_entry = entry
     if report.when == "call":
         checker = entry["checker"] or {}
         for name, value in entry["figures"].items():
@@ -425,15 +534,27 @@ def _teardown_kind(call: pytest.CallInfo[None]) -> str:
     return "error"
 
 
+def _hung(item: pytest.Item) -> Any:
+    """The scenario's target hang (``chaos._guard.TargetHung``), if a call into it hung."""
+    scenario = item.stash.get(SCENARIO, None)
+    return getattr(scenario, "hung", None)
+
+
 def _failure_kind(call: pytest.CallInfo[None], scenario: Any) -> str:
+    from chaos._errors import ContractError
+    from chaos._guard import TargetError, describe
+    from chaos._scenario import WorkersNotReplaced
+
     if call.when != "call" or call.excinfo is None:
         return "error"
     error = call.excinfo.value
-    text = str(error)
-    if text.startswith("[XPASS(strict)]"):
+    text = describe(error)
+    if "[XPASS(strict)]" in text:
         return "xpass"
     if _timed_out(call):
         return "timeout"
+    if getattr(scenario, "hung", None) is not None:  # whatever it led to, the cause is the hang
+        return "hung"
     if "planned fault(s) never fired" in text:
         return "unfired"
     if "had no effect, so the scenario proves nothing" in text:
@@ -441,6 +562,12 @@ def _failure_kind(call: pytest.CallInfo[None], scenario: Any) -> str:
     found = [error]
     if isinstance(error, BaseExceptionGroup):  # e.g. Hypothesis's FlakyFailure
         found += list(error.exceptions)
+    if any(isinstance(e, ContractError) for e in found):
+        return "contract"
+    if any(isinstance(e, WorkersNotReplaced) for e in found):
+        return "not_replaced"
+    if any(isinstance(e, TargetError) or isinstance(e.__cause__, TargetError) for e in found):
+        return "target_error"
     if any(isinstance(e, AssertionError) for e in found):
         return "breach" if scenario is not None and scenario.breaches else "assertion"
     return "error"
@@ -456,7 +583,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     its exit code becomes the run's."""
     config = session.config
     entries = config.stash.get(_ENTRIES, None)
-    if entries is None or hasattr(config, "workerinput"):
+    if entries is None or hasattr(config, "workerinput"):  # workers: the controller reports
         return
     if not entries and not config.stash[_SETTINGS]["gate"]:
         return
@@ -467,7 +594,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     run = run_metadata(
         seed=s["seed"], target=s["target"], profile=s["profile"], started=config.stash[_STARTED]
     )
-    report = build(run, list(entries.values()))
+    order = config.stash.get(_ORDER, {})  # xdist's: list the scenarios as a serial run does
+    report = build(run, sorted(entries.values(), key=lambda e: order.get(e["nodeid"], len(order))))
     if s["gate"]:
         gate = evaluate(report, s["gate_settings"], s["baseline_report"], s["baseline"])
         report["run"]["gate"] = gate.as_dict()
@@ -477,6 +605,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             session.exitstatus = gate.exit_code
     report["run"]["exit_status"] = int(session.exitstatus)
     config.stash[_REPORT] = report
+    config.stash[_SESSION] = session  # its exit status, as the terminal summary shows it
     try:
         config.stash[_REPORT_DIR] = write(report, s["report"])
     except Exception as e:  # a report that cannot be written must not hide the run's verdict
@@ -495,19 +624,22 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     report = config.stash.get(_REPORT, None)
     if report is None:
         return
-    from chaos._gate import table
+    from chaos._gate import EXIT_HARNESS, table
 
     tr = terminalreporter
     tr.section("chaosgate")
     for line in table(report):
         tr.write_line(line)
     gate = report["run"]["gate"]
+    error = config.stash.get(_REPORT_ERROR, None)
     if gate:
+        code = _exit_code(tr, config)
+        why = REPORT_NOT_WRITTEN if error and code == EXIT_HARNESS else EXIT_REASONS.get(code)
         tr.write_line("")
         tr.write_line(
-            f"gate: {gate['verdict'].upper()} (exit {gate['exit_code']})",
-            green=gate["verdict"] == "pass",
-            red=gate["verdict"] != "pass",
+            gate_line(gate["verdict"], gate["exit_code"], code, why),
+            green=code == 0,
+            red=code != 0,
             bold=True,
         )
         for f in gate["findings"]:
@@ -517,12 +649,44 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             tr.write_line(f"skipped: {len(gate['skipped'])} scenario(s), not judged:")
             for s in gate["skipped"]:
                 tr.write_line(f"  {s['scenario'].rsplit('::', 1)[-1]}: {s['reason']}")
-    error = config.stash.get(_REPORT_ERROR, None)
     if error:
         tr.write_line(f"report: NOT WRITTEN: {error}", red=True, bold=True)
     else:
         where = config.stash[_REPORT_DIR]
         tr.write_line(f"report: {where / 'report.html'} (also report.json, report.md)")
+
+
+REPORT_NOT_WRITTEN = "the report could not be written"
+EXIT_REASONS = {  # why a run under the gate exits with another code than the gate's
+    1: "a test the gate does not judge failed (pytest's exit 1)",
+    2: "the run was interrupted (pytest's exit 2)",
+    3: "pytest had an internal error (exit 3)",
+    4: "pytest was used wrongly (exit 4)",
+    6: "more warnings than --max-warnings allows (pytest's exit 6)",
+}
+
+
+def gate_line(verdict: str, gate_code: int, exit_code: int, why: str | None = None) -> str:
+    """The gate's verdict and the code the process exits with; why, when not the gate's own."""
+    if exit_code == gate_code:
+        return f"gate: {verdict.upper()} (exit {exit_code})"
+    return f"gate: {verdict.upper()}, but exit {exit_code}: {why or 'set by another plugin'}"
+
+
+def _exit_code(terminalreporter: Any, config: pytest.Config) -> int:
+    """The code the process will exit with: the session's, unless pytest is about to fail a
+    passing run for its warnings (``--max-warnings``, pytest 9)."""
+    code = int(config.stash[_SESSION].exitstatus)
+    limit = getattr(config.option, "max_warnings", None)
+    if limit is None:
+        try:
+            limit = config.getini("max_warnings")
+        except ValueError:  # a pytest without the setting
+            return code
+    warnings = len(terminalreporter.stats.get("warnings", []))
+    if code == 0 and limit not in (None, "") and warnings > int(limit):
+        return int(pytest.ExitCode.MAX_WARNINGS_ERROR)
+    return code
 
 
 def _post_mortem() -> list[str]:

@@ -33,8 +33,9 @@ async def test_a_hung_handler(chaos_target, chaos, action, frame) -> None:
 async def test_a_frozen_worker(chaos_target, chaos) -> None:
     target = await chaos_target(workers=2, **FAST)
     require(target, "events")
-    await chaos.traffic(50, prefix="a", keys=8)
-    fault = chaos.freeze((await chaos.workers(1))[0])
+    victim = (await chaos.workers(2))[0]  # ready: a worker frozen while starting would
+    await chaos.traffic(50, prefix="a", keys=8, work=0.01)  # measure its start; and work
+    fault = chaos.freeze(victim)  # is in flight on it when it stops (~0.25 s of it)
     await chaos.traffic(300, prefix="b", keys=8)
     await chaos.verify()
     print(f"\nSIGSTOP: {fault.recovery.as_dict()}")

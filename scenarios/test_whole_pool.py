@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from chaos import descendants, wait_gone
+from chaos import Scenario, descendants, wait_gone
 from chaos._served import (
     ServedTarget,
     TargetGone,
@@ -62,11 +62,14 @@ def spec(request: pytest.FixtureRequest) -> str | None:
 
 
 @pytest_asyncio.fixture
-async def serve(tmp_path: Path, spec: str | None) -> AsyncIterator[Callable[..., Any]]:
+async def serve(
+    tmp_path: Path, spec: str | None, chaos: Scenario
+) -> AsyncIterator[Callable[..., Any]]:
     """``await serve(mode=...)``: a started ServedTarget of the run's target in a fresh data
-    dir; ``await serve(again=target)``: another server on ``target``'s data dir. All stopped
-    (or their process groups killed) at teardown."""
-    started: list[ServedTarget] = []
+    dir, every call into it bounded by the run's ``target_timeout`` (``chaos.guard``);
+    ``await serve(again=target)``: another server on ``target``'s data dir. All stopped (or
+    their process groups killed) at teardown."""
+    started: list[Any] = []
 
     async def start(*, mode: str | None = None, again: ServedTarget | None = None):
         if again is not None:
@@ -75,7 +78,11 @@ async def serve(tmp_path: Path, spec: str | None) -> AsyncIterator[Callable[...,
             data_dir, options = tmp_path / f"d{len(started)}", {"workers": 4}
             if mode is not None and spec in SYSTEM:
                 options["mode"] = mode
-        target = ServedTarget(spec, data_dir, **options)
+        bound = chaos.target_timeout  # its own stop gives up (and kills) within the bound
+        served = ServedTarget(
+            spec, data_dir, timeout=bound, ack_timeout=bound, stop_timeout=bound * 0.7, **options
+        )
+        target = chaos.guard(served, kill=served.kill_whole)
         started.append(target)
         await target.start()
         return target

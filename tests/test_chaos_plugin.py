@@ -159,3 +159,22 @@ def test_a_frozen_process_is_thawed_at_teardown(puppet) -> None:
     scenario.close()
     wait_until(lambda: proc.status() != psutil.STATUS_STOPPED, 10, "SIGCONT at teardown")
     assert scenario.record()["faults"][0]["detail"] == "SIGSTOP"
+
+
+def test_the_plugin_and_its_gate_work_without_xdist(pytester: pytest.Pytester) -> None:
+    from chaos.pytest_plugin import gate_line
+
+    pytester.makepyfile(
+        """
+        def test_scenario(chaos):
+            pass
+
+        def test_no_xdist_here(request):
+            plugins = request.config.pluginmanager
+            assert not plugins.hasplugin("xdist") and not plugins.has_plugin("chaosgate-xdist")
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:xdist", "--chaos-gate")
+    assert result.ret == 0, result.stdout.str()[-2000:]
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["test_scenario * PASSED *", gate_line("pass", 0, 0)])

@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from chaos import ChaosError, History, SystemTarget, descendants, wait_gone, wait_until
+from chaos._guard import TargetHung
 from chaos._served import Refused, ServedTarget, TargetGone, serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,7 +73,7 @@ async def test_a_server_killed_mid_run_fails_every_pending_call_at_once(tmp_path
         tree = tree_of(served)
         os.kill(served.pid, signal.SIGSTOP)  # our own child; it answers nothing while stopped
         wait_until(lambda: frozen(served.pid), 10, "the server stopped")
-        with pytest.raises(ChaosError, match=rf"submit got no answer .*pid {served.pid}.* 0.5 s"):
+        with pytest.raises(TargetHung, match=rf"submit got no answer .*pid {served.pid}.* 0.5 s"):
             await served.submit("k", 1, "m1")
         pending = [asyncio.ensure_future(served.submit("k", i, f"m{i}")) for i in range(2, 200)]
         await asyncio.sleep(0.05)
@@ -128,7 +129,7 @@ async def test_a_stop_that_hangs_is_bounded_and_leaves_nothing(tmp_path: Path) -
     tree = tree_of(frozen_one)
     os.kill(frozen_one.pid, signal.SIGSTOP)
     t0 = time.monotonic()
-    with pytest.raises(ChaosError, match=r"(?s)did not stop within 6.0 s.*group was killed"):
+    with pytest.raises(TargetHung, match=r"(?s)did not stop within 6.0 s.*group was killed"):
         await frozen_one.stop()
     assert time.monotonic() - t0 < 6 + 5
     assert not wait_gone(tree, 0.0) and frozen_one.returncode == -9

@@ -90,8 +90,10 @@ def test_exports(tmp_path) -> None:
     assert CORRECT is MiniPool
     pool = MiniPool(tmp_path, workers=2)  # keys k0..k3 on both workers (crc32 would not)
     assert sorted(pool.owner(f"k{i}") for i in range(4)) == [0, 0, 1, 1]
-    categories = {None, "lost", "duplicated", "reordered", "recovery", "dead_lettered", "leak"}
-    assert len(PLANTED) == 11
+    categories = {
+        *(None, "lost", "duplicated", "reordered", "recovery", "dead_lettered", "leak", "hung")
+    }
+    assert len(PLANTED) == 12
     for name, (cls, category) in PLANTED.items():
         assert getattr(planted, name) is cls and issubclass(cls, MiniPool)
         assert category in categories and (category is None or category in cls.__doc__)

@@ -13,6 +13,7 @@ from .bugs import (
     AppliesRetriedTwice,
     DeadLettersOnCrash,
     DropsOneIn500,
+    HangsAfterFault,
     LazyWorkers,
     OrphansWorkers,
     RequeuesRetriesAtBack,
@@ -34,6 +35,7 @@ PLANTED: dict[str, tuple[type[MiniPool], str | None]] = {
     "OrphansWorkers": (OrphansWorkers, "leak"),
     "AppliesRetriedTwice": (AppliesRetriedTwice, "duplicated"),
     "RetriesOnce": (RetriesOnce, "lost"),
+    "HangsAfterFault": (HangsAfterFault, "hung"),
     "LazyWorkers": (LazyWorkers, None),  # correct: workers start on demand
 }
 
@@ -45,6 +47,7 @@ __all__ = [
     "AppliesRetriedTwice",
     "DeadLettersOnCrash",
     "DropsOneIn500",
+    "HangsAfterFault",
     "LazyWorkers",
     "MiniPool",
     "OrphansWorkers",

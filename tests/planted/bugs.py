@@ -4,6 +4,7 @@ a gate should report for it, and what it takes to show it."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +160,28 @@ class LazyWorkers(MiniPool):
     empty until then; the harness must aim its faults at live workers holding work."""
 
     lazy = True
+
+
+class HangsAfterFault(MiniPool):
+    """Bug: after its first worker death the pool wedges, as a ``multiprocessing.Pool`` does when
+    a worker dies holding its queue's lock: the dead worker is not replaced and its work never
+    comes back, ``committed()`` waits for it for ever, and ``stop()`` blocks its thread on the
+    lock the dead worker held (``Pool.terminate()`` in ``_help_stuff_finish``). Category: hung
+    (needs one worker death); the gate must end each scenario within its bound, with dumps."""
+
+    wedged = False
+
+    def _worker_died(self, slot: Slot) -> None:
+        self.wedged = True  # BUG: no replacement, nothing retried
+
+    async def committed(self) -> dict[str, list[Any]]:
+        if self.wedged:
+            await asyncio.Event().wait()  # BUG: the results never come
+        return await super().committed()
+
+    async def stop(self) -> None:
+        if self.wedged:
+            lock = threading.Lock()
+            lock.acquire()
+            lock.acquire()  # BUG: blocks the caller's thread, event loop and all
+        await super().stop()

@@ -1,0 +1,379 @@
+"""Bounded, contained calls into a target: the harness never waits on a pool without a deadline,
+and nothing a pool raises can crash the run.
+
+``Guarded(target, timeout, tree)`` stands in for a target. Each call the harness makes into it --
+``start``, ``submit``, ``committed``, ``committed_now``, ``drain``, ``stop`` (awaited), and
+``worker_pids``, ``dead_lettered``, ``events`` (plain calls) -- returns within ``timeout``
+seconds (the ``target_timeout`` setting) or fails the scenario as ``TargetHung``, a weakness.
+A call can overrun in two ways:
+
+- it *awaits* what never comes (results of a killed worker): asyncio's timeout cancels it at the
+  deadline;
+- it *blocks the caller's thread* (``Pool.terminate()`` on a lock a killed worker held; a
+  synchronous wait inside ``async def``): no timeout of the event loop can fire. A watchdog
+  thread sees the call ``GRACE`` s past its deadline and interrupts the blocked main thread with
+  ``SIGUSR2``, whose handler raises ``TargetHung`` in the blocked frame (as pytest-timeout's
+  signal method does); a blocking syscall returns EINTR and Python raises from it.
+
+On a hang the harness gathers its evidence before anything else moves: py-spy dumps of every
+process of the target (its blocked frames named) and the harness's own threads (a pool that
+runs in the test's process shows there); then the target's process tree is SIGKILLed by pid
+(``tree()``: the processes it started, each checked to be the same process). The hang is kept
+(``hung``): later calls fail at once, as a hung target answers nothing more -- except ``stop()``,
+tried once more within the bound, so that a target that can still stop does.
+
+Anything a target raises is contained: exceptions of chaos itself (``ChaosError``, a cancelled
+task, Ctrl-C) pass as they are; any other -- whatever its type, ``BaseException`` subclasses,
+recursive causes, a ``__str__`` that raises -- becomes ``TargetError``, an ordinary
+``Exception`` whose message is a readable, truncated traceback and whose ``original`` is the
+exception itself (not its ``__cause__``: a pathological chain must not reach pytest's reporting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+from ._errors import ChaosError
+
+DEFAULT_TIMEOUT = 30.0  # seconds any one call into a target may take (target_timeout)
+GRACE = 2.0  # seconds past a deadline before the watchdog holds the caller's thread blocked
+TEXT_LIMIT = 4000  # characters of a target's traceback kept in a TargetError
+AWAITED = frozenset({"start", "submit", "committed", "committed_now", "drain", "stop"})
+CALLED = frozenset({"worker_pids", "dead_lettered", "events"})
+INTERRUPT = signal.SIGUSR2
+
+
+class TargetHung(AssertionError):
+    """A call into the target did not return within ``target_timeout``: the target is hung (a
+    weakness). ``dumps`` holds the stacks gathered at the deadline."""
+
+    def __init__(self, message: str, dumps: str | None = None):
+        super().__init__(message)
+        self.dumps = dumps
+
+
+class TargetError(Exception):
+    """The target raised: its traceback as text (truncated), the exception in ``original``."""
+
+    def __init__(self, call: str, error: BaseException):
+        self.original = error
+        self.call = call
+        super().__init__(f"{call} raised {describe(error)}\n{format_error(error)}")
+
+    def __reduce__(self) -> Any:  # plain text across processes: the original may not pickle
+        return (_plain_error, (self.call, str(self)))
+
+
+def _plain_error(call: str, text: str) -> TargetError:
+    error = TargetError.__new__(TargetError)
+    Exception.__init__(error, text)
+    error.call, error.original = call, None
+    return error
+
+
+def describe(error: BaseException) -> str:
+    """``Type: message``, whatever ``__str__`` does."""
+    try:
+        text = str(error)
+    except BaseException:  # a __str__ that raises must not crash the report
+        text = "<its __str__ raised>"
+    name = getattr(type(error), "__qualname__", "exception")
+    return f"{name}: {text[:300]}" if text else name
+
+
+def format_error(error: BaseException, limit: int = TEXT_LIMIT) -> str:
+    """A readable traceback of ``error`` (at most 20 frames and 5 chained causes), truncated."""
+    try:
+        lines = traceback.TracebackException(
+            type(error), error, error.__traceback__, limit=20, max_group_width=5, max_group_depth=3
+        ).format(chain=True)
+        text = "".join(itertools.islice(lines, 400))
+    except BaseException:  # e.g. RecursionError while formatting a pathological chain
+        text = f"(its traceback could not be formatted) {describe(error)}"
+    return text if len(text) <= limit else text[: limit // 2] + "\n[...]\n" + text[-limit // 2 :]
+
+
+def passes_through(error: BaseException) -> bool:
+    """The harness's own exceptions, cancellation and Ctrl-C are not the target's to contain."""
+    return isinstance(
+        error, ChaosError | TargetHung | asyncio.CancelledError | KeyboardInterrupt | GeneratorExit
+    )
+
+
+class Guarded:
+    """A target whose every call is bounded and contained (see the module doc). Attributes and
+    calls other than the target protocol's pass through to the target unchanged."""
+
+    def __init__(
+        self,
+        target: Any,
+        timeout: float = DEFAULT_TIMEOUT,
+        tree: Callable[[], list[psutil.Process]] | None = None,
+        kill: Callable[[], Any] | None = None,
+        on_hang: Callable[[TargetHung], None] | None = None,
+    ):
+        self.target = target
+        self.timeout = timeout
+        self.tree = tree or (lambda: [])
+        self.kill = kill  # e.g. a served target's own kill of its process group
+        self.on_hang = on_hang
+        self.hung: TargetHung | None = None
+        self.wedged = False  # a call blocked a thread that cannot be interrupted (not main)
+        self._calls: dict[int, _Call] = {}
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._watchdog: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self.target, name)
+        if name in AWAITED and callable(value):
+            return lambda *a, **k: self._awaited(name, value, a, k)
+        if name in CALLED and callable(value):
+            return lambda *a, **k: self._called(name, value, a, k)
+        return value
+
+    def __repr__(self) -> str:
+        return f"Guarded({self.target!r}, timeout={self.timeout})"
+
+    # --- the two kinds of call -------------------------------------------------------------
+
+    async def _awaited(self, name: str, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        self._refuse_if_hung(name)
+        call = self._begin(name)
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()  # where it waits, noted just before the deadline
+        note = loop.call_at(loop.time() + self.timeout * 0.999, _note_where, call, task)
+        try:
+            async with asyncio.timeout(self.timeout) as scope:
+                return await fn(*args, **kwargs)
+        except TimeoutError:
+            if scope.expired():
+                raise self._hang(call, "awaited") from None
+            raise TargetError(name, sys.exc_info()[1]) from None  # the target's own TimeoutError
+        except _Interrupted:
+            raise self._hang(call, "blocked its thread") from None
+        except TargetHung as e:  # a served target's own bound: it answered nothing
+            raise self._hang(call, f"answered nothing: {e}") from None
+        except BaseException as e:
+            if passes_through(e):
+                raise
+            raise TargetError(name, e) from None
+        finally:
+            note.cancel()
+            self._end(call)
+
+    def _called(self, name: str, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        self._refuse_if_hung(name)
+        call = self._begin(name)
+        try:
+            return fn(*args, **kwargs)
+        except _Interrupted:
+            raise self._hang(call, "blocked its thread") from None
+        except TargetHung as e:
+            raise self._hang(call, f"answered nothing: {e}") from None
+        except BaseException as e:
+            if passes_through(e):
+                raise
+            raise TargetError(name, e) from None
+        finally:
+            self._end(call)
+
+    def _refuse_if_hung(self, name: str) -> None:
+        if self.hung is not None and (name != "stop" or self.wedged):
+            raise TargetHung(f"{name}() not tried: {self.hung}", self.hung.dumps)
+
+    def blocking(self, thread: int | None) -> TargetHung | None:
+        """The hang of a call that blocks ``thread`` past its bound (evidence gathered, the
+        tree killed, the thread not interruptible), if there is one: that thread is lost."""
+        with self._lock:
+            late = [c for c in self._calls.values() if c.thread == thread and c.gathered]
+        return self.hung if late and self.wedged else None
+
+    # --- the watchdog ------------------------------------------------------------------------
+
+    def _begin(self, name: str) -> _Call:
+        call = _Call(next(self._ids), name, threading.get_ident(), time.monotonic() + self.timeout)
+        with self._lock:
+            self._calls[call.id] = call
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(
+                    target=self._watch, name="chaos-target-watchdog", daemon=True
+                )
+                self._watchdog.start()
+        return call
+
+    def _end(self, call: _Call) -> None:
+        with self._lock:
+            self._calls.pop(call.id, None)
+            call.done = True
+
+    def _watch(self) -> None:
+        """Every 0.2 s: a call GRACE s past its deadline has blocked its thread."""
+        while not self._closed.wait(0.2):
+            now = time.monotonic()
+            with self._lock:
+                late = [c for c in self._calls.values() if now > c.deadline + GRACE]
+                late = [c for c in late if not c.flagged]
+                for call in late:
+                    call.flagged = True
+            for call in late:
+                try:
+                    self._gather(call)  # evidence first, while everything is as the hang left it
+                except Exception as e:  # the watchdog must outlive a failed dump
+                    call.summary = f"(gathering evidence failed: {describe(e)})"
+                if call.done:
+                    continue
+                if call.thread == threading.main_thread().ident:
+                    _interrupt(call)
+                else:  # no signal reaches it: its thread is lost to the target
+                    self.wedged = True
+                    self._hang(call, "blocked its thread")
+
+    def close(self) -> None:
+        self._closed.set()
+
+    # --- a hang: evidence, then the tree killed ----------------------------------------------
+
+    def _hang(self, call: _Call, how: str) -> TargetHung:
+        self._gather(call)
+        text = (
+            f"{type(self.target).__name__}.{call.name}() did not return within "
+            f"{self.timeout:g} s (target_timeout; it {how}): the target is hung. " + call.summary
+        )
+        hung = TargetHung(text, call.dumps)
+        if self.hung is None:
+            self.hung = hung
+            if self.on_hang is not None:
+                self.on_hang(hung)
+        return hung
+
+    def _gather(self, call: _Call) -> None:
+        """Dumps of the target's processes and of the harness's threads, then the tree killed;
+        once per call."""
+        with self._lock:
+            if call.gathered:
+                return
+            call.gathered = True
+        from ._stacks import dump_stacks
+
+        parts, blocked = [], []
+        procs = self.tree()
+        for proc in procs:
+            dump = dump_stacks(proc.pid, timeout=5.0)
+            parts.append(f"--- target process {proc.pid} ({dump.method}) ---\n{dump.text}")
+            blocked += [f"pid {proc.pid} {t.name or t.tid}: {f}" for t, f in dump.blocked_frames()]
+        own, where = harness_stacks(call.thread)
+        where = call.where or where
+        parts.append(own)
+        if self.kill is not None:
+            with contextlib.suppress(Exception):
+                self.kill()
+        killed = kill_all(procs)
+        call.summary = (
+            f"The call waited at {where}"
+            + (f"; blocked in the target: {'; '.join(blocked[:4])}" if blocked else "")
+            + f"; {killed} target process(es) killed"
+        )
+        call.dumps = "\n".join(parts)
+
+
+class _Interrupted(BaseException):
+    """Raised in the main thread by the watchdog's signal: a call there blocked its thread."""
+
+
+class _Call:
+    def __init__(self, id: int, name: str, thread: int, deadline: float):
+        self.id, self.name, self.thread, self.deadline = id, name, thread, deadline
+        self.done = self.flagged = self.gathered = False
+        self.summary, self.dumps = "", ""
+        self.where: str | None = None  # an awaited call: where its task was suspended
+
+
+def _note_where(call: _Call, task: asyncio.Task[Any] | None) -> None:
+    """The innermost frame an awaited call's task is suspended in."""
+    obj, frame = task.get_coro() if task is not None else None, None
+    for _ in range(200):  # down the chain of awaits to the innermost coroutine
+        if obj is None:
+            break
+        inner = getattr(obj, "cr_frame", None) or getattr(obj, "gi_frame", None)
+        if inner is not None and "/asyncio/" not in inner.f_code.co_filename:
+            frame = inner  # the innermost frame that is not asyncio's own
+        obj = getattr(obj, "cr_await", None) or getattr(obj, "gi_yieldfrom", None)
+    if frame is not None:
+        call.where = (
+            f"{frame.f_code.co_name} ({frame.f_code.co_filename.rsplit('/', 1)[-1]}:"
+            f"{frame.f_lineno})"
+        )
+
+
+_pending: set[int] = set()  # ids of calls the watchdog interrupts in the main thread
+
+
+def _interrupt(call: _Call) -> None:
+    _pending.add(call.id)
+    with contextlib.suppress(OSError, ValueError):
+        signal.pthread_kill(call.thread, INTERRUPT)
+
+
+def _on_interrupt(signum: int, frame: Any) -> None:
+    if _pending:
+        _pending.clear()
+        raise _Interrupted()
+
+
+@contextlib.contextmanager
+def interruptible() -> Any:
+    """Install the watchdog's signal handler (main thread only) for the ``with`` block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(INTERRUPT, _on_interrupt)
+    try:
+        yield
+    finally:
+        _pending.clear()
+        signal.signal(INTERRUPT, previous)
+
+
+def harness_stacks(blocked: int | None = None) -> tuple[str, str]:
+    """Every thread of this (the harness's) process, innermost frame last; and where thread
+    ``blocked`` waits (its innermost frame)."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    parts, where = [], "an unknown place"
+    for ident, frame in sys._current_frames().items():
+        stack = traceback.extract_stack(frame)[-12:]
+        parts.append(
+            f"--- harness thread {names.get(ident, ident)} ---\n"
+            + "".join(traceback.format_list(stack))
+        )
+        if ident == blocked and stack:
+            last = stack[-1]
+            where = f"{last.name} ({last.filename.rsplit('/', 1)[-1]}:{last.lineno})"
+    return "\n".join(parts), where
+
+
+def kill_all(procs: list[psutil.Process]) -> int:
+    """SIGKILL each process that is still the one meant (psutil checks its start time); wait
+    until each is gone (a zombie counts: its parent reaps it)."""
+    killed = 0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            if proc.is_running():
+                proc.kill()
+                killed += 1
+    from ._processes import wait_gone
+
+    wait_gone({p.pid for p in procs}, 5.0)  # not psutil.wait_procs: a parent's exit status is
+    return killed  # its own to collect (waitpid here would steal it)

@@ -1,0 +1,191 @@
+"""chaos._guard: every call into a target bounded (awaited or blocking its thread), a hang's
+evidence gathered and its processes killed, anything a target raises contained."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import pickle
+import threading
+import time
+
+import psutil
+import pytest
+
+from chaos import ChaosError, Guarded, TargetError, TargetHung
+from chaos._guard import GRACE, format_error, interruptible
+
+BOUND = 1.0
+
+
+def _sleep_forever() -> None:
+    time.sleep(3600)
+
+
+class Wedged:
+    """A target with one child process whose calls hang in each of the two ways."""
+
+    capabilities = frozenset()
+
+    def __init__(self) -> None:
+        self.child = multiprocessing.get_context("spawn").Process(target=_sleep_forever)
+        self.stopped = False
+
+    async def start(self) -> None:
+        self.child.start()
+
+    async def committed(self) -> dict:
+        await asyncio.Event().wait()  # awaits what never comes
+        return {}
+
+    async def submit(self, key: str, payload: object, id: str) -> None:
+        lock = threading.Lock()
+        lock.acquire()
+        lock.acquire()  # blocks the thread, event loop and all
+
+    def worker_pids(self) -> list[int]:
+        return [self.child.pid]
+
+    async def stop(self) -> None:
+        self.stopped = True
+        self.child.join(1)
+
+
+def tree_of(target: Wedged):
+    return lambda: [psutil.Process(target.child.pid)] if target.child.is_alive() else []
+
+
+async def test_an_awaited_call_past_its_bound_is_a_hang_with_dumps_and_the_tree_killed() -> None:
+    target = Wedged()
+    guarded = Guarded(target, BOUND, tree=tree_of(target))
+    await guarded.start()
+    t0 = time.monotonic()
+    with pytest.raises(TargetHung, match=r"committed\(\) did not return within 1 s") as hung:
+        await guarded.committed()
+    took = time.monotonic() - t0
+    assert BOUND <= took < BOUND + 15, took  # the bound, plus the time py-spy takes
+    assert "waited at committed (test_chaos_guard.py" in str(hung.value)
+    assert "1 target process(es) killed" in str(hung.value)
+    assert f"target process {target.child.pid}" in hung.value.dumps
+    assert "harness thread MainThread" in hung.value.dumps
+    target.child.join(5)
+    assert target.child.exitcode == -9
+    # A hung target answers nothing more -- but it may still stop.
+    t0 = time.monotonic()
+    with pytest.raises(TargetHung, match=r"submit\(\) not tried: .*committed\(\)"):
+        await guarded.submit("k", 1, "m1")
+    assert time.monotonic() - t0 < 0.5
+    await guarded.stop()
+    assert target.stopped
+    guarded.close()
+
+
+async def test_a_call_that_blocks_the_main_thread_is_interrupted() -> None:
+    target = Wedged()
+    guarded = Guarded(target, BOUND, tree=tree_of(target))
+    await guarded.start()
+    t0 = time.monotonic()
+    with interruptible(), pytest.raises(TargetHung, match="it blocked its thread") as hung:
+        await guarded.submit("k", 1, "m1")
+    took = time.monotonic() - t0
+    assert BOUND + GRACE <= took < BOUND + GRACE + 15, took
+    assert "waited at submit (test_chaos_guard.py" in str(hung.value)
+    target.child.join(5)
+    assert target.child.exitcode == -9
+    guarded.close()
+
+
+class Recursive(Exception):
+    def __init__(self) -> None:
+        super().__init__("recursive")
+        self.__cause__ = self  # a cause that is itself
+
+
+class BadStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+class NotAnException(BaseException):
+    pass
+
+
+class Unpicklable(Exception):
+    def __reduce__(self):
+        raise TypeError("cannot pickle this")
+
+
+def _recurse(n: int) -> int:
+    return _recurse(n + 1) + 1
+
+
+class Raising:
+    """A target whose submit raises ``error`` (a factory), the way a broken adapter might."""
+
+    capabilities = frozenset()
+
+    def __init__(self, error) -> None:
+        self.error = error
+
+    async def submit(self, key: str, payload: object, id: str) -> None:
+        raise self.error()
+
+    def worker_pids(self) -> list[int]:
+        raise self.error()
+
+
+PATHOLOGICAL = {
+    "recursive cause": Recursive,
+    "__str__ raises": BadStr,
+    "BaseException subclass": NotAnException,
+    "SystemExit": lambda: SystemExit(3),
+    "unpicklable": Unpicklable,
+    "deep recursion": lambda: _catch(lambda: _recurse(0)),
+}
+
+
+def _catch(fn):
+    try:
+        fn()
+    except BaseException as e:
+        return e
+    raise AssertionError("did not raise")
+
+
+@pytest.mark.parametrize("name", PATHOLOGICAL)
+async def test_whatever_a_target_raises_is_contained(name: str) -> None:
+    guarded = Guarded(Raising(PATHOLOGICAL[name]), BOUND)
+    for call in (lambda: asyncio.wait_for(guarded.submit("k", 1, "m"), 5), None):
+        with pytest.raises(TargetError) as caught:
+            if call is not None:
+                await call()
+            else:
+                guarded.worker_pids()
+        error = caught.value
+        text = str(error)
+        assert error.__cause__ is None and error.__suppress_context__
+        assert len(text) < 5000 and text.count("\n") < 200
+        assert type(error.original).__name__ in text
+        pickle.loads(pickle.dumps(TargetError("x", ValueError("y"))))  # plain to report
+    guarded.close()
+
+
+async def test_the_harness_own_errors_and_cancellation_pass_through() -> None:
+    guarded = Guarded(Raising(lambda: ChaosError("ours")), BOUND)
+    with pytest.raises(ChaosError, match="ours"):
+        await guarded.submit("k", 1, "m")
+    slow = Guarded(Wedged(), 30.0)
+    task = asyncio.ensure_future(slow.committed())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert slow.hung is None
+    guarded.close()
+    slow.close()
+
+
+def test_a_traceback_is_readable_and_bounded() -> None:
+    text = format_error(_catch(lambda: _recurse(0)), limit=2000)
+    assert "RecursionError" in text and len(text) <= 2100
+    assert "_recurse" in text
