@@ -7,6 +7,13 @@ its writes fail with EPIPE, and its peer sees EOF (or ECONNRESET) -- exactly wha
 looks like, with no help from the target's code. ``sockets_of(pid)`` lists which fds are
 sockets, so a channel can be picked without knowing its number. (From inside, the failpoint
 action ``pipe`` breaks a channel at a named site; killing a peer mid-write is ``kill``.)
+
+``break_sockets(pid)`` breaks the target's links only: never a socket this process shares, nor
+one whose peer end the target holds itself -- an event loop's self-pipe, the signal wakeup fd.
+That one links the target to nobody; shut down, it would make every later signal fail to reach
+the loop ("Exception ignored when trying to write to the signal wakeup fd: BrokenPipeError",
+a SIGTERM handler that never runs). Peers come from the kernel's sock_diag netlink interface
+(``unix_peers``: AF_UNIX sockets; without it, nothing is known to be internal).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import errno
 import os
 import platform
 import socket
+import struct
 import time
 from dataclasses import dataclass
 
@@ -23,6 +31,10 @@ from ._errors import BlastRadiusError, InjectorUnavailable
 from ._process_faults import Injected, check_target
 
 _SYS_PIDFD_GETFD = 438  # the same on every Linux architecture (a post-4.20 syscall number)
+# sock_diag (linux/sock_diag.h, linux/unix_diag.h): a dump of AF_UNIX sockets with their peers.
+_NETLINK_SOCK_DIAG, _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST_DUMP = 4, 20, 0x301
+_NLMSG_ERROR, _NLMSG_DONE, _UDIAG_SHOW_PEER, _UNIX_DIAG_PEER = 2, 3, 0x4, 2
+_NLMSG, _ATTR = struct.Struct("=IHHII"), struct.Struct("=HH")
 
 
 @dataclass(frozen=True)
@@ -49,12 +61,48 @@ def sockets_of(pid: int) -> list[SocketInfo]:
     return sorted(found, key=lambda s: s.fd)
 
 
+def unix_peers() -> dict[int, int]:
+    """``{inode: peer inode}`` of every connected AF_UNIX socket of this network namespace,
+    from sock_diag; empty where the kernel does not offer it."""
+    request = struct.pack(
+        "=BBHIII8s", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0, _UDIAG_SHOW_PEER, b"\xff" * 8
+    )
+    header = _NLMSG.pack(
+        _NLMSG.size + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST_DUMP, 1, 0
+    )
+    peers: dict[int, int] = {}
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as nl:
+            nl.settimeout(5.0)
+            nl.send(header + request)
+            while True:
+                data, at = nl.recv(1 << 16), 0
+                while at + _NLMSG.size <= len(data):
+                    length, kind = _NLMSG.unpack_from(data, at)[:2]
+                    if kind in (_NLMSG_DONE, _NLMSG_ERROR) or length < _NLMSG.size:
+                        return peers if kind == _NLMSG_DONE else {}
+                    inode = struct.unpack_from("=I", data, at + _NLMSG.size + 4)[0]
+                    attr = at + _NLMSG.size + 16  # after struct unix_diag_msg
+                    while attr + _ATTR.size <= at + length:
+                        size, kind = _ATTR.unpack_from(data, attr)
+                        if size < _ATTR.size:
+                            break
+                        if kind == _UNIX_DIAG_PEER:
+                            peers[inode] = struct.unpack_from("=I", data, attr + _ATTR.size)[0]
+                        attr += (size + 3) & ~3
+                    at += (length + 3) & ~3
+    except OSError:  # no sock_diag here (or not allowed): no peers known
+        return {}
+
+
 def breakable_sockets(pid: int) -> list[SocketInfo]:
-    """The target's sockets that are its own: not shared with this process (a forked worker
-    inherits its parent's sockets, e.g. an event loop's self-pipe; shutting one of those down
-    would break the caller too)."""
-    own = {s.inode for s in sockets_of(os.getpid())}
-    return [s for s in sockets_of(pid) if s.inode not in own]
+    """The target's sockets that are links of its own: not shared with this process (a forked
+    worker inherits its parent's sockets; shutting one of those down would break the caller
+    too), and not linked to the target itself (an event loop's self-pipe: see the module doc)."""
+    shared = {s.inode for s in sockets_of(os.getpid())}
+    theirs = sockets_of(pid)
+    inodes, peers = {s.inode for s in theirs}, unix_peers()
+    return [s for s in theirs if s.inode not in shared and peers.get(s.inode) not in inodes]
 
 
 def steal_fd(pid: int, fd: int) -> int:

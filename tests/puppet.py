@@ -7,15 +7,20 @@ free            drop what alloc kept: "ok"
 deadlock        a thread named "deadlocked" blocks forever on a lock: "ok"
 recv FD         read from socket FD until EOF or error: "EOF" / "ConnectionResetError" ...
 send FD         write to socket FD until it fails: "BrokenPipeError" ...
+selfpipe        an event loop's self-pipe: a socket pair, one end the signal wakeup fd, SIGUSR1
+                handled: "WAKEUP_FD READ_FD"
+woken           read a byte from the self-pipe: the signal number written there, or "EOF"
 failpoint NAME  call chaos.failpoint(NAME) in a thread named "site": "ok" or the exception
 """
 
 import os
+import signal
 import socket
 import sys
 import threading
 
 KEEP: list[bytearray] = []
+SELF_PIPE: list[socket.socket] = []
 HOGS: list[threading.Thread] = []
 RELEASE = threading.Event()
 HOGGING: list = []
@@ -82,6 +87,15 @@ def run(cmd: str, *args: str) -> str:
             return type(e).__name__
         finally:
             sock.detach()
+    if cmd == "selfpipe":
+        SELF_PIPE[:] = socket.socketpair()
+        SELF_PIPE[0].setblocking(False)
+        signal.signal(signal.SIGUSR1, lambda *_: None)
+        signal.set_wakeup_fd(SELF_PIPE[0].fileno())
+        return f"{SELF_PIPE[0].fileno()} {SELF_PIPE[1].fileno()}"
+    if cmd == "woken":
+        got = SELF_PIPE[1].recv(1)
+        return str(got[0]) if got else "EOF"
     if cmd == "failpoint":
         from chaos import failpoint
 

@@ -1,6 +1,7 @@
 """Broken pipes for real: a target's socket broken from outside, a peer killed mid-write."""
 
 import os
+import signal
 import socket
 import threading
 
@@ -92,3 +93,21 @@ def test_a_socket_shared_with_the_caller_is_never_broken(puppet) -> None:
         assert break_sockets(p.pid) == []  # nothing of its own to break
         ours.sendall(b"still")  # and our link is untouched
         assert theirs.recv(5) == b"still"
+
+
+def test_a_targets_socket_pair_with_itself_is_never_broken(puppet) -> None:
+    """An event loop's self-pipe links the target to itself, not to anyone: breaking it made
+    every later signal fail to reach the loop (the worker printed "Exception ignored when
+    trying to write to the signal wakeup fd: BrokenPipeError")."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        link = theirs.fileno()
+        p = puppet(pass_fds=(link,))
+        theirs.close()
+        internal = {int(fd) for fd in p.ask("selfpipe").split()}
+        assert internal < {s.fd for s in sockets_of(p.pid)}
+        assert [s.fd for s in breakable_sockets(p.pid)] == [link]
+        assert [b.detail["fd"] for b in break_sockets(p.pid)] == [link]
+        assert ours.recv(10) == b""  # the link is broken ...
+        os.kill(p.pid, signal.SIGUSR1)
+        assert p.ask("woken") == str(int(signal.SIGUSR1))  # ... the self-pipe still works
