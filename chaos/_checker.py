@@ -182,7 +182,14 @@ def explain(mid: str, submitted_at: float | None, timeline: list[Mapping[str, An
     """One sentence: what happened to the workers after ``mid`` was submitted."""
     after = [e for e in timeline if submitted_at is None or e["mono"] >= submitted_at]
     if not after:
-        return f"{mid}: no worker died, hung or was replaced after it was submitted"
+        before = [e for e in timeline if e.get("kind") == "fault"]
+        earlier = (
+            f" (the last fault before it: pid {before[-1]['pid']} got {before[-1]['reason']}, "
+            f"{submitted_at - before[-1]['mono']:.3f} s earlier)"
+            if before and submitted_at is not None
+            else ""
+        )
+        return f"{mid}: no worker died, hung or was replaced after it was submitted{earlier}"
     first = after[0]
     base = submitted_at if submitted_at is not None else first["mono"]
     what = first["kind"]

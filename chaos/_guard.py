@@ -44,7 +44,7 @@ from typing import Any
 
 import psutil
 
-from ._errors import ChaosError
+from ._errors import ChaosError, ContractError
 
 DEFAULT_TIMEOUT = 30.0  # seconds any one call into a target may take (target_timeout)
 GRACE = 2.0  # seconds past a deadline before the watchdog holds the caller's thread blocked
@@ -69,7 +69,8 @@ class TargetError(Exception):
     def __init__(self, call: str, error: BaseException):
         self.original = error
         self.call = call
-        super().__init__(f"{call} raised {describe(error)}\n{format_error(error)}")
+        what = call if " " in call else f"{call}()"
+        super().__init__(f"{what} raised {describe(error)}\n{format_error(error)}")
 
     def __reduce__(self) -> Any:  # plain text across processes: the original may not pickle
         return (_plain_error, (self.call, str(self)))
@@ -104,6 +105,12 @@ def format_error(error: BaseException, limit: int = TEXT_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit // 2] + "\n[...]\n" + text[-limit // 2 :]
 
 
+def target_name(target: Any) -> str:
+    """The class name of the target itself, through its guard."""
+    inner = target.target if isinstance(target, Guarded) else target
+    return type(inner).__name__
+
+
 def passes_through(error: BaseException) -> bool:
     """The harness's own exceptions, cancellation and Ctrl-C are not the target's to contain."""
     return isinstance(
@@ -135,6 +142,10 @@ class Guarded:
         self._lock = threading.Lock()
         self._watchdog: threading.Thread | None = None
         self._closed = threading.Event()
+        if threading.current_thread() is threading.main_thread():
+            with contextlib.suppress(ValueError):  # where nobody else handles it: ours, for good
+                if signal.getsignal(INTERRUPT) in (signal.SIG_DFL, None):
+                    signal.signal(INTERRUPT, _on_interrupt)
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self.target, name)
@@ -169,6 +180,7 @@ class Guarded:
         except BaseException as e:
             if passes_through(e):
                 raise
+            self._check_concurrency(name, e)
             raise TargetError(name, e) from None
         finally:
             note.cancel()
@@ -189,6 +201,20 @@ class Guarded:
             raise TargetError(name, e) from None
         finally:
             self._end(call)
+
+    def _check_concurrency(self, name: str, error: BaseException) -> None:
+        """A read of the committed state that fails while a submit is in flight breaks the
+        contract (it must be safe while submits go on): ``ContractError``, saying so."""
+        if name not in ("committed", "committed_now"):
+            return
+        with self._lock:
+            submitting = any(c.name == "submit" for c in self._calls.values())
+        if submitting:
+            raise ContractError(
+                f"{target_name(self.target)}.{name}() raised while a submit() was in flight "
+                "-- the target contract asks it to be safe while submits go on (guard the "
+                f"adapter's shared state, or read a snapshot): {TargetError(name, error)}"
+            ) from None
 
     def _refuse_if_hung(self, name: str) -> None:
         if self.hung is not None and (name != "stop" or self.wedged):
@@ -235,9 +261,8 @@ class Guarded:
                     call.summary = f"(gathering evidence failed: {describe(e)})"
                 if call.done:
                     continue
-                if call.thread == threading.main_thread().ident:
-                    _interrupt(call)
-                else:  # no signal reaches it: its thread is lost to the target
+                main = call.thread == threading.main_thread().ident
+                if not (main and _interrupt(call)):  # its thread is lost to the target
                     self.wedged = True
                     self._hang(call, "blocked its thread")
 
@@ -247,9 +272,11 @@ class Guarded:
     # --- a hang: evidence, then the tree killed ----------------------------------------------
 
     def _hang(self, call: _Call, how: str) -> TargetHung:
+        if call.thread == threading.get_ident():
+            call.done = True  # back in the guard: the watchdog must not interrupt it now
         self._gather(call)
         text = (
-            f"{type(self.target).__name__}.{call.name}() did not return within "
+            f"{target_name(self.target)}.{call.name}() did not return within "
             f"{self.timeout:g} s (target_timeout; it {how}): the target is hung. " + call.summary
         )
         hung = TargetHung(text, call.dumps)
@@ -321,10 +348,15 @@ def _note_where(call: _Call, task: asyncio.Task[Any] | None) -> None:
 _pending: set[int] = set()  # ids of calls the watchdog interrupts in the main thread
 
 
-def _interrupt(call: _Call) -> None:
+def _interrupt(call: _Call) -> bool:
+    """Interrupt the main thread's blocked call, if our handler is there to turn the signal into
+    an exception (the default action of SIGUSR2 would end the whole run)."""
+    if signal.getsignal(INTERRUPT) is not _on_interrupt:
+        return False
     _pending.add(call.id)
     with contextlib.suppress(OSError, ValueError):
         signal.pthread_kill(call.thread, INTERRUPT)
+    return True
 
 
 def _on_interrupt(signum: int, frame: Any) -> None:

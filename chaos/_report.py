@@ -83,7 +83,7 @@ def scenario_entry(
     failure_kind: str | None = None,
     skip_reason: str | None = None,
     replay: str = "",
-    post_mortem: str | None = None,
+    post_mortem: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One scenario of a report, from its outcome and its ``Scenario.record()``."""
     record = record or {}
@@ -142,7 +142,9 @@ def scenario_entry(
     }
 
 
-def _dumps(events: list[Mapping[str, Any]], post_mortem: str | None) -> list[dict[str, Any]]:
+def _dumps(
+    events: list[Mapping[str, Any]], post_mortem: dict[str, Any] | None
+) -> list[dict[str, Any]]:
     found = []
     for e in events:
         if e.get("kind") != "hung":
@@ -162,17 +164,20 @@ def _dumps(events: list[Mapping[str, Any]], post_mortem: str | None) -> list[dic
             }
         )
     if post_mortem:
-        found.append(
-            {
-                "pid": None,
-                "worker": None,
-                "why": "the test timed out: every process it started, dumped then killed",
-                "blocked": "",
-                "path": None,
-                "text": post_mortem[:MAX_DUMP_CHARS],
-            }
-        )
+        found.append(post_mortem)
     return found
+
+
+def post_mortem_dump(text: str, why: str) -> dict[str, Any]:
+    """A dump the harness gathered itself (a timeout, a call into the target that hung)."""
+    return {
+        "pid": None,
+        "worker": None,
+        "why": why[:600],
+        "blocked": "",
+        "path": None,
+        "text": text[:MAX_DUMP_CHARS],
+    }
 
 
 def timeline(events: list[Mapping[str, Any]], faults: list[Mapping[str, Any]]) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from typing import Any
 from . import _failpoints, _pipes, _process_faults
 from ._checker import History, Verdict, dead_letters_of
 from ._errors import ChaosError, ContractError
-from ._guard import DEFAULT_TIMEOUT, Guarded, TargetHung
+from ._guard import DEFAULT_TIMEOUT, Guarded, TargetHung, target_name
 from ._processes import is_gone
 from ._recovery import Recovery, _ms, recovery_of
 from ._target import drained, submit_traffic
@@ -240,7 +240,7 @@ class Scenario:
             stale = sorted(p for p, t in self._dead_listed.items() if now - t > DEAD_LISTED)
             if stale:
                 raise ContractError(
-                    f"{type(self.target).__name__}.worker_pids() still lists pid(s) {stale}, "
+                    f"{target_name(self.target)}.worker_pids() still lists pid(s) {stale}, "
                     f"dead for more than {DEAD_LISTED:.0f} s: it must return the pool's live "
                     "worker processes (a pool may list a dead one until it notices, not for "
                     "longer); have the adapter leave out processes that are not alive"

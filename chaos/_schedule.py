@@ -22,8 +22,9 @@ Every wait is bounded. Each call into an example's target is bounded by ``target
 (``chaos._guard``): a target that hangs fails its example as hung, with stack dumps, and its
 processes are killed; a call that blocks the schedule's event-loop thread abandons that thread
 (the next examples run on a fresh loop). Shrinking a failure has a time budget
-(``SHRINK_BUDGET``: 60 s for ``ci``, 300 s for ``soak``): past it, the smallest failing schedule
-reached so far is the one replayed and reported, with a note in its steps.
+(``SHRINK_BUDGET``: 60 s for ``ci``, or 4 x ``target_timeout`` if less; 300 s for ``soak``):
+past it, the smallest failing schedule reached so far is the one replayed and reported, with a
+note in its steps.
 
 Profiles: ``ci`` (a few short schedules, within the suite's budget) and ``soak`` (many long
 ones; give it time: ``--timeout 0``).
@@ -239,15 +240,17 @@ def run_schedules(
             result.last = scenario
             super().__init__(runner, target, scenario)
 
+    budget = SHRINK_BUDGET[profile]  # ci: a few examples' worth of hung calls at most
+    budget = min(budget, 4 * chaos.target_timeout) if profile == "ci" else budget
     try:
-        with shrink_budget(SHRINK_BUDGET[profile]):
+        with shrink_budget(budget):
             run_state_machine_as_test(
                 hypothesis_seed(chaos.seed)(Schedule), settings=PROFILES[profile]
             )
     finally:
         runner.close()
         result.shrink_cut = result.failed_at is not None and (
-            time.monotonic() - result.failed_at > SHRINK_BUDGET[profile]
+            time.monotonic() - result.failed_at > budget
         )
         chaos.hung = chaos.hung or result.hung
         # The failing example's account, if any: a failure that depends on timing may not come
@@ -256,7 +259,7 @@ def run_schedules(
         if last is not None:
             if result.shrink_cut:
                 last.steps.append(
-                    f"(shrinking stopped at its {SHRINK_BUDGET[profile]} s budget: the smallest "
+                    f"(shrinking stopped at its {budget:g} s budget: the smallest "
                     "failing schedule reached by then)"
                 )
             result.steps, result.faults = len(last.steps), sum(f.fired > 0 for f in last.faults)

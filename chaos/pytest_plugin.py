@@ -443,17 +443,26 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     post_mortem = None
     if report.failed:
+        from chaos._report import post_mortem_dump
+
         lines = [f"seed: {item.config.stash[_SETTINGS]['seed']}", f"replay: {_replay(item)}"]
         if _timed_out(call):
-            post_mortem = "\n".join(_post_mortem())
-            lines.append(post_mortem)
+            text = "\n".join(_post_mortem())
+            lines.append(text)
+            why = "the test timed out: every process it started, dumped then killed"
+            post_mortem = post_mortem_dump(text, why)
         elif (hung := _hung(item)) is not None and hung.dumps:  # gathered at its deadline
-            post_mortem = hung.dumps
-            lines.append(post_mortem)
+            if not item.stash.get(_DUMPED, False):  # printed once (call, then teardown)
+                lines.append(hung.dumps)
+                item.stash[_DUMPED] = True
+            post_mortem = post_mortem_dump(hung.dumps, str(hung))
         report.sections.append(("chaosgate", "\n".join(lines)))
     if "chaos" in getattr(item, "fixturenames", ()):
         _record(item, call, report, post_mortem)
     return report
+
+
+_DUMPED = pytest.StashKey[bool]()
 
 
 def _replay(item: pytest.Item) -> str:
@@ -470,7 +479,10 @@ def _replay_command(config: pytest.Config, nodeid: str) -> str:
 
 
 def _record(
-    item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport, dumps: str | None
+    item: pytest.Item,
+    call: pytest.CallInfo[None],
+    report: pytest.TestReport,
+    dumps: dict[str, Any] | None,
 ) -> None:
     """Keep the scenario's entry for the run's report (and its figures for JUnit XML), and put
     it on the test report too: an xdist worker's reports take it to the controller."""
@@ -488,6 +500,10 @@ def _record(
             known["failure_kind"] = kind
             known["failure"] = report.longreprtext[-8000:]
             report.chaos_entry = known
+        if report.failed and known is not None and dumps is not None:  # e.g. stop() hung
+            if all(d["text"] != dumps["text"] for d in known["dumps"]):
+                known["dumps"].append(dumps)
+                report.chaos_entry = known
         return
     scenario = item.stash.get(SCENARIO, None)
     record = scenario.record() if scenario is not None else None
@@ -710,9 +726,11 @@ def _post_mortem() -> list[str]:
 
 def require(target: Any, *capabilities: str) -> None:
     """Skip the calling scenario, with the reason, if ``target`` lacks a capability it needs."""
+    from chaos._guard import target_name
+
     missing = [c for c in capabilities if c not in getattr(target, "capabilities", ())]
     if missing:
         pytest.skip(
-            f"target {type(target).__name__} lacks {', '.join(missing)} (it offers "
+            f"target {target_name(target)} lacks {', '.join(missing)} (it offers "
             f"{', '.join(sorted(getattr(target, 'capabilities', ()))) or 'none'})"
         )

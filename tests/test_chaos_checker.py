@@ -84,3 +84,8 @@ def test_anomalies_are_explained_by_what_happened_after_them() -> None:
     )
     quiet = history(("a1", "a", True)).check({"a": []})
     assert "no worker died" in quiet.explanations["a1"]
+    # An event-less target: the fault before the message is named beside "no worker died".
+    late = history(("a1", "a", True))
+    kill = {"kind": "fault", "mono": late.submits[0].mono - 0.25, "pid": 9, "reason": "kill"}
+    said = late.check({"a": []}, events=[kill]).explanations["a1"]
+    assert said.endswith("(the last fault before it: pid 9 got kill, 0.250 s earlier)"), said

@@ -4,15 +4,20 @@ evidence gathered and its processes killed, anything a target raises contained."
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing
+import os
 import pickle
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
-from chaos import ChaosError, Guarded, TargetError, TargetHung
+from chaos import ChaosError, ContractError, Guarded, TargetError, TargetHung
 from chaos._guard import GRACE, format_error, interruptible
 
 BOUND = 1.0
@@ -189,3 +194,62 @@ def test_a_traceback_is_readable_and_bounded() -> None:
     text = format_error(_catch(lambda: _recurse(0)), limit=2000)
     assert "RecursionError" in text and len(text) <= 2100
     assert "_recurse" in text
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("target", ["Recursive", "BadStr", "NotAnException", "DeepRecursion"])
+def test_schedules_against_a_target_raising_pathological_exceptions(target, tmp_path) -> None:
+    """No INTERNALERROR, no crash: the gate names the target's error (exit 10)."""
+    run = subprocess.run(
+        [
+            *(sys.executable, "-m", "pytest", "scenarios/test_fault_schedules.py"),
+            *("--chaos-target", f"pathological:{target}", "--chaos-gate", "--chaos-seed", "1"),
+            *("--chaos-report", str(tmp_path), "-p", "no:cacheprovider", "-q"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    out = run.stdout + run.stderr
+    assert "INTERNALERROR" not in out, out[-3000:]
+    assert run.returncode == 10, out[-3000:]
+    gate = json.loads((tmp_path / "latest" / "report.json").read_text())["run"]["gate"]
+    (finding,) = gate["findings"]
+    assert finding["category"] == "target_error", finding
+    assert f"{target if target != 'DeepRecursion' else 'RecursionError'}" in finding["text"]
+    assert "gate: WEAKNESS (exit 10)" in out
+
+
+class Unsafe:
+    """committed() breaks while a submit is in flight, as an adapter with unguarded state does."""
+
+    capabilities = frozenset()
+
+    def __init__(self) -> None:
+        self.submitting = asyncio.Event()
+
+    async def submit(self, key: str, payload: object, id: str) -> None:
+        self.submitting.set()
+        await asyncio.sleep(0.2)
+        self.submitting.clear()
+
+    async def committed(self) -> dict:
+        if self.submitting.is_set():
+            raise RuntimeError("dictionary changed size during iteration")
+        return {}
+
+
+async def test_a_read_that_breaks_while_submits_go_on_breaks_the_contract() -> None:
+    guarded = Guarded(Unsafe(), BOUND)
+    assert await guarded.committed() == {}  # alone, it works
+    submit = asyncio.ensure_future(guarded.submit("k", 1, "m"))
+    await asyncio.wait_for(guarded.target.submitting.wait(), 5)
+    with pytest.raises(ContractError, match=r"committed\(\) raised while a submit\(\) was in"):
+        await guarded.committed()
+    await submit
+    guarded.close()

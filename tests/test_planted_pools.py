@@ -44,7 +44,9 @@ CASES: dict[str, tuple[tuple[str, ...], str | None]] = {
 }
 
 
-def gate(pool: str, scenarios: tuple[str, ...], where: Path, seed: int = 1) -> dict:
+def gate(
+    pool: str, scenarios: tuple[str, ...], where: Path, seed: int = 1, extra: tuple[str, ...] = ()
+) -> dict:
     """Run ``scenarios`` against ``pool`` under the gate; its exit code, categories, time."""
     t0 = time.monotonic()
     run = subprocess.run(
@@ -63,6 +65,7 @@ def gate(pool: str, scenarios: tuple[str, ...], where: Path, seed: int = 1) -> d
             "-p",
             "no:cacheprovider",
             "-q",
+            *extra,
         ],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])},
@@ -75,6 +78,7 @@ def gate(pool: str, scenarios: tuple[str, ...], where: Path, seed: int = 1) -> d
     report = json.loads((where / "latest" / "report.json").read_text())
     found = report["run"]["gate"]
     return {
+        "report": report,
         "exit": run.returncode,
         "categories": list(dict.fromkeys(f["category"] for f in found["findings"])),
         "findings": found["findings"],
@@ -96,6 +100,34 @@ def test_the_gate_catches_each_planted_bug_and_passes_the_correct_pools(
     else:
         assert seen["exit"] == 10, seen["tail"]
         assert category in seen["categories"], (seen["findings"], seen["tail"])
+
+
+HANG_TIMEOUT = 3.0  # target_timeout for the hung target
+HANG_BOUND = 300.0  # seconds the whole run may take against it (measured: about 100 idle)
+
+
+@pytest.mark.slow
+def test_a_target_that_hangs_after_its_first_fault_ends_the_suite_in_bounded_time(
+    tmp_path: Path,
+) -> None:
+    """Every scenario (the peers' aside: they never touch the target) against a pool that
+    wedges at its first worker death -- committed() never returns, stop() blocks its thread: each
+    scenario ends as a verdict within a few target_timeouts, the run within HANG_BOUND, exit 10,
+    with the report written and the stacks of each hang in it."""
+    ignore = ("--ignore", "scenarios/test_peers.py")
+    timeout = ("--chaos-target-timeout", str(HANG_TIMEOUT))
+    seen = gate("HangsAfterFault", ("scenarios/",), tmp_path / "reports", extra=ignore + timeout)
+    print(f"\nHangsAfterFault: exit {seen['exit']} {seen['categories']} in {seen['seconds']} s")
+    assert seen["exit"] == 10, seen["tail"]
+    assert seen["seconds"] < HANG_BOUND, seen["tail"]
+    assert "hung" in seen["categories"], seen["findings"]
+    hung = [s for s in seen["report"]["scenarios"] if s["failure_kind"] == "hung"]
+    assert len(hung) >= 3, [(s["name"], s["failure_kind"]) for s in seen["report"]["scenarios"]]
+    for sc in hung:
+        assert "did not return within 3 s" in sc["failure"], sc["failure"][-2000:]
+        assert any("harness thread" in d["text"] for d in sc["dumps"]), sc["name"]
+    errors = [f for f in seen["findings"] if f["kind"] == "harness" and f["category"] != "skipped"]
+    assert not errors, errors  # every scenario a verdict on the target, none a harness error
 
 
 def test_skips_are_visible_and_can_fail_the_gate(pytester: pytest.Pytester) -> None:

@@ -50,7 +50,7 @@ ACK_INTERVAL = 0.02  # a worker acknowledges at most this long after applying ..
 ACK_BATCH = 50  # ... or once it has this many to acknowledge
 POISON_DEATHS = 5
 STOP_TIMEOUT = 5.0
-COMMITTED_TIMEOUT = 30.0
+COMMITTED_TIMEOUT = 10.0  # well inside the harness's target_timeout (30 s)
 READY, STOP = b"ready", b"stop"  # control frames (a message frame is a pickle: never these)
 
 SCHEMA = """
@@ -272,7 +272,7 @@ class MiniPool:
 
     async def committed(self) -> dict[str, list[Any]]:
         """Once every message acknowledged so far is applied (or dead-lettered, or dropped: at
-        most 30 s), each key's committed ids in commit order, read from the store."""
+        most 10 s), each key's committed ids in commit order, read from the store."""
         if self._db is None or self._stopping:
             return await self.committed_now()
         unfinished = {m.id for m in self._unfinished()}
