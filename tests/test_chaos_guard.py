@@ -253,3 +253,39 @@ async def test_a_read_that_breaks_while_submits_go_on_breaks_the_contract() -> N
         await guarded.committed()
     await submit
     guarded.close()
+
+
+class ListsTheDead:
+    """worker_pids() goes on listing a worker long dead (an adapter that never refreshes)."""
+
+    capabilities = frozenset()
+
+    def __init__(self, dead: int, live: int) -> None:
+        self.pids = [dead, live]
+
+    def worker_pids(self) -> list[int]:
+        return list(self.pids)
+
+
+async def test_a_dead_worker_listed_for_long_breaks_the_contract(monkeypatch) -> None:
+    import chaos._scenario as scenario_module
+    from chaos import Scenario
+
+    monkeypatch.setattr(scenario_module, "DEAD_LISTED", 0.5)
+    dead = multiprocessing.get_context("spawn").Process(target=_sleep_forever)
+    live = multiprocessing.get_context("spawn").Process(target=_sleep_forever)
+    dead.start()
+    live.start()
+    try:
+        dead.kill()
+        dead.join(5)
+        chaos = Scenario("t", 1)
+        chaos.target = ListsTheDead(dead.pid, live.pid)
+        t0 = time.monotonic()
+        with pytest.raises(ContractError, match=rf"still lists pid\(s\) \[{dead.pid}\]"):
+            await chaos.workers(2, timeout=30)
+        assert time.monotonic() - t0 < 5  # the contract's grace, not the whole timeout
+        assert await chaos.workers(1) == [live.pid]
+    finally:
+        live.kill()
+        live.join(5)
