@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import psutil
@@ -69,6 +69,7 @@ class TargetError(Exception):
     def __init__(self, call: str, error: BaseException):
         self.original = error
         self.call = call
+        self.__suppress_context__ = True  # the original is kept apart, never chained
         what = call if " " in call else f"{call}()"
         super().__init__(f"{what} raised {describe(error)}\n{format_error(error)}")
 
@@ -95,11 +96,10 @@ def describe(error: BaseException) -> str:
 
 def format_error(error: BaseException, limit: int = TEXT_LIMIT) -> str:
     """A readable traceback of ``error`` (at most 20 frames and 5 chained causes), truncated."""
+    from chaos._tracebacks import format_plain
+
     try:
-        lines = traceback.TracebackException(
-            type(error), error, error.__traceback__, limit=20, max_group_width=5, max_group_depth=3
-        ).format(chain=True)
-        text = "".join(itertools.islice(lines, 400))
+        text = format_plain(error, limit=20)  # no ast.parse: safe in any thread (3.11)
     except BaseException:  # e.g. RecursionError while formatting a pathological chain
         text = f"(its traceback could not be formatted) {describe(error)}"
     return text if len(text) <= limit else text[: limit // 2] + "\n[...]\n" + text[-limit // 2 :]
@@ -116,6 +116,27 @@ def passes_through(error: BaseException) -> bool:
     return isinstance(
         error, ChaosError | TargetHung | asyncio.CancelledError | KeyboardInterrupt | GeneratorExit
     )
+
+
+def _ids_per_key(value: Any) -> bool:
+    return isinstance(value, Mapping) and all(isinstance(v, list | tuple) for v in value.values())
+
+
+def _pids(value: Any) -> bool:
+    return isinstance(value, list | tuple | set | frozenset) and all(
+        isinstance(p, int) for p in value
+    )
+
+
+def _events(value: Any) -> bool:
+    return isinstance(value, list | tuple) and all(isinstance(e, Mapping) for e in value)
+
+
+SHAPES: dict[str, tuple[Callable[[Any], bool], str]] = {  # call -> (check, what it must return)
+    "committed": (_ids_per_key, "a mapping of each key to the list of its committed ids"),
+    "worker_pids": (_pids, "a list of the worker processes' pids (ints)"),
+    "events": (_events, "a list of event mappings"),
+}
 
 
 class Guarded:
@@ -142,10 +163,6 @@ class Guarded:
         self._lock = threading.Lock()
         self._watchdog: threading.Thread | None = None
         self._closed = threading.Event()
-        if threading.current_thread() is threading.main_thread():
-            with contextlib.suppress(ValueError):  # where nobody else handles it: ours, for good
-                if signal.getsignal(INTERRUPT) in (signal.SIG_DFL, None):
-                    signal.signal(INTERRUPT, _on_interrupt)
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self.target, name)
@@ -155,42 +172,65 @@ class Guarded:
             return lambda *a, **k: self._called(name, value, a, k)
         return value
 
+    @property
+    def capabilities(self) -> frozenset[str]:
+        try:
+            return frozenset(getattr(self.target, "capabilities", ()))
+        except BaseException as e:
+            if passes_through(e):
+                raise
+            raise ContractError(
+                f"{target_name(self)}.capabilities cannot be read ({describe(e)}): give a set "
+                "of names (e.g. frozenset({'dead_letters'}))"
+            ) from None
+
     def __repr__(self) -> str:
         return f"Guarded({self.target!r}, timeout={self.timeout})"
 
     # --- the two kinds of call -------------------------------------------------------------
 
     async def _awaited(self, name: str, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        """The call runs as a task of its own, so that its bound never depends on the target
+        honouring cancellation: past the bound it is cancelled, given GRACE s, and left."""
         self._refuse_if_hung(name)
         call = self._begin(name)
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()  # where it waits, noted just before the deadline
-        note = loop.call_at(loop.time() + self.timeout * 0.999, _note_where, call, task)
+        inner = asyncio.ensure_future(_run_target(name, fn, args, kwargs))
         try:
-            async with asyncio.timeout(self.timeout) as scope:
-                return await fn(*args, **kwargs)
-        except TimeoutError:
-            if scope.expired():
-                raise self._hang(call, "awaited") from None
-            raise TargetError(name, sys.exc_info()[1]) from None  # the target's own TimeoutError
-        except _Interrupted:
-            raise self._hang(call, "blocked its thread") from None
-        except TargetHung as e:  # a served target's own bound: it answered nothing
-            raise self._hang(call, f"answered nothing: {e}") from None
-        except BaseException as e:
-            if passes_through(e):
+            try:
+                done, _ = await asyncio.wait({inner}, timeout=self.timeout)
+            except asyncio.CancelledError:  # the caller gave up on it: so does the target
+                inner.cancel()
                 raise
-            self._check_concurrency(name, e)
-            raise TargetError(name, e) from None
+            if not done:
+                call.where = _suspended_at(inner)
+                inner.cancel()
+                await asyncio.wait({inner}, timeout=GRACE)
+                inner.add_done_callback(_retrieve)
+                raise self._hang(call, "awaited")
+            error = None if inner.cancelled() else inner.exception()
+            if isinstance(error, _Interrupted):
+                raise self._hang(call, "blocked its thread")
+            if isinstance(error, TargetHung):  # a served target's own bound
+                raise self._hang(call, f"answered nothing: {error}")
+            self._late(call)
+            if inner.cancelled():  # the target cancelled it itself (e.g. its own shutdown)
+                raise TargetError(name, asyncio.CancelledError(f"{name}() was cancelled"))
+            if error is None:
+                return self._checked(name, inner.result())
+            if isinstance(error, TargetError):  # contained already (a SystemExit)
+                raise error
+            if passes_through(error):
+                raise error
+            await self._check_concurrency(name, fn, args, kwargs, error)
+            raise TargetError(name, error)
         finally:
-            note.cancel()
             self._end(call)
 
     def _called(self, name: str, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         self._refuse_if_hung(name)
         call = self._begin(name)
         try:
-            return fn(*args, **kwargs)
+            value = fn(*args, **kwargs)
         except _Interrupted:
             raise self._hang(call, "blocked its thread") from None
         except TargetHung as e:
@@ -201,20 +241,48 @@ class Guarded:
             raise TargetError(name, e) from None
         finally:
             self._end(call)
+        self._late(call)
+        return self._checked(name, value)
 
-    def _check_concurrency(self, name: str, error: BaseException) -> None:
-        """A read of the committed state that fails while a submit is in flight breaks the
-        contract (it must be safe while submits go on): ``ContractError``, saying so."""
+    def _late(self, call: _Call) -> None:
+        """A call that returned only after the watchdog gathered its evidence and killed the
+        target's processes (which may have unblocked it) hung all the same."""
+        if call.gathered:
+            raise self._hang(call, "returned only once its processes were killed")
+
+    def _checked(self, name: str, value: Any) -> Any:
+        """What the harness builds a verdict on must have the contract's shape."""
+        shape = SHAPES.get("committed" if name == "committed_now" else name)
+        if shape is not None and not shape[0](value):
+            raise ContractError(
+                f"{target_name(self)}.{name}() returned {type(value).__name__} "
+                f"{repr(value)[:200]}: the contract asks for {shape[1]}"
+            )
+        return value
+
+    async def _check_concurrency(
+        self, name: str, fn: Callable[..., Any], args: Any, kwargs: Any, error: BaseException
+    ) -> None:
+        """A read of the committed state that fails while a submit is in flight, and succeeds
+        once none is, breaks the contract (it must be safe while submits go on)."""
         if name not in ("committed", "committed_now"):
             return
         with self._lock:
-            submitting = any(c.name == "submit" for c in self._calls.values())
-        if submitting:
-            raise ContractError(
-                f"{target_name(self.target)}.{name}() raised while a submit() was in flight "
-                "-- the target contract asks it to be safe while submits go on (guard the "
-                f"adapter's shared state, or read a snapshot): {TargetError(name, error)}"
-            ) from None
+            submits = [c for c in self._calls.values() if c.name == "submit"]
+        if not submits:
+            return
+        deadline = time.monotonic() + self.timeout
+        while any(not c.done for c in submits) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        try:
+            await asyncio.wait_for(fn(*args, **kwargs), self.timeout)
+        except BaseException:  # it fails alone too: the pool is broken, not the adapter
+            return
+        raise ContractError(
+            f"{target_name(self)}.{name}() raised while a submit() was in flight, and worked "
+            "once none was -- the target contract asks it to be safe while submits go on "
+            f"(guard the adapter's shared state, or read a snapshot): {TargetError(name, error)}"
+        )
 
     def _refuse_if_hung(self, name: str) -> None:
         if self.hung is not None and (name != "stop" or self.wedged):
@@ -328,24 +396,7 @@ class _Call:
         self.where: str | None = None  # an awaited call: where its task was suspended
 
 
-def _note_where(call: _Call, task: asyncio.Task[Any] | None) -> None:
-    """The innermost frame an awaited call's task is suspended in."""
-    obj, frame = task.get_coro() if task is not None else None, None
-    for _ in range(200):  # down the chain of awaits to the innermost coroutine
-        if obj is None:
-            break
-        inner = getattr(obj, "cr_frame", None) or getattr(obj, "gi_frame", None)
-        if inner is not None and "/asyncio/" not in inner.f_code.co_filename:
-            frame = inner  # the innermost frame that is not asyncio's own
-        obj = getattr(obj, "cr_await", None) or getattr(obj, "gi_yieldfrom", None)
-    if frame is not None:
-        call.where = (
-            f"{frame.f_code.co_name} ({frame.f_code.co_filename.rsplit('/', 1)[-1]}:"
-            f"{frame.f_lineno})"
-        )
-
-
-_pending: set[int] = set()  # ids of calls the watchdog interrupts in the main thread
+_pending: dict[int, _Call] = {}  # calls the watchdog interrupts in the main thread
 
 
 def _interrupt(call: _Call) -> bool:
@@ -353,16 +404,60 @@ def _interrupt(call: _Call) -> bool:
     an exception (the default action of SIGUSR2 would end the whole run)."""
     if signal.getsignal(INTERRUPT) is not _on_interrupt:
         return False
-    _pending.add(call.id)
+    _pending[call.id] = call
     with contextlib.suppress(OSError, ValueError):
         signal.pthread_kill(call.thread, INTERRUPT)
     return True
 
 
 def _on_interrupt(signum: int, frame: Any) -> None:
-    if _pending:
-        _pending.clear()
+    """Raise in the main thread only inside a guarded call's target code (its frames are on the
+    stack), and only for a call that has not returned: never in the harness's own code."""
+    calls = [c for c in list(_pending.values()) if not c.done]
+    _pending.clear()
+    if calls and _in_target(frame):
         raise _Interrupted()
+
+
+_TARGET_CODES: set[Any] = set()  # code objects of the frames that run a target's code
+
+
+def _in_target(frame: Any) -> bool:
+    while frame is not None:
+        if frame.f_code in _TARGET_CODES:
+            return True
+        frame = frame.f_back
+    return False
+
+
+async def _run_target(name: str, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    try:
+        return await fn(*args, **kwargs)
+    except SystemExit as e:  # asyncio would re-raise it out of the event loop itself
+        raise TargetError(name, e) from None
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """A task left behind at its bound: its outcome is of no interest (no warning for it)."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _suspended_at(task: asyncio.Task[Any]) -> str | None:
+    """The innermost frame of ``task`` that is not asyncio's own, as "name (file:line)"."""
+    obj, frame = task.get_coro(), None
+    for _ in range(200):  # down the chain of awaits to the innermost coroutine
+        if obj is None:
+            break
+        inner = getattr(obj, "cr_frame", None) or getattr(obj, "gi_frame", None)
+        if inner is not None and "/asyncio/" not in inner.f_code.co_filename:
+            frame = inner
+        obj = getattr(obj, "cr_await", None) or getattr(obj, "gi_yieldfrom", None)
+    if frame is None:
+        return None
+    return (
+        f"{frame.f_code.co_name} ({frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno})"
+    )
 
 
 @contextlib.contextmanager
@@ -381,14 +476,16 @@ def interruptible() -> Any:
 
 def harness_stacks(blocked: int | None = None) -> tuple[str, str]:
     """Every thread of this (the harness's) process, innermost frame last; and where thread
-    ``blocked`` waits (its innermost frame)."""
+    ``blocked`` waits (its innermost frame). Formatted without ``ast`` (``chaos._tracebacks``):
+    this runs in the watchdog's thread."""
+    from chaos._tracebacks import format_stack_plain
+
     names = {t.ident: t.name for t in threading.enumerate()}
     parts, where = [], "an unknown place"
     for ident, frame in sys._current_frames().items():
-        stack = traceback.extract_stack(frame)[-12:]
+        stack = traceback.StackSummary.from_list(traceback.extract_stack(frame)[-12:])
         parts.append(
-            f"--- harness thread {names.get(ident, ident)} ---\n"
-            + "".join(traceback.format_list(stack))
+            f"--- harness thread {names.get(ident, ident)} ---\n" + format_stack_plain(stack)
         )
         if ident == blocked and stack:
             last = stack[-1]
@@ -409,3 +506,6 @@ def kill_all(procs: list[psutil.Process]) -> int:
 
     wait_gone({p.pid for p in procs}, 5.0)  # not psutil.wait_procs: a parent's exit status is
     return killed  # its own to collect (waitpid here would steal it)
+
+
+_TARGET_CODES.update({_run_target.__code__, Guarded._called.__code__})

@@ -174,6 +174,8 @@ class Scenario:
     _reading: asyncio.Lock | None = field(default=None, repr=False)
     _dead_listed: dict[int, float] = field(default_factory=dict, repr=False)  # pid -> seen dead
     _ready_pids: set[int] = field(default_factory=set, repr=False)  # pids with a "ready" event
+    _events_read: float = field(default=0.0, repr=False)
+    _processes: Any = field(default=None, repr=False)  # the guard's Leftovers: start times
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -188,6 +190,7 @@ class Scenario:
         from ._leaks import Leftovers
 
         found = leftovers or Leftovers.now()
+        self._processes = found  # each worker pid's start time, noted when first seen
 
         def tree() -> list[Any]:
             found.saw(self.seen_pids)
@@ -257,11 +260,17 @@ class Scenario:
         return sorted(pids)
 
     def _ready(self, pids: list[int]) -> list[int]:
+        """Of ``pids``, those a "ready" event names -- for a target whose events name ready
+        workers at all (the contract does not ask it); events read at most every 0.1 s."""
         if "events" not in getattr(self.target, "capabilities", ()):
             return pids
-        if set(pids) - self._ready_pids:
+        now = time.monotonic()
+        if set(pids) - self._ready_pids and now - self._events_read >= 0.1:
+            self._events_read = now
             events = self.target.events()
             self._ready_pids |= {e.get("pid") for e in events if e.get("kind") == "ready"}
+        if not self._ready_pids:  # it never says when a worker is ready: take it as listed
+            return pids
         return [pid for pid in pids if pid in self._ready_pids]
 
     def worker_pids(self) -> list[int]:
@@ -272,8 +281,15 @@ class Scenario:
         now = time.monotonic()
         dead = set(listed) - set(pids)
         self._dead_listed = {p: self._dead_listed.get(p, now) for p in dead if is_gone(p)}
-        self.seen_pids.update(pids)
+        self._seen(pids)
         return pids
+
+    def _seen(self, pids: Any) -> None:
+        """Remember worker pids (for the leak check), each with its start time (so that a
+        reused pid is never taken for it, nor killed)."""
+        self.seen_pids.update(pids)
+        if self._processes is not None:
+            self._processes.saw(pids)
 
     async def outstanding(self) -> set[str]:
         """The acknowledged ids not committed yet, as the target's committed state shows now
@@ -328,13 +344,13 @@ class Scenario:
         name = signal.Signals(sig).name
         acked = self.history.acked()
         pinned = {pid: _pidfd(pid) for pid in dict.fromkeys(pids)}  # before the signal
+        self._seen(pids)
         try:
             injected = _process_faults.send_signals(pids, sig, kind=kind)
         except BaseException:
             for fd in pinned.values():
                 _close(fd)
             raise
-        self.seen_pids.update(pids)
         if sig in (signal.SIGKILL, signal.SIGTERM):
             self.killed.update(pids)
         faults = []
@@ -517,7 +533,8 @@ class Scenario:
         if target is None:
             raise ChaosError("chaos.verify(): no target; start one with chaos_target()")
         caps = getattr(target, "capabilities", frozenset())
-        committed = await asyncio.wait_for(target.committed(), timeout)
+        bound = max(timeout, 2 * self.target_timeout)  # the guard's bound answers first
+        committed = await asyncio.wait_for(target.committed(), bound)
         dead = dead_letters_of(target.dead_lettered()) if "dead_letters" in caps else {}
         events = target.events() if "events" in caps else []
         # What the observers count as recovered: committed, or dead-lettered as expected.

@@ -235,7 +235,9 @@ def run_schedules(
                     raise
                 raise TargetError("the target factory", e) from None
             target = scenario.guard(made)
-            runner.guards = [target]  # the examples before are over
+            for done in runner.guards:  # the examples before are over: their watchdogs too
+                done.close()
+            runner.guards = [target]
             result.examples += 1
             result.last = scenario
             super().__init__(runner, target, scenario)
@@ -249,6 +251,8 @@ def run_schedules(
             )
     finally:
         runner.close()
+        for guard in runner.guards:
+            guard.close()
         result.shrink_cut = result.failed_at is not None and (
             time.monotonic() - result.failed_at > budget
         )

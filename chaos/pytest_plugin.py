@@ -194,6 +194,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_SETTINGS] = resolve_settings(config)
     except ChaosConfigError as e:
         _config_error(config, e)
+    from chaos._tracebacks import carets_in_main_thread_only
+
+    carets_in_main_thread_only()  # CPython 3.11: ast in two threads at once corrupts it
     config.stash[_ENTRIES] = {}
     config.stash[_STARTED] = time.time()
     sent = getattr(config, "workerinput", {})  # an xdist worker: the controller's choices
@@ -538,15 +541,17 @@ def _record(
 
 
 def _teardown_kind(call: pytest.CallInfo[None]) -> str:
-    """A teardown failure that is the target's doing (a leak, a stop that hung) is a weakness;
-    any other is an error."""
+    """A teardown failure that is the target's doing (a leak, a stop that hung or raised) is a
+    weakness; a broken adapter contract is named; any other is an error."""
+    from chaos._errors import ContractError
+    from chaos._guard import TargetError
     from chaos._leaks import TargetHung, TargetLeak
 
     error = call.excinfo.value if call.excinfo is not None else None
-    if isinstance(error, TargetLeak):
-        return "leak"
-    if isinstance(error, TargetHung):
-        return "hung"
+    kinds = ((TargetLeak, "leak"), (TargetHung, "hung"), (TargetError, "target_error"))
+    for kind, name in (*kinds, (ContractError, "contract")):
+        if isinstance(error, kind):
+            return name
     return "error"
 
 
@@ -558,7 +563,7 @@ def _hung(item: pytest.Item) -> Any:
 
 def _failure_kind(call: pytest.CallInfo[None], scenario: Any) -> str:
     from chaos._errors import ContractError
-    from chaos._guard import TargetError, describe
+    from chaos._guard import TargetError, TargetHung, describe
     from chaos._scenario import WorkersNotReplaced
 
     if call.when != "call" or call.excinfo is None:
@@ -571,13 +576,14 @@ def _failure_kind(call: pytest.CallInfo[None], scenario: Any) -> str:
         return "timeout"
     if getattr(scenario, "hung", None) is not None:  # whatever it led to, the cause is the hang
         return "hung"
+    found = [error]  # and, in a group (e.g. Hypothesis's FlakyFailure), each of its own
+    found += list(error.exceptions) if isinstance(error, BaseExceptionGroup) else []
+    if any(isinstance(e, TargetHung) for e in found):  # e.g. a schedule step past its bound
+        return "hung"
     if "planned fault(s) never fired" in text:
         return "unfired"
     if "had no effect, so the scenario proves nothing" in text:
         return "no_effect"
-    found = [error]
-    if isinstance(error, BaseExceptionGroup):  # e.g. Hypothesis's FlakyFailure
-        found += list(error.exceptions)
     if any(isinstance(e, ContractError) for e in found):
         return "contract"
     if any(isinstance(e, WorkersNotReplaced) for e in found):

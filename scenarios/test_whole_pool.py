@@ -94,6 +94,8 @@ async def serve(
             await target.stop()
         except Exception as e:  # stop the others all the same
             errors.append(e)
+        finally:
+            target.close()
     if errors:
         raise errors[0]
 

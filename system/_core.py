@@ -13,13 +13,14 @@ transaction, so each message's transition is committed exactly once.
 from __future__ import annotations
 
 import pickle
+import sys
 import time
-import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from chaos import _failpoints
 from chaos._failpoints import failpoint
+from chaos._tracebacks import format_plain
 
 from ._message import Message, Output, Wire
 
@@ -217,7 +218,9 @@ class WorkerCore:
     def _dead_letter(
         self, offset: int, mid: str, key: str, part: int, reason: str, trace: str | None = None
     ) -> None:
-        trace = traceback.format_exc() if trace is None else trace
+        if trace is None:  # the exception being handled, formatted safely in any thread
+            error = sys.exc_info()[1]
+            trace = format_plain(error) if error is not None else ""
         self._dead.append((mid, part, offset, key, reason, trace))
 
     # -- checkpoints -----------------------------------------------------------------------------

@@ -289,3 +289,24 @@ async def test_a_dead_worker_listed_for_long_breaks_the_contract(monkeypatch) ->
     finally:
         live.kill()
         live.join(5)
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="CPython 3.12 keeps ast's state per thread")
+def test_tracebacks_formatted_in_threads_do_not_corrupt_ast() -> None:
+    """The cause of "INTERNALERROR> SystemError: AST constructor recursion depth mismatch": the
+    race shows without the plugin's patch, and never with it."""
+
+    def seen(*patched: str) -> int:
+        run = subprocess.run(
+            [sys.executable, str(ROOT / "tests" / "ast_race.py"), "4", *patched],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 0, run.stderr
+        return int(run.stdout)
+
+    assert seen() > 0  # the race is real here
+    assert seen("patched") == 0
