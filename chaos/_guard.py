@@ -7,13 +7,19 @@ and nothing a pool raises can crash the run.
 seconds (the ``target_timeout`` setting) or fails the scenario as ``TargetHung``, a weakness.
 A call can overrun in two ways:
 
-- it *awaits* what never comes (results of a killed worker): asyncio's timeout cancels it at the
-  deadline;
+- it *awaits* what never comes (results of a killed worker): the call runs as a task of its
+  own, cancelled at the deadline and left behind ``GRACE`` s later if it ignores the cancel;
 - it *blocks the caller's thread* (``Pool.terminate()`` on a lock a killed worker held; a
   synchronous wait inside ``async def``): no timeout of the event loop can fire. A watchdog
   thread sees the call ``GRACE`` s past its deadline and interrupts the blocked main thread with
-  ``SIGUSR2``, whose handler raises ``TargetHung`` in the blocked frame (as pytest-timeout's
-  signal method does); a blocking syscall returns EINTR and Python raises from it.
+  ``SIGUSR2`` (as pytest-timeout's signal method does: a blocking syscall returns EINTR), whose
+  handler (installed by ``interruptible()``) raises only if the thread is inside that call's
+  target code, never in the harness's own. A thread other than the main one cannot be
+  interrupted: it is given up (``wedged``; the fault schedules then move to a fresh loop).
+
+A call that returns only after the watchdog killed the target's processes hung all the same. A
+return value of the wrong shape (``committed()`` not a mapping of lists, ...) is a broken
+contract (``ContractError``).
 
 On a hang the harness gathers its evidence before anything else moves: py-spy dumps of every
 process of the target (its blocked frames named) and the harness's own threads (a pool that
