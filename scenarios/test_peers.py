@@ -183,7 +183,14 @@ async def exercise(chaos, target, fault: str, tmp: Path) -> dict[str, Any]:
         await chaos.traffic(10, prefix="queued", keys=4)
         fault_at = chaos.kill(pids[0]).mono
     elif fault == "kill_idle":  # every idle worker, at once (see EXPECTED for why)
-        fault_at = chaos.kill(*pids, harmless=True).mono  # idle: nothing outstanding to hurt
+        # "The work submitted next" must reach the pool before it can see its workers die,
+        # whatever the machine's load: the idle workers are held (SIGSTOP) while it is sent,
+        # then killed. Without the hold, a pool that notices within a millisecond (loky)
+        # makes the outcome a race between its thread and the harness's next submit.
+        for pid in pids:
+            chaos.freeze(pid, harmless=True)
+        await chaos.traffic(10, prefix="next", keys=4)
+        fault_at = chaos.kill(*pids, harmless=True).mono  # idle: nothing of theirs in flight
     elif fault == "bad_argument":
         bad = next(f for f in PAYLOAD_CATALOG if f.name == "crash_at_unpickle")
         planned = chaos.plan("payload", "message poison", detail=bad.name)
