@@ -191,6 +191,10 @@ async def exercise(chaos, target, fault: str, tmp: Path) -> dict[str, Any]:
             chaos.freeze(pid, harmless=True)
         await chaos.traffic(10, prefix="next", keys=4)
         fault_at = chaos.kill(*pids, harmless=True).mono  # idle: nothing of theirs in flight
+        # And the work after it is sent once the pool has dealt with that work (each future
+        # done, or given up on), not while it is doing so: loky, shutting its broken executor
+        # down, may refuse a submit made in the meantime -- another race, not a behaviour.
+        await target.committed()
     elif fault == "bad_argument":
         bad = next(f for f in PAYLOAD_CATALOG if f.name == "crash_at_unpickle")
         planned = chaos.plan("payload", "message poison", detail=bad.name)
