@@ -316,19 +316,36 @@ def failpoint(name: str, pipe: Callable[[], None] | None = None, **context: Any)
 
 
 _HIT_FDS: dict[str, int] = {}  # site -> fd of its run-wide hit counter (this process)
+_HIT_LOCK = threading.Lock()
 
 
 def _count_hit(log: str, name: str) -> int:
     """Count a hit run-wide; return its number. One byte appended to a file per site: the
-    kernel serialises O_APPEND writes, so the file offset after ours is our hit number, with
-    no lock between processes."""
-    fd = _HIT_FDS.get(name)
-    if fd is None:
-        path = f"{log}.hits.{name}"
-        fd = _HIT_FDS[name] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        _append(log, f"{os.getpid()} {name} hit\n")  # once per process: who hit it
-    os.write(fd, b".")
-    return os.lseek(fd, 0, os.SEEK_CUR)
+    kernel serialises O_APPEND writes, so the offset after ours is our hit number, with no
+    lock between processes -- each has an open file of its own (a forked child reopens it).
+    Threads of one process share that offset, so they take turns (thread mode hit numbers
+    were once shared: two workers both fired a ``1*hang``)."""
+    with _HIT_LOCK:
+        fd = _HIT_FDS.get(name)
+        if fd is None:
+            path = f"{log}.hits.{name}"
+            fd = _HIT_FDS[name] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            _append(log, f"{os.getpid()} {name} hit\n")  # once per process: who hit it
+        os.write(fd, b".")
+        return os.lseek(fd, 0, os.SEEK_CUR)
+
+
+def _forget_hit_files() -> None:
+    """In a forked child: the parent's counter files share its offsets; open our own."""
+    global _HIT_LOCK
+    _HIT_LOCK = threading.Lock()
+    for fd in _HIT_FDS.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HIT_FDS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_hit_files)
 
 
 @contextlib.contextmanager

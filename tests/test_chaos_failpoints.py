@@ -214,3 +214,34 @@ def test_child_processes_join_the_run_wide_counts(tmp_path: Path) -> None:
     ]
     assert [r.returncode for r in runs] == [-signal.SIGKILL, 0, 0]  # once in the whole run
     assert failpoint_counts(log)["x"] == {"hits": 3, "fires": 1, "processes": 3}
+
+
+def test_threads_and_forked_children_each_get_their_own_hit_number() -> None:
+    """``1*`` means once per run, also when threads of one process (thread mode) or a child
+    forked after the first hit hit a site at once: every hit gets a number of its own."""
+    set_failpoints("t=100000*off")  # configured: hits are counted, nothing fires
+    failpoint("t")  # this process opens its counter before forking
+    numbers: list[int] = []
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        os.close(reader)
+        got = [fp._count_hit(fp.log_path(), "t") for _ in range(3000)]
+        os.write(writer, " ".join(map(str, got)).encode())
+        os._exit(0)
+    os.close(writer)
+    barrier = threading.Barrier(4)
+
+    def hit() -> None:
+        barrier.wait()
+        numbers.extend(fp._count_hit(fp.log_path(), "t") for _ in range(3000))
+
+    threads = [threading.Thread(target=hit) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    with os.fdopen(reader, "rb") as r:
+        numbers.extend(int(x) for x in r.read().split())
+    assert os.waitpid(child, 0)[1] == 0
+    assert sorted(numbers) == list(range(2, 2 + 5 * 3000))
