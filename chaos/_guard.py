@@ -124,6 +124,31 @@ def passes_through(error: BaseException) -> bool:
     )
 
 
+def made_by(factory: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``factory(*args, **kwargs)``, whatever it raises contained as ``TargetError``."""
+    try:
+        return factory(*args, **kwargs)
+    except BaseException as e:
+        if passes_through(e):
+            raise
+        raise TargetError("the target factory", e) from None
+
+
+async def stop_all(targets: list[Guarded]) -> None:
+    """Stop every target, the last started first, each within its bound and closed whatever
+    the others did; then raise the first error, if any."""
+    errors: list[BaseException] = []
+    for target in reversed(targets):
+        try:
+            await target.stop()
+        except Exception as e:  # stop the others all the same
+            errors.append(e)
+        finally:
+            target.close()
+    if errors:
+        raise errors[0]
+
+
 def _ids_per_key(value: Any) -> bool:
     return isinstance(value, Mapping) and all(isinstance(v, list | tuple) for v in value.values())
 

@@ -54,7 +54,7 @@ from hypothesis.stateful import (
 )
 
 from ._errors import BlastRadiusError, ChaosError
-from ._guard import TargetError, TargetHung, passes_through
+from ._guard import TargetHung, made_by
 from ._payloads import CATALOG
 from ._pipes import breakable_sockets
 from ._scenario import Scenario
@@ -228,13 +228,7 @@ def run_schedules(
             self.number = n
             self.accounts = chaos.examples
             self.run = result
-            try:
-                made = factory(workdir / f"example-{n}", **options)
-            except BaseException as e:
-                if passes_through(e):
-                    raise
-                raise TargetError("the target factory", e) from None
-            target = scenario.guard(made)
+            target = scenario.guard(made_by(factory, workdir / f"example-{n}", **options))
             for done in runner.guards:  # the examples before are over: their watchdogs too
                 done.close()
             runner.guards = [target]

@@ -341,7 +341,7 @@ async def chaos_target(
     failpoints cleared), then every target is stopped, each on its own and within the same
     bound; then any process of the targets still alive is a leak: reported by pid and command
     line, killed, and the scenario fails as a weakness (``TargetLeak``)."""
-    from chaos._guard import TargetError, interruptible, passes_through
+    from chaos._guard import interruptible, made_by, stop_all
     from chaos._leaks import Leftovers
 
     factory = chaos_target_factory
@@ -349,12 +349,7 @@ async def chaos_target(
     leftovers = Leftovers.now()
 
     async def make(**options: Any) -> Any:
-        try:
-            made = factory(tmp_path / f"target-{len(started)}", **options)
-        except BaseException as e:
-            if passes_through(e):
-                raise
-            raise TargetError("the target factory", e) from None
+        made = made_by(factory, tmp_path / f"target-{len(started)}", **options)
         target = chaos.guard(made, leftovers)
         started.append(target)  # before start: a start that fails half-way is stopped too
         await target.start()
@@ -368,17 +363,14 @@ async def chaos_target(
                 leftovers.saw(target.worker_pids())
         leftovers.saw(chaos.seen_pids)
         chaos.close()
-        errors: list[BaseException] = []
-        for target in reversed(started):
-            try:
-                await target.stop()
-            except Exception as e:  # stop the others all the same
-                errors.append(e)
-            finally:
-                target.close()
+        failed: Exception | None = None
+        try:
+            await stop_all(started)
+        except Exception as e:  # raised once the leaks are reaped
+            failed = e
     leak = leftovers.reap()  # after every stop: what is still running is a leak
-    if errors:
-        raise errors[0]
+    if failed is not None:
+        raise failed
     if leak is not None:
         raise leak
 

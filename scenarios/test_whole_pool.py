@@ -35,6 +35,7 @@ import pytest
 import pytest_asyncio
 
 from chaos import Scenario, descendants, wait_gone
+from chaos._guard import stop_all
 from chaos._served import (
     ServedTarget,
     TargetGone,
@@ -88,16 +89,7 @@ async def serve(
         return target
 
     yield start
-    errors = []
-    for target in reversed(started):
-        try:
-            await target.stop()
-        except Exception as e:  # stop the others all the same
-            errors.append(e)
-        finally:
-            target.close()
-    if errors:
-        raise errors[0]
+    await stop_all(started)
 
 
 def only_system_modes(spec: str | None, mode: str) -> None:
