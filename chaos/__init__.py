@@ -4,7 +4,9 @@
   guard (``check_target``); pickers ``workers_of`` and ``pick``.
 - failpoints: ``failpoint(name)`` sites configured with ``set_failpoints`` or the environment
   variable ``CHAOSGATE_FAILPOINTS`` (fail-rs grammar); ``failpoint_counts`` of hits and firings.
-- payload faults: ``PAYLOAD_CATALOG`` of bad payloads, ``payloads()`` Hypothesis strategy.
+- payload faults: ``PAYLOAD_CATALOG`` of bad payloads, ``payloads()`` Hypothesis strategy;
+  ``chaos.workload``: the one call a pool's task makes (``apply``), so that faults carried by a
+  message (hang, leak, broken channel, bad result) act inside any pool.
 - resource faults: ``leaking``, ``address_space_limit``, ``memory_cgroup``, ``pids_limit``,
   ``thread_stack_limit``, ``thread_limit``, ``hogging_threads``; broken pipes:
   ``break_socket``/``break_sockets``; ``cgroup_available``.

@@ -38,12 +38,13 @@ import random
 import select
 import signal
 import statistics
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import _failpoints, _pipes, _process_faults
+from . import _failpoints, _pipes, _process_faults, workload
 from ._checker import History, Verdict, dead_letters_of
 from ._errors import ChaosError, ContractError
 from ._guard import DEFAULT_TIMEOUT, Guarded, TargetHung, target_name
@@ -176,6 +177,8 @@ class Scenario:
     _ready_pids: set[int] = field(default_factory=set, repr=False)  # pids with a "ready" event
     _events_read: float = field(default=0.0, repr=False)
     _processes: Any = field(default=None, repr=False)  # the guard's Leftovers: start times
+    _carried: dict[str, Fault] = field(default_factory=dict, repr=False)  # token -> fault
+    _workload_log: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -391,6 +394,22 @@ class Scenario:
             self._observe(fault, acked, None)
         return fault
 
+    def carry(self, id: str, *, harmless: bool = False, **asks: Any) -> dict[str, Any]:
+        """A payload for message ``id`` that makes the task do ``asks`` as it runs
+        (``chaos.workload``: ``hang="deadlock"``, ``leak_mb=64``, ``break_channel=True``...),
+        planned as a ``workload`` fault, fired when the task logs that it acted -- in which
+        process, and when. Needs a target whose task keeps the workload contract (a task that
+        never hands the payload to ``chaos.workload.apply`` leaves the fault unfired)."""
+        if self._workload_log is None:
+            fd, self._workload_log = tempfile.mkstemp(prefix="chaosgate-workload-", suffix=".log")
+            os.close(fd)
+            self._undo.callback(_remove_quietly, self._workload_log)
+        token = f"{len(self._carried)}:{id}"
+        detail = ", ".join(f"{k}={v}" for k, v in asks.items())
+        planned = self.plan("workload", f"message {id}", detail=detail, harmless=harmless)
+        self._carried[token] = planned
+        return {**asks, "mark": self._workload_log, "token": token}
+
     def failpoints(self, spec: str) -> list[Fault]:
         """Configure failpoints (counts afresh) before starting the target; each site with an
         action other than ``off`` is a planned fault, fired when the run-wide log counts it."""
@@ -443,6 +462,17 @@ class Scenario:
                 fault.pid = pid
                 fault.ts = time.time() - (now - fault.mono)
                 fault.effect = f"fired {len(times)} time(s), first in pid {pid}"
+        if self._workload_log is not None:
+            for pid, token, what, mono in workload.marks(self._workload_log):
+                fault = self._carried.get(token)
+                if fault is None or fault.fired:
+                    continue
+                if workload.refused(what):
+                    fault.no_effect = f"the task refused it: {what}"
+                    continue
+                fault.fire(mono, time.time() - (time.clock_gettime(time.CLOCK_MONOTONIC) - mono))
+                fault.pid = pid
+                fault.effect = f"{what} in pid {pid}"
 
     def unfired(self) -> list[Fault]:
         self.refresh()
@@ -792,13 +822,24 @@ def _since(fault: Fault) -> float:
     return time.clock_gettime(time.CLOCK_MONOTONIC) - (fault.mono or 0.0)
 
 
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
 def _thaw_quietly(pid: int) -> None:
     with contextlib.suppress(Exception):
         _process_faults.thaw(pid)
 
 
 def unfired_message(faults: list[Fault]) -> str:
-    return "planned fault(s) never fired, so the scenario proves nothing: " + "; ".join(
+    text = "planned fault(s) never fired, so the scenario proves nothing: " + "; ".join(
         f"{f.kind} of {f.target} ({f.detail or 'no detail'}): fired {f.fired} of {f.planned}"
         for f in faults
     )
+    if any(f.kind == "workload" for f in faults):
+        text += (
+            " -- a workload fault acts only in a task that hands each payload to "
+            "chaos.workload.apply(key, id, payload): does the target's task?"
+        )
+    return text

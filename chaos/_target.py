@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import multiprocessing
 import pickle
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from . import workload
 from ._errors import ChaosError
 
 
@@ -48,21 +47,11 @@ class Target(Protocol):
     async def stop(self) -> None: ...
 
 
-_KEPT: list[bytes] = []  # what leak payloads made this worker keep
-
-
 def append_id(state: list[str] | None, message: Any) -> list[str]:
-    """The list-append workload's handler: append the message's id to its key's list. A payload
-        ``{"leak_mb": N}`` also makes a worker process keep N MB more, for good (memory growth); in
-    thread or inline mode, where that would be the caller's own memory, it does not."""
-    payload = message.payload
-    if isinstance(payload, dict):
-        if payload.get("started"):  # a file to create once the message runs (to sync on)
-            Path(payload["started"]).touch()
-        if payload.get("sleep"):
-            time.sleep(float(payload["sleep"]))
-        if payload.get("leak_mb") and multiprocessing.parent_process() is not None:
-            _KEPT.append(b"\1" * (int(payload["leak_mb"]) << 20))  # a worker process only
+    """The list-append workload's handler: append the message's id to its key's list, after
+    doing what a dict payload asks (``chaos.workload``: sleep, leak, hang, break the channel)."""
+    if isinstance(message.payload, dict):
+        workload.act(message.payload)
     state = [] if state is None else state
     state.append(message.id)
     return state

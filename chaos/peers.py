@@ -15,10 +15,9 @@ is what the scenarios see:
 - ``worker_pids()`` reads the pool's own process table (a private attribute: there is no public
   one in any of the three).
 
-The task (``work``) returns the message id; a payload ``{"sleep": s}`` keeps its worker busy
-(``"started": path`` touches a file as it begins),
-``{"leak_mb": n}`` makes the worker keep n MB more, ``{"bad_result": True}`` returns an object
-that raises when the parent unpickles it. Use one with ``--chaos-target
+The task (``work``) hands each message to ``chaos.workload.apply`` (the workload contract): it
+returns the message id, and a dict payload can make it sleep, leak, hang, break its channel or
+return a result that raises on unpickle. Use one with ``--chaos-target
 chaos.peers:ProcessPoolTarget`` (or ``MultiprocessingPoolTarget``, ``LokyTarget``).
 """
 
@@ -34,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import workload
 from ._errors import BlastRadiusError
 from ._process_faults import kill
 from ._processes import wait_gone
@@ -41,32 +41,11 @@ from ._stacks import StackDump, dump_stacks
 
 COLLECT_TIMEOUT = 5.0
 STOP_TIMEOUT = 5.0
-_KEPT: list[bytes] = []
-
-
-def _refuse(what: str) -> Any:
-    raise RuntimeError(f"this {what} refuses to be unpickled")
-
-
-class RaisesOnUnpickle:
-    """A result that pickles in the worker and raises when the parent unpickles it."""
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_refuse, ("result",))
 
 
 def work(key: str, message_id: str, payload: Any) -> Any:
-    """The task every peer runs for a message: its id back (see the module doc for payloads)."""
-    if isinstance(payload, dict):
-        if payload.get("started"):  # a file to create once the task runs (to synchronise on)
-            Path(payload["started"]).touch()
-        if payload.get("sleep"):
-            time.sleep(float(payload["sleep"]))
-        if payload.get("leak_mb"):
-            _KEPT.append(b"\1" * (int(payload["leak_mb"]) << 20))
-        if payload.get("bad_result"):
-            return RaisesOnUnpickle()
-    return message_id
+    """The task every peer runs for a message: ``chaos.workload.apply`` (its id back)."""
+    return workload.apply(key, message_id, payload)
 
 
 class PeerTarget:
@@ -135,8 +114,9 @@ class PeerTarget:
 
     async def committed(self) -> dict[str, list[Any]]:
         """Results collected in submission order; waits at most ``collect_timeout`` s for the
-        ones still running, and leaves those that never came in ``outstanding``. One caller
-        at a time collects (a scenario may poll while it verifies)."""
+        ones still running, and leaves those that never came in ``outstanding`` (not waited
+        for again: a later call only looks whether they came). One caller at a time collects
+        (a scenario may poll while it verifies)."""
         async with self._collecting:
             return await self._collect()
 
@@ -144,7 +124,7 @@ class PeerTarget:
         deadline = time.monotonic() + self.collect_timeout
         still: list[tuple[str, str, asyncio.Future[Any]]] = []
         for key, mid, future in self._pending:
-            if not future.done():
+            if not future.done() and mid not in self.outstanding:  # "never" is known already
                 with contextlib.suppress(asyncio.TimeoutError, Exception):
                     await asyncio.wait_for(
                         asyncio.shield(future), max(0.0, deadline - time.monotonic())

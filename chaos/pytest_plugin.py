@@ -197,6 +197,9 @@ def pytest_configure(config: pytest.Config) -> None:
     from chaos._tracebacks import carets_in_main_thread_only
 
     carets_in_main_thread_only()  # CPython 3.11: ast in two threads at once corrupts it
+    from chaos.workload import ENV_HARNESS
+
+    os.environ[ENV_HARNESS] = str(os.getpid())  # workload faults never hurt this process
     config.stash[_ENTRIES] = {}
     config.stash[_STARTED] = time.time()
     sent = getattr(config, "workerinput", {})  # an xdist worker: the controller's choices

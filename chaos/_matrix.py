@@ -1,0 +1,433 @@
+"""Every fault family against any pool, black-box: the cells of the comparison matrix.
+
+A cell is (pool, family). It drives a target through the five calls only -- start, submit,
+worker_pids, committed, stop -- warms it up, injects one real fault of the family from outside
+the pool or carries it in with a message (``chaos.workload``), sends more work after it, and
+classifies what the harness saw, within bounded time:
+
+- ``recovered``: nothing lost, the pool serves again (the time from the fault until the probe
+  sent after it was committed is ``recovery_ms``); ``recycled`` / ``grew`` for memory growth;
+- ``lost``: acknowledged messages never committed (by id); ``broken``: further work refused;
+- ``hung``: results that never came back or a shutdown that blocked (py-spy dumps taken, the
+  processes killed) -- for any target, a call past ``target_timeout`` (``chaos._guard``);
+- ``duplicated``, ``reordered``, ``unexpected``, ``dead_lettered``: the checker's first finding;
+- ``n/a``: the family cannot act on this pool (a break of sockets where the workers talk over
+  pipes only), said with the reason -- never a pass.
+
+Families: ``kill_busy`` (SIGKILL one busy worker, more work queued), ``kill_all`` (every busy
+worker at once), ``kill_idle`` (every idle worker at once); ``freeze`` (SIGSTOP a busy
+worker), ``deadlock`` and ``busy_loop`` (a task that blocks on a lock or spins, once);
+``pipe_outside`` (the worker's sockets shut down from outside), ``pipe_inside`` (the task
+breaks its own process's channels, once); ``bad_argument`` (a payload that raises when
+unpickled), ``payload_catalog`` (every bad payload: refused at submit is correct),
+``bad_result`` (a result that raises when unpickled); ``memory_growth`` (tasks that leak),
+``rlimit_as`` (RLIMIT_AS lowered on every worker, then a task allocates past it, once),
+``oom_kill`` (every worker in a memory cgroup, then a task allocates past it: the kernel's OOM
+killer ends the worker, as in production).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from ._cgroups import available as cgroup_available
+from ._guard import TargetHung
+from ._memory import address_space_limit, memory_cgroup
+from ._payloads import CATALOG
+from ._pipes import breakable_sockets
+from ._target import TargetRefused
+
+MB = 2**20
+GOOD = {"recovered", "recycled"}
+NOT_APPLICABLE = "n/a"
+
+
+class NotApplicable(Exception):
+    """The family cannot act on this pool; the message says why."""
+
+
+@dataclass
+class Cell:
+    """One (pool, family) run: the scenario, the target (guarded), where to write, what it saw."""
+
+    chaos: Any
+    target: Any
+    tmp: Path
+    workers: int
+    pids: list[int] = field(default_factory=list)
+    seen: dict[str, Any] = field(default_factory=dict)
+
+    async def submit(self, mid: str, payload: Any, key: str = "k0") -> None:
+        await self.target.submit(key, payload, mid)
+        self.chaos.history.submitted(mid, key)
+
+    async def busy(self, seconds: float = 0.5) -> None:
+        """Every worker running a task (a file marks each start), more work queued behind."""
+        marks = [self.tmp / f"busy{i}" for i in range(self.workers)]
+        for i, mark in enumerate(marks):
+            await self.submit(f"busy{i}", {"sleep": seconds, "started": str(mark)})
+        await until(lambda: all(m.exists() for m in marks), 10, "every worker busy")
+        await self.chaos.traffic(10, prefix="queued", keys=4)
+
+    def now(self) -> float:
+        return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+Family = Callable[[Cell], Awaitable[float]]  # injects the fault; its CLOCK_MONOTONIC time
+
+
+async def kill_busy(cell: Cell) -> float:
+    await cell.busy()
+    return cell.chaos.kill(cell.pids[0]).mono
+
+
+async def kill_all(cell: Cell) -> float:
+    await cell.busy()
+    return cell.chaos.kill(*cell.pids).mono
+
+
+async def kill_idle(cell: Cell) -> float:
+    # "The work submitted next" must reach the pool before it can see its workers die,
+    # whatever the machine's load: the idle workers are held (SIGSTOP) while it is sent, then
+    # killed. Without the hold, a pool that notices within a millisecond (loky) makes the
+    # outcome a race between its thread and the harness's next submit.
+    for pid in cell.pids:
+        cell.chaos.freeze(pid, harmless=True)
+    await cell.chaos.traffic(10, prefix="next", keys=4)
+    fault_at = cell.chaos.kill(*cell.pids, harmless=True).mono  # idle: nothing in flight
+    # And the work after it is sent once the pool has dealt with that work (each future done,
+    # or given up on), not while it is doing so: loky, shutting its broken executor down, may
+    # refuse a submit made in the meantime -- another race, not a behaviour.
+    await cell.target.committed()
+    return fault_at
+
+
+async def freeze(cell: Cell) -> float:
+    await cell.busy()
+    return cell.chaos.freeze(cell.pids[0]).mono
+
+
+async def _carried_hang(cell: Cell, how: str) -> float:
+    payload = cell.chaos.carry("hang", hang=how, once=True)
+    await cell.submit("hang", payload)
+    await cell.chaos.traffic(10, prefix="queued", keys=4)
+    return await _fired(cell, "hang")
+
+
+async def deadlock(cell: Cell) -> float:
+    return await _carried_hang(cell, "deadlock")
+
+
+async def busy_loop(cell: Cell) -> float:
+    return await _carried_hang(cell, "busy")
+
+
+async def pipe_outside(cell: Cell) -> float:
+    victim = cell.pids[0]
+    if not breakable_sockets(victim):
+        raise NotApplicable("its workers talk over pipes, not sockets: see pipe_inside")
+    await cell.busy()
+    fault = cell.chaos.break_pipes(victim)
+    assert fault.mono is not None  # breakable: fired
+    return fault.mono
+
+
+async def pipe_inside(cell: Cell) -> float:
+    payload = cell.chaos.carry("broken-channel", break_channel=True, once=True)
+    await cell.submit("broken-channel", payload)
+    await cell.chaos.traffic(10, prefix="queued", keys=4)
+    return await _fired(cell, "broken-channel")
+
+
+async def bad_argument(cell: Cell) -> float:
+    bad = next(f for f in CATALOG if f.name == "crash_at_unpickle")
+    planned = cell.chaos.plan("payload", "message poison", detail=bad.name)
+    cell.chaos.expect_dead_letters({"poison": "CrashAtUnpickle"})  # where a pool has them
+    await cell.submit("poison", bad.make())
+    return planned.fire().mono
+
+
+async def payload_catalog(cell: Cell) -> float:
+    """Every bad payload, each between good messages: refused at submit (the submit raises,
+    nothing acknowledged) is correct; accepted, it must be committed (or dead-lettered, where
+    the target reports dead letters)."""
+    chaos, first = cell.chaos, None
+    refused, accepted = [], []
+    for i, fault in enumerate(CATALOG):
+        key = f"c{i}"
+        await cell.submit(f"good-{i}", "ok", key)
+        mid = f"bad-{fault.name}"
+        planned = chaos.plan("payload", f"message {mid}", detail=fault.name)
+        try:
+            await cell.target.submit(key, fault.make(), mid)
+        except TargetHung:
+            raise
+        except Exception as e:  # refused at submit: correct, and nothing acknowledged
+            chaos.history.submitted(mid, key, acked=False)
+            refused.append(mid)
+            planned.effect = f"refused at submit: {type(e).__name__}"
+        else:
+            chaos.history.submitted(mid, key)
+            accepted.append(mid)
+            planned.effect = "accepted: must be committed or dead-lettered"
+        fired = planned.fire().mono
+        first = first if first is not None else fired
+    if "dead_letters" in cell.target.capabilities:
+        chaos.expect_dead_letters(accepted)
+    cell.seen["refused_at_submit"] = len(refused)
+    assert first is not None
+    return first
+
+
+async def bad_result(cell: Cell) -> float:
+    payload = cell.chaos.carry("bad-result", bad_result=True)
+    await cell.submit("bad-result", payload)
+    return await _fired(cell, "bad-result")
+
+
+async def memory_growth(cell: Cell) -> float:
+    fault_at, rss = None, []
+    for i in range(16):  # paced over ~3 s: loky looks at a worker's memory once a second
+        await cell.submit(f"leak{i}", cell.chaos.carry(f"leak{i}", leak_mb=64, sleep=0.2))
+        await cell.target.committed()
+        fault_at = fault_at or await _fired(cell, "leak0")
+        now = cell.chaos.worker_pids()
+        rss += [_rss(p) for p in now]
+        cell.seen["recycled"] = cell.seen.get("recycled", False) or bool(
+            set(cell.pids) - set(now) and now
+        )
+    cell.seen["max_rss_mb"] = round(max(rss, default=0) / MB)
+    assert fault_at is not None
+    return fault_at
+
+
+async def rlimit_as(cell: Cell) -> float:
+    with contextlib.ExitStack() as limits:
+        for pid in cell.pids:
+            limits.enter_context(
+                cell.chaos.limit(
+                    "RLIMIT_AS", address_space_limit(pid, extra_mb=100), pid=pid, detail="+100 MB"
+                )
+            )
+        await cell.submit("big", cell.chaos.carry("big", leak_mb=400, once=True))
+        fault_at = await _fired(cell, "big")
+        await cell.target.committed()
+    return fault_at
+
+
+async def oom_kill(cell: Cell) -> float:
+    ok, why = cgroup_available("memory")
+    if not ok:
+        raise NotApplicable(f"no memory cgroup here: {why}")
+    groups = []
+    with contextlib.ExitStack() as limits:
+        for pid in cell.pids:  # newly charged memory past 64 MB: the OOM killer
+            capped = cell.chaos.limit("memory cgroup", memory_cgroup(pid, 64), pid=pid)
+            groups.append(limits.enter_context(capped))
+        await cell.submit("big", cell.chaos.carry("big", leak_mb=400, once=True))
+        fault_at = await _fired(cell, "big")
+        await until(lambda: sum(_oom_kills(g) for g in groups) > 0, 10, "the OOM killer")
+        cell.seen["oom_kills"] = sum(_oom_kills(g) for g in groups)
+        await cell.target.committed()
+    return fault_at
+
+
+FAMILIES: dict[str, Family] = {
+    "kill_busy": kill_busy,
+    "kill_all": kill_all,
+    "kill_idle": kill_idle,
+    "freeze": freeze,
+    "deadlock": deadlock,
+    "busy_loop": busy_loop,
+    "pipe_outside": pipe_outside,
+    "pipe_inside": pipe_inside,
+    "bad_argument": bad_argument,
+    "payload_catalog": payload_catalog,
+    "bad_result": bad_result,
+    "memory_growth": memory_growth,
+    "rlimit_as": rlimit_as,
+    "oom_kill": oom_kill,
+}
+MEMORY = {"memory_growth"}  # judged recycled / grew
+
+
+async def run_cell(chaos: Any, target: Any, family: str, tmp: Path, workers: int) -> dict[str, Any]:
+    """Warm up, inject ``family``'s fault, send more work after it, probe: what was seen."""
+    cell = Cell(chaos, target, tmp, workers)
+    cell.seen.update(refused=None, hung=None, recovery_ms=None, detection_ms=None)
+    try:
+        await chaos.traffic(20, prefix="warm", keys=4)
+        await target.committed()
+        cell.pids = await chaos.workers(workers)
+        fault_at = await FAMILIES[family](cell)
+        await _after(cell, fault_at)
+    except NotApplicable as e:
+        cell.seen["not_applicable"] = str(e)
+    except TargetHung as e:
+        cell.seen["hung"] = e
+    return cell.seen
+
+
+async def _after(cell: Cell, fault_at: float) -> None:
+    """More work, as a user would go on sending it; then, once the pool has had time to react,
+    a probe: does it serve again, and how long after the fault?"""
+    seen, target = cell.seen, cell.target
+    try:
+        await cell.chaos.traffic(10, prefix="after", keys=4)
+    except TargetHung:
+        raise
+    except Exception as e:
+        seen["refused"] = _refusal(e)
+    await target.committed()
+    if not seen["refused"]:
+        try:
+            await cell.submit("probe", None, key="probe")
+        except TargetHung:
+            raise
+        except Exception as e:
+            seen["refused"] = _refusal(e)
+    state = await target.committed()
+    if "probe" in state.get("probe", []):
+        seen["recovery_ms"] = round((cell.now() - fault_at) * 1000, 1)
+    first = getattr(target, "first_failure", None)  # the peer adapters': a failed future
+    seen["detection_ms"] = round((first - fault_at) * 1000, 1) if first else None
+
+
+def _refusal(error: BaseException) -> str:
+    """What the pool raised at a refused submit (under the harness's wrappers)."""
+    if isinstance(error, TargetRefused) and error.__cause__ is not None:
+        error = error.__cause__
+    error = getattr(error, "original", None) or error
+    return f"{type(error).__name__}: {error}"
+
+
+def records(target: Any) -> dict[str, Any]:
+    """What the harness's own peer adapters recorded (``chaos.peers``): results that never came
+    back, and failed futures. Taken right after the last ``committed()``, before ``stop()``:
+    observers still polling during a stop would see the pool as the stop leaves it."""
+    return {
+        "outstanding": list(getattr(target, "outstanding", [])),
+        "failures": dict(getattr(target, "failures", {})),
+    }
+
+
+def classify(
+    family: str, target: Any, verdict: Any, seen: dict[str, Any], kept: dict[str, Any]
+) -> dict[str, Any]:
+    """The cell's outcome from what the harness saw (see the module doc), with its details;
+    ``kept``: the adapter's ``records`` from before the stop."""
+    outstanding, failures = kept.get("outstanding", []), kept.get("failures", {})
+    stop_blocked = bool(getattr(target, "stop_blocked", False))
+    hung = bool(seen.get("hung") or outstanding or stop_blocked)
+    lost = len(verdict.lost) if verdict is not None else 0
+    if seen.get("not_applicable"):
+        outcome = NOT_APPLICABLE
+    elif family in MEMORY and not (hung or seen["refused"] or lost):
+        outcome = "recycled" if seen.get("recycled") else "grew"
+    elif hung:
+        outcome = "hung"
+    elif seen["refused"]:
+        outcome = "broken"
+    elif lost:
+        outcome = "lost"
+    else:  # any other anomaly is not "recovered" either: the first one found names it
+        anomalies = ("duplicated", "reordered", "unexpected", "dead_lettered")
+        outcome = next((a for a in anomalies if verdict and getattr(verdict, a)), "recovered")
+    errors: dict[str, int] = {}
+    for text in failures.values():
+        name = text.split(":")[0]
+        errors[name] = errors.get(name, 0) + 1
+    dumps = [f"# {d.method} dump of pid {d.pid}\n{d.text[:20000]}" for d in target_dumps(target)]
+    if seen.get("hung") is not None:
+        dumps += list(getattr(seen["hung"], "dumps", []) or [])
+    return {
+        "outcome": outcome,
+        "lost": lost,
+        "outstanding": len(outstanding),
+        "stop_blocked": stop_blocked,
+        "errors": errors,
+        "dumps": dumps,
+        "hung": str(seen["hung"]).splitlines()[0] if seen.get("hung") else None,
+    }
+
+
+def target_dumps(target: Any) -> list[Any]:
+    return list(getattr(target, "dumps", []) or [])
+
+
+def describe(seen: dict[str, Any]) -> str:
+    """One line for the matrix: the outcome first, then what shows it."""
+    if seen["outcome"] == NOT_APPLICABLE:
+        return f"n/a: {seen['not_applicable']}"
+    parts = [seen["outcome"]]
+    if seen["outcome"] == "recovered" and seen.get("recovery_ms") is not None:
+        parts = [f"recovered in {seen['recovery_ms']:.0f} ms"]
+    if seen.get("lost"):
+        parts.append(f"{seen['lost']} lost")
+    if seen.get("outstanding"):
+        parts.append(f"{seen['outstanding']} never returned (py-spy dumps taken)")
+    if seen.get("hung"):
+        parts.append(f"a call hung: {seen['hung'][:120]}")
+    if seen.get("stop_blocked"):
+        parts.append("shutdown blocked (py-spy dump taken, processes killed)")
+    if seen.get("refused"):
+        parts.append(f"further work refused ({seen['refused'].split(':')[0]})")
+    if seen.get("refused_at_submit"):
+        parts.append(f"{seen['refused_at_submit']} bad payloads refused at submit")
+    if seen.get("errors"):
+        parts.append(", ".join(f"{n}x {e}" for e, n in seen["errors"].items()))
+    if seen.get("oom_kills"):
+        parts.append(f"{seen['oom_kills']} OOM kill(s)")
+    if seen.get("max_rss_mb") is not None:
+        parts.append(f"worker RSS up to {seen['max_rss_mb']} MB")
+    return "; ".join(parts)
+
+
+async def _fired(cell: Cell, mid: str, timeout: float = 30.0) -> float:
+    """When the task carrying message ``mid``'s fault acted (from the workload log)."""
+    chaos = cell.chaos
+    deadline = time.monotonic() + timeout
+    while True:
+        chaos.refresh()
+        fired = [f for f in chaos.faults if f.kind == "workload" and f.target == f"message {mid}"]
+        if fired and fired[0].mono is not None:
+            return fired[0].mono
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"message {mid}'s fault never ran within {timeout:g} s: does the target's task "
+                "hand each payload to chaos.workload.apply(key, id, payload)?"
+            )
+        await asyncio.sleep(0.01)
+
+
+async def until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        await asyncio.sleep(0.01)
+
+
+def _rss(pid: int) -> int:
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return 0
+
+
+def _oom_kills(group: Path) -> int:
+    """OOM kills the kernel counted in a memory cgroup (v2 ``memory.events``, v1
+    ``memory.oom_control``)."""
+    for name in ("memory.events", "memory.oom_control"):
+        with contextlib.suppress(OSError):
+            for line in (group / name).read_text().splitlines():
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+    return 0
