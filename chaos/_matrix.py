@@ -43,7 +43,7 @@ from ._guard import TargetHung
 from ._memory import address_space_limit, memory_cgroup
 from ._payloads import CATALOG
 from ._pipes import breakable_sockets
-from ._target import TargetRefused
+from ._target import TargetRefused, submit_one
 
 MB = 2**20
 GOOD = {"recovered", "recycled"}
@@ -66,8 +66,9 @@ class Cell:
     seen: dict[str, Any] = field(default_factory=dict)
 
     async def submit(self, mid: str, payload: Any, key: str = "k0") -> None:
-        await self.target.submit(key, payload, mid)
-        self.chaos.history.submitted(mid, key)
+        """Submit one message, recorded; a refusal raises ``TargetRefused``."""
+        if refused := await submit_one(self.target, self.chaos.history, key, payload, mid):
+            raise refused
 
     async def busy(self, seconds: float = 0.5) -> None:
         """Every worker running a task (a file marks each start), more work queued behind."""
@@ -267,8 +268,12 @@ async def run_cell(chaos: Any, target: Any, family: str, tmp: Path, workers: int
         await chaos.traffic(20, prefix="warm", keys=4)
         await target.committed()
         cell.pids = await chaos.workers(workers)
-        fault_at = await FAMILIES[family](cell)
-        await _after(cell, fault_at)
+        try:
+            fault_at = await FAMILIES[family](cell)
+        except TargetRefused as e:  # broken by the fault before all of its work was in
+            cell.seen["refused"] = _refusal(e)
+        else:
+            await _after(cell, fault_at)
     except NotApplicable as e:
         cell.seen["not_applicable"] = str(e)
     except TargetHung as e:
@@ -282,17 +287,13 @@ async def _after(cell: Cell, fault_at: float) -> None:
     seen, target = cell.seen, cell.target
     try:
         await cell.chaos.traffic(10, prefix="after", keys=4)
-    except TargetHung:
-        raise
-    except Exception as e:
+    except TargetRefused as e:
         seen["refused"] = _refusal(e)
     await target.committed()
     if not seen["refused"]:
         try:
             await cell.submit("probe", None, key="probe")
-        except TargetHung:
-            raise
-        except Exception as e:
+        except TargetRefused as e:
             seen["refused"] = _refusal(e)
     state = await target.committed()
     if "probe" in state.get("probe", []):
@@ -346,8 +347,8 @@ def classify(
         name = text.split(":")[0]
         errors[name] = errors.get(name, 0) + 1
     dumps = [f"# {d.method} dump of pid {d.pid}\n{d.text[:20000]}" for d in target_dumps(target)]
-    if seen.get("hung") is not None:
-        dumps += list(getattr(seen["hung"], "dumps", []) or [])
+    if seen.get("hung") is not None and getattr(seen["hung"], "dumps", None):
+        dumps.append(seen["hung"].dumps)  # the guard's: every process of the target
     return {
         "outcome": outcome,
         "lost": lost,
@@ -374,8 +375,8 @@ def describe(seen: dict[str, Any]) -> str:
         parts.append(f"{seen['lost']} lost")
     if seen.get("outstanding"):
         parts.append(f"{seen['outstanding']} never returned (py-spy dumps taken)")
-    if seen.get("hung"):
-        parts.append(f"a call hung: {seen['hung'][:120]}")
+    if seen.get("hung"):  # "X.committed() did not return within 30 s (...)": the call
+        parts.append(seen["hung"].split(" (", 1)[0].split(".", 1)[-1][:100])
     if seen.get("stop_blocked"):
         parts.append("shutdown blocked (py-spy dump taken, processes killed)")
     if seen.get("refused"):
