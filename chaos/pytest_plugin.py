@@ -190,6 +190,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "chaos_slo(lost=0, duplicated=0, reordered=0, unexpected=0, detection=s, restart=s, "
         "recovery=s, mode=name): the objectives a chaos scenario asserts",
     )
+    config.addinivalue_line(  # the shipped scenarios use it, whatever the project declares
+        "markers", "slow: integration tests that run real worker processes for several seconds"
+    )
     try:
         config.stash[_SETTINGS] = resolve_settings(config)
     except ChaosConfigError as e:
@@ -601,6 +604,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     entries = config.stash.get(_ENTRIES, None)
     if entries is None or hasattr(config, "workerinput"):  # workers: the controller reports
+        return
+    if config.option.collectonly:  # nothing ran: no report, no verdict
         return
     if not entries and not config.stash[_SETTINGS]["gate"]:
         return

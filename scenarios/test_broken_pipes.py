@@ -9,6 +9,8 @@ import pytest
 from chaos import breakable_sockets
 from chaos.pytest_plugin import require
 
+pytestmark = pytest.mark.asyncio  # async tests run whatever the project's asyncio_mode
+
 
 @pytest.mark.chaos_slo(lost=0, duplicated=0)
 @pytest.mark.parametrize("site", ["worker.recv", "dispatch.send"])

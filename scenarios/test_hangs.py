@@ -10,6 +10,8 @@ import pytest
 
 from chaos.pytest_plugin import require
 
+pytestmark = pytest.mark.asyncio  # async tests run whatever the project's asyncio_mode
+
 FAST = {"hang_timeout": 1.0, "heartbeat_interval": 0.1, "hang_grace": 0.5}
 DETECTION_SLO = 1.0 + 3.0  # the hang timeout, plus slack for a loaded machine
 

@@ -9,6 +9,8 @@ import pytest
 from chaos import address_space_limit
 from chaos.pytest_plugin import require
 
+pytestmark = pytest.mark.asyncio  # async tests run whatever the project's asyncio_mode
+
 MB = 2**20
 
 

@@ -13,6 +13,8 @@ import pytest
 
 from chaos import PAYLOAD_CATALOG
 
+pytestmark = pytest.mark.asyncio  # async tests run whatever the project's asyncio_mode
+
 
 @pytest.mark.chaos_slo(lost=0, duplicated=0)
 async def test_the_payload_catalog_is_refused_committed_or_dead_lettered(

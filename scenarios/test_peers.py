@@ -11,6 +11,8 @@ from chaos._matrix import FAMILIES, GOOD, NOT_APPLICABLE, classify, describe, re
 from chaos.peers import LokyTarget, MultiprocessingPoolTarget, ProcessPoolTarget
 from chaos.pytest_plugin import chosen_target
 
+pytestmark = pytest.mark.asyncio  # async tests run whatever the project's asyncio_mode
+
 MB = 2**20
 WORKERS = 2
 TARGETS: dict[str, Any] = {
@@ -232,6 +234,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 async def test_a_fault_against_each_pool(
     request: pytest.FixtureRequest, chaos, tmp_path: Path, target_name: str, family: str
 ):
+    if target_name == "loky":
+        pytest.importorskip("loky", reason="loky is not installed (pip install loky)")
     if target_name == YOURS:
         factory, options = load_target(chosen_target(request.config)), {}
     else:

@@ -17,6 +17,8 @@ import pytest
 
 from chaos import WorkersNotReplaced
 
+pytestmark = pytest.mark.asyncio  # async tests run whatever the project's asyncio_mode
+
 SLOW = 0.02  # seconds each replayed message takes: the window for the second kill
 ROUNDS = 2
 REPLAYING = 0.15  # seconds after the replacements appear: up, and into the replay

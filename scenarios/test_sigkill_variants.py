@@ -5,6 +5,8 @@ import pytest
 
 from chaos.pytest_plugin import require
 
+pytestmark = pytest.mark.asyncio  # async tests run whatever the project's asyncio_mode
+
 RECOVERY_SLO = 5.0  # seconds, every fault: all that was in flight is committed again
 
 

@@ -19,6 +19,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.asyncio  # async tests run whatever the project's asyncio_mode
+
 KILLS = 12
 MESSAGES = 20_000
 # p99-style bounds, generous for a loaded 2-core machine; typical figures are in the output.

@@ -18,10 +18,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from chaos import pids_limit, wait_gone, workers_of
+from chaos import cgroup_available, pids_limit, wait_gone, workers_of
 from chaos._served import pipelined_traffic, running, serving, until_outstanding
 from chaos.pytest_plugin import chosen_target
-from conftest import PIDS_OK, PIDS_WHY
+
+PIDS_OK, PIDS_WHY = cgroup_available("pids")
+pytestmark = pytest.mark.asyncio  # async tests run whatever the project's asyncio_mode
 
 TOTAL, RATE = 20_000, 4_000  # messages, at most per second (from 16 submitters at once)
 BEFORE_FAULT = 1_000  # acknowledged before the fault

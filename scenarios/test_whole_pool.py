@@ -46,7 +46,7 @@ from chaos._served import (
 from chaos._target import TargetRefused
 from chaos.pytest_plugin import chosen_target
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio]  # async: whatever asyncio_mode
 SLO = pytest.mark.chaos_slo(lost=0, duplicated=0)
 SYSTEM = (None, "chaos:SystemTarget", "chaos._target:SystemTarget")
 # At most this many messages, per second (from 16 submitters at once; unpaced from just before
