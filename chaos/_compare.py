@@ -14,6 +14,7 @@ BEGIN, END = "<!-- comparison:begin -->", "<!-- comparison:end -->"
 VERDICT = {
     "recovered": "recovered",
     "recycled": "recycled",
+    "drained": "drained",
     "lost": "**lost**",
     "broken": "**broken**",
     "hung": "**hung**",

@@ -23,13 +23,19 @@ unpickled), ``payload_catalog`` (every bad payload: refused at submit is correct
 ``bad_result`` (a result that raises when unpickled); ``memory_growth`` (tasks that leak),
 ``rlimit_as`` (RLIMIT_AS lowered on every worker, then a task allocates past it, once),
 ``oom_kill`` (every worker in a memory cgroup, then a task allocates past it: the kernel's OOM
-killer ends the worker, as in production).
+killer ends the worker, as in production); and with the pool served from a process of its own
+(``chaos.ServedTarget``), so that its whole tree can be hurt: ``exhaustion`` (a pids cgroup
+over the tree, capped below what it has, then a worker killed: fall back, wedge or break?) and
+``sigterm`` (SIGTERM to every process of the tree mid-run, as a service manager stops a
+service: ``drained`` -- everything acknowledged committed, read back by a restart for a pool
+whose state is durable, else as the stopped pool's ``committed()`` left it -- or ``lost``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,14 +45,17 @@ from typing import Any
 import psutil
 
 from ._cgroups import available as cgroup_available
+from ._errors import ChaosError
 from ._guard import TargetHung
 from ._memory import address_space_limit, memory_cgroup
 from ._payloads import CATALOG
 from ._pipes import breakable_sockets
+from ._served import ServedTarget
 from ._target import TargetRefused, submit_one
+from ._threads import pids_limit
 
 MB = 2**20
-GOOD = {"recovered", "recycled"}
+GOOD = {"recovered", "recycled", "drained"}
 NOT_APPLICABLE = "n/a"
 
 
@@ -64,6 +73,8 @@ class Cell:
     workers: int
     pids: list[int] = field(default_factory=list)
     seen: dict[str, Any] = field(default_factory=dict)
+    held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # until after
+    last_read: dict[str, list[Any]] = field(default_factory=dict)  # committed(), warmed up
 
     async def submit(self, mid: str, payload: Any, key: str = "k0") -> None:
         """Submit one message, recorded; a refusal raises ``TargetRefused``."""
@@ -241,6 +252,62 @@ async def oom_kill(cell: Cell) -> float:
     return fault_at
 
 
+async def exhaustion(cell: Cell) -> float:
+    """A pids cgroup over the pool's whole process tree, capped below what it has: once a
+    worker is killed, not one more process or thread can start anywhere in it (the kernel
+    refuses: EAGAIN). Work flows, a worker is killed: does the pool fall back and finish the
+    work with what it has, wedge, or break? Held until the work after it is in."""
+    ok, why = cgroup_available("pids")
+    if not ok:
+        raise NotApplicable(f"no pids cgroup here: {why}")
+    target, victim = cell.target, cell.pids[0]
+    if hasattr(target, "committed_now"):  # its read runs in a thread: made before the cap
+        await target.committed_now()
+    cap = pids_limit(target.pid, extra=-psutil.Process(victim).num_threads())
+    cell.held.enter_context(
+        cell.chaos.limit("pids cgroup", cap, pid=target.pid, detail="no new process or thread")
+    )
+    await cell.busy()
+    return cell.chaos.kill(victim).mono
+
+
+class Ended(Exception):
+    """The fault ended the target: no work after it (the cell's verdict is on what it left)."""
+
+
+async def sigterm(cell: Cell) -> float:
+    """SIGTERM to the pool's whole process tree while work is in flight and queued, as a
+    service manager stops a service (systemd signals every process of its cgroup): the app
+    (the server) stops its pool gracefully; what it committed by the end is all there is."""
+    await cell.busy()
+    tree = {cell.target.pid, *cell.pids}
+    try:
+        injected = await asyncio.to_thread(cell.target.kill_whole, signal.SIGTERM, 30.0)
+    except ChaosError as e:  # still running 30 s later: SIGKILLed
+        raise TargetHung(f"the pool did not end within 30 s of SIGTERM: {e}") from None
+    fault = cell.chaos.plan("terminate", f"process tree of pid {cell.target.pid}", detail="SIGTERM")
+    fault.fire(injected.mono, injected.ts)
+    fault.effect = f"{len(tree)} processes ended, exit {cell.target.returncode}"
+    target = cell.target
+    if "restart" in target.capabilities:  # what it acknowledged is durable: a restart tells
+        again = ServedTarget(
+            target.spec, target.data_dir, timeout=target.timeout, **target.options
+        )  # its own acknowledgements stay the harness's evidence: this only reads back
+        await again.start()
+        try:
+            cell.seen["final"] = await again.committed()
+        finally:
+            await again.stop()
+        cell.seen["restarted"] = True
+    else:  # an in-memory pool: what it committed by the time it exited is all there is --
+        # or, if it could not say then, what the harness last read from it before the fault
+        final = target.final_committed()
+        if final is None:
+            cell.seen["unanswered"] = True
+        cell.seen["final"] = final if final is not None else cell.last_read
+    raise Ended()
+
+
 FAMILIES: dict[str, Family] = {
     "kill_busy": kill_busy,
     "kill_all": kill_all,
@@ -256,7 +323,13 @@ FAMILIES: dict[str, Family] = {
     "memory_growth": memory_growth,
     "rlimit_as": rlimit_as,
     "oom_kill": oom_kill,
+    "exhaustion": exhaustion,
+    "sigterm": sigterm,
 }
+SERVED = {
+    "exhaustion",
+    "sigterm",
+}  # the pool runs in a process of its own (ServedTarget): its tree is hurt
 MEMORY = {"memory_growth"}  # judged recycled / grew
 
 
@@ -266,14 +339,18 @@ async def run_cell(chaos: Any, target: Any, family: str, tmp: Path, workers: int
     cell.seen.update(refused=None, hung=None, recovery_ms=None, detection_ms=None)
     try:
         await chaos.traffic(20, prefix="warm", keys=4)
-        await target.committed()
+        cell.last_read = await target.committed()
         cell.pids = await chaos.workers(workers)
         try:
             fault_at = await FAMILIES[family](cell)
         except TargetRefused as e:  # broken by the fault before all of its work was in
             cell.seen["refused"] = _refusal(e)
+        except Ended:
+            pass
         else:
             await _after(cell, fault_at)
+        finally:
+            cell.held.close()  # a limit the family holds: lifted once the work after it is in
     except NotApplicable as e:
         cell.seen["not_applicable"] = str(e)
     except TargetHung as e:
@@ -307,6 +384,8 @@ def _refusal(error: BaseException) -> str:
     if isinstance(error, TargetRefused) and error.__cause__ is not None:
         error = error.__cause__
     error = getattr(error, "original", None) or error
+    if isinstance(getattr(error, "error", None), str):  # a served target's: "ExcType: msg"
+        return error.error
     return f"{type(error).__name__}: {error}"
 
 
@@ -333,6 +412,8 @@ def classify(
         outcome = NOT_APPLICABLE
     elif family in MEMORY and not (hung or seen["refused"] or lost):
         outcome = "recycled" if seen.get("recycled") else "grew"
+    elif "final" in seen and not (hung or lost):
+        outcome = "drained"
     elif hung:
         outcome = "hung"
     elif seen["refused"]:
@@ -369,6 +450,10 @@ def describe(seen: dict[str, Any]) -> str:
     if seen["outcome"] == NOT_APPLICABLE:
         return f"n/a: {seen['not_applicable']}"
     parts = [seen["outcome"]]
+    if seen.get("restarted"):
+        parts.append("read back by a restart on its data dir")
+    if seen.get("unanswered"):
+        parts.append("its committed() gave no answer once stopped")
     if seen["outcome"] == "recovered" and seen.get("recovery_ms") is not None:
         parts = [f"recovered in {seen['recovery_ms']:.0f} ms"]
     if seen.get("lost"):

@@ -298,6 +298,14 @@ class ServedTarget:
                 f"{exit_status(self.proc.returncode)}{self._tail()}"
             )
 
+    def final_committed(self) -> dict[str, list[Any]] | None:
+        """What the server's target had committed when a signal stopped it (None: it left
+        nothing -- it was killed, or its stop failed)."""
+        try:
+            return pickle.loads(final_path(self.data_dir).read_bytes())
+        except FileNotFoundError:
+            return None
+
     async def wait_exit(self, timeout: float) -> int:
         """The server's exit status, once it has exited (``ChaosError`` past ``timeout``)."""
         deadline = time.monotonic() + timeout
@@ -686,12 +694,32 @@ def serve_main(spec: str, data_dir: str, options: str, stop_timeout: float) -> i
         print(f"error: {spec}(data_dir, **{kwargs}) failed: {e}; give options the factory "
               "takes", file=sys.stderr)  # fmt: skip
         return 2
-    return asyncio.run(_Server(target, proto_in, proto_out, stop_timeout).run())
+    server = _Server(target, proto_in, proto_out, stop_timeout, final_path(Path(data_dir)))
+    return asyncio.run(server.run())
+
+
+def _plain_signals() -> None:
+    """In a process the target forks (a ProcessPoolExecutor's worker): not the server's signal
+    handling. Inherited, the loop's wakeup fd would carry a SIGTERM sent to the worker back to
+    the server, which then stops as if signalled itself -- and the worker would survive the
+    SIGTERM its pool sent it. The worker gets Python's defaults, as it would unserved."""
+    with contextlib.suppress(ValueError, OSError):
+        signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def final_path(data_dir: Path) -> Path:
+    """Where a server stopped by a signal leaves its target's committed state at the end."""
+    return data_dir.parent / f"{data_dir.name}.served.final"
 
 
 class _Server:
-    def __init__(self, target: Any, proto_in: int, proto_out: int, stop_timeout: float):
+    def __init__(
+        self, target: Any, proto_in: int, proto_out: int, stop_timeout: float, final: Path
+    ):
         self.target = target
+        self.final = final
         self.proto_in = proto_in
         self.proto_out = proto_out
         self.stop_timeout = stop_timeout
@@ -704,6 +732,7 @@ class _Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        os.register_at_fork(after_in_child=_plain_signals)
         reader = asyncio.StreamReader(limit=1 << 20)
         await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(self.proto_in, "rb", 0)
@@ -726,7 +755,8 @@ class _Server:
         await asyncio.wait({requests, signalled}, return_when=asyncio.FIRST_COMPLETED)
         if self.signum:  # SIGTERM / SIGINT: drain, answer nothing more
             requests.cancel()
-            await self._stop()
+            if await self._stop():
+                await self._keep_final()
             await self._flush()
             print(f"stopped by signal {self.signum}", file=sys.stderr)
             return 128 + self.signum
@@ -737,6 +767,20 @@ class _Server:
             self._send(("ok", stop_rid, None))
         await self._flush()
         return 0 if ok else 1
+
+    async def _keep_final(self) -> None:
+        """The target's committed state once stopped, for a harness that can ask no more (an
+        in-memory pool's results end with this process): read as any ``committed()`` is, and
+        written whole or not at all."""
+        try:
+            state = dict(await asyncio.wait_for(self.target.committed(), self.stop_timeout))
+        except Exception as e:
+            print(f"error: committed() after the stop failed: {type(e).__name__}: {e}",
+                  file=sys.stderr)  # fmt: skip
+            return
+        tmp = self.final.with_suffix(".tmp")
+        tmp.write_bytes(pickle.dumps(state))
+        os.replace(tmp, self.final)
 
     def _on_signal(self, signum: int) -> None:
         if not self.signum:

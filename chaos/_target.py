@@ -83,8 +83,10 @@ class SystemTarget:
         await self.pool.drain(timeout)
 
     async def committed(self) -> dict[str, list[Any]]:
-        """The committed state, read from the checkpoint store (not from the workers' memory)."""
-        await self.pool.drain()
+        """The committed state, read from the checkpoint store (not from the workers' memory),
+        once the pool has processed what it acknowledged -- after ``stop()``, as it is."""
+        if not self.pool._closed:
+            await self.pool.drain()
         return self._read()
 
     async def committed_now(self) -> dict[str, list[Any]]:

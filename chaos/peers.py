@@ -171,7 +171,9 @@ class PeerTarget:
             with contextlib.suppress(ProcessLookupError, BlastRadiusError):
                 kill(pid)
         await asyncio.to_thread(wait_gone, pids, 10.0)
-        for future in (f for _, _, f in self._pending):
+        for key, _, future in self._pending:  # what came back before the end is committed
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._done.setdefault(key, []).append(future.result())
             future.cancel()
         self._pending = []
 

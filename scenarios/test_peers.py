@@ -6,8 +6,17 @@ from typing import Any
 
 import pytest
 
-from chaos import SystemTarget, load_target
-from chaos._matrix import FAMILIES, GOOD, NOT_APPLICABLE, classify, describe, records, run_cell
+from chaos import ServedTarget, SystemTarget, load_target
+from chaos._matrix import (
+    FAMILIES,
+    GOOD,
+    NOT_APPLICABLE,
+    SERVED,
+    classify,
+    describe,
+    records,
+    run_cell,
+)
 from chaos.peers import LokyTarget, MultiprocessingPoolTarget, ProcessPoolTarget
 from chaos.pytest_plugin import chosen_target
 
@@ -21,6 +30,12 @@ TARGETS: dict[str, Any] = {
     "multiprocessing.Pool": MultiprocessingPoolTarget,
     "loky": LokyTarget,
 }
+SPECS = {  # the same pools, as a served process builds them
+    "system": "chaos:SystemTarget",
+    "ProcessPoolExecutor": "chaos.peers:ProcessPoolTarget",
+    "multiprocessing.Pool": "chaos.peers:MultiprocessingPoolTarget",
+    "loky": "chaos.peers:LokyTarget",
+}
 SYSTEM_OPTIONS = {"hang_timeout": 2.0, "heartbeat_interval": 0.1, "memory_interval": 0.1}
 PEER_OPTIONS = {"collect_timeout": 3.0, "stop_timeout": 3.0}  # how long "never" is, here
 PY = f"CPython {sys.version_info.major}.{sys.version_info.minor}"
@@ -30,6 +45,35 @@ YOURS = "yours"  # the column of the run's --chaos-target, when one is given
 EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     **{("system", f): ("recovered", "") for f in FAMILIES},
     ("system", "memory_growth"): ("recycled", ""),
+    ("system", "sigterm"): ("drained", ""),
+    ("ProcessPoolExecutor", "exhaustion"): (
+        "broken",
+        "a worker killed while no process can start breaks the executor (BrokenProcessPool), "
+        "which refuses all further work",
+    ),
+    ("multiprocessing.Pool", "exhaustion"): (
+        "lost",
+        "the killed worker's task never comes back and no replacement can start",
+    ),
+    ("loky", "exhaustion"): (
+        "lost",
+        "a worker killed while no process can start fails the pending futures "
+        "(TerminatedWorkerError)",
+    ),
+    ("ProcessPoolExecutor", "sigterm"): (
+        "lost",
+        "SIGTERM to its process tree ends the workers mid-task (they have no handler): the "
+        "executor breaks, and what was in flight or queued is lost",
+    ),
+    ("multiprocessing.Pool", "sigterm"): (
+        "lost",
+        "SIGTERM to its process tree ends the workers mid-task, and terminate() at the stop "
+        "drops what was queued",
+    ),
+    ("loky", "sigterm"): (
+        "lost",
+        "SIGTERM to its process tree ends the workers mid-task: the pending futures fail",
+    ),
     ("ProcessPoolExecutor", "kill_busy"): (
         "broken",
         "SIGKILL of one worker fails every pending future with BrokenProcessPool, never-started "
@@ -243,13 +287,25 @@ async def test_a_fault_against_each_pool(
         options = dict(SYSTEM_OPTIONS) if target_name == "system" else dict(PEER_OPTIONS)
     if target_name == "system" and family == "memory_growth":
         options["memory_soft_limit"] = 300 * MB
-    target = chaos.guard(factory(tmp_path / "data", workers=WORKERS, **options))
+    if family in SERVED:  # the pool in a process of its own: its whole tree is hurt
+        bound = chaos.target_timeout
+        options.pop("stop_timeout", None)  # the served target's own, below
+        served = ServedTarget(
+            SPECS.get(target_name) or chosen_target(request.config), tmp_path / "data",
+            timeout=bound, ack_timeout=bound, stop_timeout=bound * 0.7, workers=WORKERS,
+            **options,
+        )  # fmt: skip
+        target = chaos.guard(served, kill=served.kill_whole)
+    else:
+        target = chaos.guard(factory(tmp_path / "data", workers=WORKERS, **options))
     chaos.target = target
     verdict, events, kept = None, [], {}
     try:
         await target.start()
         seen = await run_cell(chaos, target, family, tmp_path, WORKERS)
-        if not seen.get("hung") and not seen.get("not_applicable"):
+        if "final" in seen:  # what the pool committed by the time it exited
+            verdict = chaos.history.check(seen["final"], [], [], chaos.expected_dead)
+        elif not seen.get("hung") and not seen.get("not_applicable"):
             committed = await target.committed()
             kept = records(target)
             events = target.events() if "events" in target.capabilities else []

@@ -116,6 +116,26 @@ async def test_sigterm_stops_the_target_gracefully(tmp_path: Path) -> None:
         assert (await again.committed())["k"] == [f"m{i}" for i in range(100)]
 
 
+async def test_a_worker_the_target_forks_keeps_its_own_signals(tmp_path: Path) -> None:
+    """A ProcessPoolExecutor served: its workers are forked from the server. A SIGTERM to one
+    of them ends that worker (as unserved) and never reaches the server through its event
+    loop's inherited wakeup fd (seen: the server stopped itself when the pool terminated its
+    own workers)."""
+    async with serving(
+        "chaos.peers:ProcessPoolTarget", tmp_path / "d", workers=2, collect_timeout=3
+    ) as served:
+        await served.submit("k", 1, "a")
+        await served.committed()
+        (victim, *_) = served.worker_pids()
+        os.kill(victim, signal.SIGTERM)
+        assert not wait_gone({victim}, 10.0), "the worker survived SIGTERM"
+        await asyncio.sleep(0.5)  # what would reach the server has reached it by now
+        assert served.returncode is None, served._tail()
+        with pytest.raises(Refused, match="BrokenProcessPool"):  # answered: the server serves
+            await served.submit("k", 2, "b")
+        assert served.returncode is None
+
+
 async def test_a_stop_that_hangs_is_bounded_and_leaves_nothing(tmp_path: Path) -> None:
     served = ServedTarget("targets:HangingStopTarget", tmp_path / "d", workers=2, stop_timeout=1)
     await served.start()

@@ -80,7 +80,8 @@ def test_the_adapter_example_points_the_scenarios_at_another_pool(tmp_path: Path
 # What the README's adapter does with each fault family: its resubmit makes it survive the
 # kills, a broken channel, a transient MemoryError and the OOM killer; with no task timeout it
 # hangs on a stopped, deadlocked or spinning worker; a poisoned payload or result fails all
-# its tries and is given up (lost); and nothing recycles a growing worker.
+# its tries and is given up (lost); nothing recycles a growing worker; its collector dies of
+# the EAGAIN of a fork it cannot make (hung); and its stop drops what SIGTERM left undone.
 ADAPTER_MATRIX = {
     "kill_busy": "recovered",
     "kill_all": "recovered",
@@ -96,6 +97,8 @@ ADAPTER_MATRIX = {
     "memory_growth": "grew",
     "rlimit_as": "recovered",
     "oom_kill": "recovered",
+    "exhaustion": "hung",
+    "sigterm": "lost",
 }
 
 
