@@ -474,6 +474,8 @@ def describe(seen: dict[str, Any]) -> str:
         parts.append(f"{seen['oom_kills']} OOM kill(s)")
     if seen.get("max_rss_mb") is not None:
         parts.append(f"worker RSS up to {seen['max_rss_mb']} MB")
+    if seen.get("stop_error"):
+        parts.append(f"its stop failed ({seen['stop_error'].split(':')[0]})")
     return "; ".join(parts)
 
 

@@ -312,9 +312,15 @@ async def test_a_fault_against_each_pool(
             dead = target.dead_lettered() if hasattr(target, "dead_lettered") else []
             verdict = chaos.history.check(committed, dead, events, chaos.expected_dead)
     finally:
-        await target.stop()
+        try:
+            await target.stop()
+        except Exception as e:  # the pool's processes were killed: seen, not a test error
+            stop_error = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        else:
+            stop_error = None
         target.close()
     seen.update(classify(family, target, verdict, seen, kept))
+    seen["stop_error"] = stop_error
     if verdict is not None:
         chaos.judge(verdict, events, enforce=False)
     if seen["detection_ms"] is None:  # a target with events: its death events
@@ -326,11 +332,13 @@ async def test_a_fault_against_each_pool(
         assert seen["dumps"] and all("Thread" in d for d in seen["dumps"]), seen["dumps"]
     summary = describe(seen)
     chaos.observed = {"target": target_name, "fault": family, "summary": summary, **seen}
-    chaos.observed.pop("hung", None)
+    for bulky in ("hung", "final"):  # the exception; the committed state itself
+        chaos.observed.pop(bulky, None)
     print(f"\n{target_name} / {family}: {summary}")
     if target_name == YOURS:
         expected, why = seen["outcome"] if seen["outcome"] == NOT_APPLICABLE else "good", ""
         assert seen["outcome"] in GOOD | {NOT_APPLICABLE}, f"{family}: {summary}"
+        assert stop_error is None, f"{family}: {summary}"
     else:
         expected, why = EXPECTED[(target_name, family)]
         assert seen["outcome"] == expected, (
