@@ -446,7 +446,12 @@ class FaultSchedule(RuleBasedStateMachine):
         for _ in range(TOP_UP_TRIES):
             if self._effective():
                 return
-            self.submit(40, 4)  # outstanding when the kill lands, unless the pool is instant
+            # 40 messages of 5 ms each: the victim holds work when the kill lands, however
+            # loaded the machine (without work, a fast pool may have committed it all -- or
+            # hold it only in its queue, where a bug about in-flight work never shows).
+            self.batch += 1
+            self._step("submit 40 messages of 5 ms work over 4 keys")
+            self.runner.run(self.chaos.traffic(40, prefix=f"b{self.batch}-", keys=4, work=0.005))
             self._fault("closing kill", 0, self.chaos.kill)
         self.chaos.require_effective(1)  # checked by verify: "no effect" if none landed
 
