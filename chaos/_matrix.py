@@ -81,12 +81,37 @@ class Cell:
         if refused := await submit_one(self.target, self.chaos.history, key, payload, mid):
             raise refused
 
-    async def busy(self, seconds: float = 0.5) -> None:
-        """Every worker running a task (a file marks each start), more work queued behind."""
-        marks = [self.tmp / f"busy{i}" for i in range(self.workers)]
-        for i, mark in enumerate(marks):
-            await self.submit(f"busy{i}", {"sleep": seconds, "started": str(mark)})
-        await until(lambda: all(m.exists() for m in marks), 10, "every worker busy")
+    async def busy(self, seconds: float = 1.0) -> None:
+        """Every worker running a task of ``seconds`` (or as many as 10 s allow), more work
+        queued behind; ``pids`` reordered so that those running one now come first (the
+        victims). Each busy task goes on a key of its own, one more every 50 ms until every
+        worker runs one, so that a pool that routes by key gets some on every worker; where
+        and when each began comes from the task's own mark (the workload log), never from
+        the pool."""
+        chaos, started = self.chaos, []
+        deadline = time.monotonic() + 10.0
+        while True:
+            now = self.now()
+            running = list(
+                dict.fromkeys(
+                    pid
+                    for i in range(len(started))
+                    for pid, mono in chaos.carried(f"busy{i}", "sleep")
+                    if now - mono < 0.8 * seconds and pid in self.pids
+                )
+            )
+            if len(running) >= self.workers or (running and time.monotonic() > deadline):
+                break
+            assert time.monotonic() < deadline, "no busy task began within 10 s"
+            if len(started) < 8 * self.workers and (
+                not started or time.monotonic() - started[-1] > 0.05
+            ):
+                i = len(started)
+                payload = chaos.carry(f"busy{i}", fault=False, sleep=seconds)
+                await self.submit(f"busy{i}", payload, key=f"busy{i}")
+                started.append(time.monotonic())
+            await asyncio.sleep(0.01)
+        self.pids = running + [p for p in self.pids if p not in running]
         await self.chaos.traffic(10, prefix="queued", keys=4)
 
     def now(self) -> float:
@@ -232,6 +257,10 @@ async def rlimit_as(cell: Cell) -> float:
         await cell.submit("big", cell.chaos.carry("big", leak_mb=400, once=True))
         fault_at = await _fired(cell, "big")
         await cell.target.committed()
+    if not cell.chaos.carried("big", "leak:MemoryError"):
+        for fault in cell.chaos.faults:
+            if fault.kind == "RLIMIT_AS":
+                fault.no_effect = "the 400 MB allocation never failed under the limit"
     return fault_at
 
 
@@ -268,7 +297,12 @@ async def exhaustion(cell: Cell) -> float:
         cell.chaos.limit("pids cgroup", cap, pid=target.pid, detail="no new process or thread")
     )
     await cell.busy()
-    return cell.chaos.kill(victim).mono
+    fault_at = cell.chaos.kill(cell.pids[0]).mono  # a busy one
+    # The work after it is sent once the pool has dealt with what it held (each result in,
+    # or given up on): whether a submit meets a pool that has seen the death yet would be a
+    # race between its threads and the harness, not a behaviour.
+    await cell.target.committed()
+    return fault_at
 
 
 class Ended(Exception):
@@ -281,10 +315,12 @@ async def sigterm(cell: Cell) -> float:
     (the server) stops its pool gracefully; what it committed by the end is all there is."""
     await cell.busy()
     tree = {cell.target.pid, *cell.pids}
+    # The server's own bounds: its target's stop, then the read of what it committed.
+    bound = 2 * cell.target.stop_timeout + 15.0
     try:
-        injected = await asyncio.to_thread(cell.target.kill_whole, signal.SIGTERM, 30.0)
-    except ChaosError as e:  # still running 30 s later: SIGKILLed
-        raise TargetHung(f"the pool did not end within 30 s of SIGTERM: {e}") from None
+        injected = await asyncio.to_thread(cell.target.kill_whole, signal.SIGTERM, bound)
+    except ChaosError as e:  # still running past the bound: SIGKILLed
+        raise TargetHung(f"the pool did not end within {bound:g} s of SIGTERM: {e}") from None
     fault = cell.chaos.plan("terminate", f"process tree of pid {cell.target.pid}", detail="SIGTERM")
     fault.fire(injected.mono, injected.ts)
     fault.effect = f"{len(tree)} processes ended, exit {cell.target.returncode}"
@@ -376,7 +412,8 @@ async def _after(cell: Cell, fault_at: float) -> None:
     if "probe" in state.get("probe", []):
         seen["recovery_ms"] = round((cell.now() - fault_at) * 1000, 1)
     first = getattr(target, "first_failure", None)  # the peer adapters': a failed future
-    seen["detection_ms"] = round((first - fault_at) * 1000, 1) if first else None
+    # (a failure noticed within the instant of the signal: 0, never a negative time)
+    seen["detection_ms"] = round(max(0.0, first - fault_at) * 1000, 1) if first else None
 
 
 def _refusal(error: BaseException) -> str:
@@ -408,21 +445,26 @@ def classify(
     stop_blocked = bool(getattr(target, "stop_blocked", False))
     hung = bool(seen.get("hung") or outstanding or stop_blocked)
     lost = len(verdict.lost) if verdict is not None else 0
+    anomalies = ("duplicated", "reordered", "unexpected", "dead_lettered")
+    anomaly = next((a for a in anomalies if verdict is not None and getattr(verdict, a)), None)
     if seen.get("not_applicable"):
         outcome = NOT_APPLICABLE
-    elif family in MEMORY and not (hung or seen["refused"] or lost):
-        outcome = "recycled" if seen.get("recycled") else "grew"
-    elif "final" in seen and not (hung or lost):
-        outcome = "drained"
     elif hung:
         outcome = "hung"
     elif seen["refused"]:
         outcome = "broken"
     elif lost:
         outcome = "lost"
-    else:  # any other anomaly is not "recovered" either: the first one found names it
-        anomalies = ("duplicated", "reordered", "unexpected", "dead_lettered")
-        outcome = next((a for a in anomalies if verdict and getattr(verdict, a)), "recovered")
+    elif anomaly:  # a good outcome needs a clean verdict: the first anomaly found names it
+        outcome = anomaly
+    elif seen.get("stop_error"):  # it could not be stopped cleanly: its processes were killed
+        outcome = "broken"
+    elif family in MEMORY:
+        outcome = "recycled" if seen.get("recycled") else "grew"
+    elif "final" in seen:
+        outcome = "drained"
+    else:
+        outcome = "recovered"
     errors: dict[str, int] = {}
     for text in failures.values():
         name = text.split(":")[0]
@@ -488,6 +530,9 @@ async def _fired(cell: Cell, mid: str, timeout: float = 30.0) -> float:
         fired = [f for f in chaos.faults if f.kind == "workload" and f.target == f"message {mid}"]
         if fired and fired[0].mono is not None:
             return fired[0].mono
+        if fired and fired[0].no_effect:  # the task refused it (see chaos.workload): void
+            fired[0].planned, fired[0].harmless = 0, True
+            raise NotApplicable(fired[0].no_effect.replace("refused:", "").replace("-", " "))
         if time.monotonic() > deadline:
             raise AssertionError(
                 f"message {mid}'s fault never ran within {timeout:g} s: does the target's task "

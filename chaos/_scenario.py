@@ -394,12 +394,15 @@ class Scenario:
             self._observe(fault, acked, None)
         return fault
 
-    def carry(self, id: str, *, harmless: bool = False, **asks: Any) -> dict[str, Any]:
+    def carry(
+        self, id: str, *, harmless: bool = False, fault: bool = True, **asks: Any
+    ) -> dict[str, Any]:
         """A payload for message ``id`` that makes the task do ``asks`` as it runs
         (``chaos.workload``: ``hang="deadlock"``, ``leak_mb=64``, ``break_channel=True``...),
         planned as a ``workload`` fault, fired when the task logs that it acted -- in which
         process, and when. Needs a target whose task keeps the workload contract (a task that
-        never hands the payload to ``chaos.workload.apply`` leaves the fault unfired)."""
+        never hands the payload to ``chaos.workload.apply`` leaves the fault unfired).
+        ``fault=False``: a mark only -- where and when the message ran, nothing planned."""
         if self._workload_log is None:
             fd, self._workload_log = tempfile.mkstemp(prefix="chaosgate-workload-", suffix=".log")
             os.close(fd)
@@ -407,8 +410,23 @@ class Scenario:
         token = f"{len(self._carried)}:{id}"
         detail = ", ".join(f"{k}={v}" for k, v in asks.items())
         planned = self.plan("workload", f"message {id}", detail=detail, harmless=harmless)
+        if not fault:  # a mark only (which process ran the message, and when): no fault
+            planned.planned, planned.harmless = 0, True
         self._carried[token] = planned
         return {**asks, "mark": self._workload_log, "token": token}
+
+    def carried(self, id: str, what: str) -> list[tuple[int, float]]:
+        """(pid, CLOCK_MONOTONIC) of each task that logged ``what`` for message ``id``'s
+        carried fault or mark (``"sleep"``: it began its work there and then;
+        ``"leak:MemoryError"``: its allocation failed, so a limit bit)."""
+        if self._workload_log is None:
+            return []
+        tokens = {t for t, f in self._carried.items() if f.target == f"message {id}"}
+        return [
+            (pid, mono)
+            for pid, token, done, mono in workload.marks(self._workload_log)
+            if token in tokens and done == what
+        ]
 
     def failpoints(self, spec: str) -> list[Fault]:
         """Configure failpoints (counts afresh) before starting the target; each site with an

@@ -53,32 +53,52 @@ _REFUSED = "refused:"
 
 def apply(key: str, message_id: Any, payload: Any) -> Any:
     """Run ``payload``'s requests (see the module doc); the message id, as the task's result."""
-    if isinstance(payload, dict):
-        act(payload)
-        if payload.get("bad_result"):
-            return RaisesOnUnpickle()
+    if isinstance(payload, dict) and _act(payload, returns=True) and payload.get("bad_result"):
+        return RaisesOnUnpickle()
     return message_id
 
 
 def act(payload: dict[str, Any]) -> None:
-    """What ``apply`` does with a dict payload, for handlers that keep their own result."""
+    """What ``apply`` does with a dict payload, for handlers that keep their own result (so a
+    ``bad_result`` is refused: only ``apply`` returns the task's result)."""
+    _act(payload, returns=False)
+
+
+def _act(payload: dict[str, Any], *, returns: bool) -> bool:
+    """Do what ``payload`` asks; False if it did nothing (``once``, and done before)."""
     in_harness = str(os.getpid()) == os.environ.get(ENV_HARNESS)
     what = _what(payload)
     if payload.get("once") and payload.get("mark") and _acted(payload):
-        return
-    if payload.get("mark") and what:
-        refused = what in ("leak", "break_channel") and in_harness
-        _log(payload, f"{_REFUSED}{what}-in-the-harness-process" if refused else what)
+        return False
+    refusal = None
+    if what in ("leak", "break_channel") and in_harness:
+        refusal = f"{what}-in-the-harness-process"
+    elif what == "bad_result" and not returns:
+        refusal = "bad_result-needs-a-task-result:-the-handler-keeps-its-own"
+    if payload.get("mark") and what and what != "break_channel":  # (logged once it is done)
+        _log(payload, f"{_REFUSED}{refusal}" if refusal else what)
     if payload.get("started"):
         Path(payload["started"]).touch()
     if payload.get("sleep"):
         time.sleep(float(payload["sleep"]))
     if payload.get("leak_mb") and not in_harness:
-        _KEPT.append(bytearray(int(payload["leak_mb"]) << 20))  # bytearray touches every page
-    if payload.get("break_channel") and not in_harness:
-        break_channels()
+        try:
+            _KEPT.append(bytearray(int(payload["leak_mb"]) << 20))  # touches every page
+        except MemoryError:  # the evidence a limit bit (RLIMIT_AS): logged, then raised
+            if payload.get("mark"):
+                _log(payload, "leak:MemoryError")
+            raise
+    if payload.get("break_channel"):
+        channels = [] if in_harness else _channels()
+        if payload.get("mark"):  # before the break: it may end this process at once (its
+            # pool sees the sentinel pipe close and kills it); the channels found are the
+            # evidence, none is a refusal
+            _log(payload, f"break_channel:{len(channels)}-fds" if channels else f"{_REFUSED}"
+                 f"{refusal or 'no-pipe-or-socket-to-break'}")  # fmt: skip
+        _break(channels)
     if payload.get("hang"):
         _hang(payload["hang"], HARNESS_HANG_S if in_harness else None)
+    return True
 
 
 def _what(payload: dict[str, Any]) -> str:
@@ -142,15 +162,26 @@ def _deadlock() -> None:
 def break_channels() -> list[int]:
     """Replace every pipe and socket fd of this process above 2 by a dead end (see the module
     doc); the fds replaced."""
-    broken = []
+    return _break(_channels())
+
+
+def _channels() -> list[tuple[int, str]]:
+    """This process's pipe and socket fds above 2, with what they are."""
+    found = []
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         try:
             link = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:  # the listing's own fd, closed since
             continue
-        if fd <= 2 or not link.startswith(("pipe:", "socket:")):
-            continue
+        if fd > 2 and link.startswith(("pipe:", "socket:")):
+            found.append((fd, link))
+    return found
+
+
+def _break(channels: list[tuple[int, str]]) -> list[int]:
+    broken = []
+    for fd, link in channels:
         with contextlib.suppress(OSError):
             dead = _dead_end(fd, link)
             os.dup2(dead, fd)

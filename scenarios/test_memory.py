@@ -53,6 +53,7 @@ async def test_memory_error_under_rlimit_as(chaos_target, chaos) -> None:
         await chaos.traffic(20, prefix="b", keys=4)
         await chaos.drain()
     await chaos.verify()
+    assert chaos.carried("big", "leak:MemoryError"), "the allocation never failed: no effect"
     if "events" in target.capabilities:
         (recycled,) = [e for e in chaos.events if e["kind"] == "recycled"]
         assert recycled["pid"] == pid and "MemoryError" in recycled["reason"]

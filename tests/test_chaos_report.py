@@ -91,7 +91,7 @@ def test_a_passing_run_leaves_a_valid_report_with_its_figures(good: Path) -> Non
     assert sum(c["messages"] for c in killed["timeline"]["committed"]) >= 800
     hung = by_name["test_a_hung_handler[deadlock]"]
     (dump,) = hung["dumps"]
-    assert "_hang_forever" in dump["blocked"] and "_hang_forever" in dump["text"]
+    assert "_deadlock" in dump["blocked"] and "_deadlock" in dump["text"]  # chaos.workload
     assert (
         "| `test_workers_killed_at_once[all]` | PASS | 4/4 | 0 | 0 |"
         in (good / "latest" / "report.md").read_text()
