@@ -45,7 +45,7 @@ from typing import Any
 import psutil
 
 from ._cgroups import available as cgroup_available
-from ._errors import ChaosError
+from ._errors import ChaosError, InjectorUnavailable
 from ._guard import TargetHung
 from ._memory import address_space_limit, memory_cgroup
 from ._payloads import CATALOG
@@ -205,7 +205,7 @@ async def payload_catalog(cell: Cell) -> float:
         planned = chaos.plan("payload", f"message {mid}", detail=fault.name)
         try:
             await cell.target.submit(key, fault.make(), mid)
-        except TargetHung:
+        except (TargetHung, ChaosError):  # the harness's own trouble, not a refusal
             raise
         except Exception as e:  # refused at submit: correct, and nothing acknowledged
             chaos.history.submitted(mid, key, acked=False)
@@ -387,7 +387,7 @@ async def run_cell(chaos: Any, target: Any, family: str, tmp: Path, workers: int
             await _after(cell, fault_at)
         finally:
             cell.held.close()  # a limit the family holds: lifted once the work after it is in
-    except NotApplicable as e:
+    except (NotApplicable, InjectorUnavailable) as e:  # e.g. no cgroup, no pidfd_getfd here
         cell.seen["not_applicable"] = str(e)
     except TargetHung as e:
         cell.seen["hung"] = e
