@@ -42,7 +42,8 @@ PEER_OPTIONS = {"collect_timeout": 3.0, "stop_timeout": 3.0}  # how long "never"
 PY = f"CPython {sys.version_info.major}.{sys.version_info.minor}"
 YOURS = "yours"  # the column of the run's --chaos-target, when one is given
 
-# What each pool does with each fault on this Python version: the class, and why.
+# What each pool does with each fault on this Python version: the class, and why ("a|b": either,
+# where the pool's own threads race and both are the same weakness seen from two sides).
 EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     **{("system", f): ("recovered", "") for f in FAMILIES},
     ("system", "memory_growth"): ("recycled", ""),
@@ -61,9 +62,10 @@ EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
         "the killed worker's task never comes back and no replacement can start",
     ),
     ("loky", "exhaustion"): (
-        "lost",
+        "lost|broken",  # either, by a race of loky's threads (broken: 2 of about 15 runs)
         "a worker killed while no process can start fails the pending futures "
-        "(TerminatedWorkerError)",
+        "(TerminatedWorkerError); whether the next submit is refused as well (RuntimeError: "
+        "no thread for a new executor) depends on how far loky's threads got",
     ),
     ("ProcessPoolExecutor", "sigterm"): (
         "lost",
@@ -345,7 +347,7 @@ async def test_a_fault_against_each_pool(
         assert seen["outcome"] in GOOD | {NOT_APPLICABLE}, f"{family}: {summary}"
     else:
         expected, why = EXPECTED[(target_name, family)]
-        assert seen["outcome"] == expected, (
+        assert seen["outcome"] in expected.split("|"), (
             f"{target_name} behaved differently on {family}: expected {expected} ({why}), saw "
             f"{summary}; update EXPECTED if the pool changed"
         )

@@ -165,4 +165,4 @@ def test_the_comparison_table_agrees_with_the_strict_expectations() -> None:
         fault = row[0].strip().replace(" ", "_")
         for target, cell in zip(header[1:], row[1:], strict=True):
             outcome = re.match(r"\**(n/a|\w+)", cell.strip()).group(1)
-            assert outcome == scenario.EXPECTED[(target, fault)][0], (target, fault, cell)
+            assert outcome in scenario.EXPECTED[(target, fault)][0].split("|"), (target, cell)
