@@ -386,9 +386,10 @@ def _append(path: str, line: str) -> None:
 def _reset(log: str, names: Iterable[str]) -> None:
     """Start the run-wide counts of ``names`` afresh."""
     for name in names:
-        fd = _HIT_FDS.pop(name, None)
-        if fd is not None:
-            os.close(fd)
+        with _HIT_LOCK:  # a thread counting a hit must not write to an fd closed (and reused)
+            fd = _HIT_FDS.pop(name, None)
+            if fd is not None:
+                os.close(fd)
         for suffix in ("hits", "fired"):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(f"{log}.{suffix}.{name}")

@@ -55,6 +55,8 @@ def test_the_wheel_runs_the_scenarios_in_a_user_project(tmp_path: Path) -> None:
     (project / "mypool").mkdir(parents=True)
     (project / "mypool/__init__.py").write_text("")
     (project / "mypool/pool.py").write_text(_adapter())
+    (project / "chaos").mkdir()  # a package of the project's own, named as chaosgate's is
+    (project / "chaos/__init__.py").write_text("raise ImportError('the project shadowed chaos')")
     (project / "pyproject.toml").write_text(
         textwrap.dedent("""\
             [tool.chaosgate]
@@ -68,8 +70,17 @@ def test_the_wheel_runs_the_scenarios_in_a_user_project(tmp_path: Path) -> None:
             pythonpath = ["."]
         """)
     )
+    shadowed = _run(venv / "bin/chaosgate", cwd=project, timeout=60)
+    assert shadowed.returncode == 12, shadowed.stdout + shadowed.stderr
+    assert "chaos is a module of this project named as chaosgate's" in shadowed.stderr
+    (project / "chaos/__init__.py").unlink()
+    (project / "chaos").rmdir()
+    (project / "chaos.py").write_text("raise ImportError('the project shadowed chaos')")
+    (project / "pyproject.toml").write_text(
+        (project / "pyproject.toml").read_text().replace('pythonpath = ["."]', "")
+    )  # the project's directory still on sys.path, after chaosgate's: not shadowing now
     where = _run(
-        venv / "bin/python", "-c", "import chaos.scenarios; print(chaos.scenarios.__file__)",
+        venv / "bin/python", "-P", "-c", "import chaos.scenarios; print(chaos.scenarios.__file__)",
         cwd=project, timeout=60,
     )  # fmt: skip
     assert str(venv) in where.stdout and str(ROOT) not in where.stdout, where
