@@ -70,6 +70,8 @@ def _cell(seen: Mapping[str, Any] | None) -> str:
     if seen is None:
         return "-"
     text = VERDICT.get(seen["outcome"], seen["outcome"])
+    if seen["outcome"] == "n/a":  # nothing was tested: no figure to show
+        return text
     detail = seen["summary"].split("; ", 1)
     if seen["outcome"] == "recovered":
         text = detail[0]

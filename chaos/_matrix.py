@@ -202,21 +202,9 @@ async def payload_catalog(cell: Cell) -> float:
         key = f"c{i}"
         await cell.submit(f"good-{i}", "ok", key)
         mid = f"bad-{fault.name}"
-        planned = chaos.plan("payload", f"message {mid}", detail=fault.name)
-        try:
-            await cell.target.submit(key, fault.make(), mid)
-        except (TargetHung, ChaosError):  # the harness's own trouble, not a refusal
-            raise
-        except Exception as e:  # refused at submit: correct, and nothing acknowledged
-            chaos.history.submitted(mid, key, acked=False)
-            refused.append(mid)
-            planned.effect = f"refused at submit: {type(e).__name__}"
-        else:
-            chaos.history.submitted(mid, key)
-            accepted.append(mid)
-            planned.effect = "accepted: must be committed or dead-lettered"
-        fired = planned.fire().mono
-        first = first if first is not None else fired
+        ok = await chaos.submit_bad(cell.target, key, fault.make(), mid, fault.name)
+        (accepted if ok else refused).append(mid)
+        first = first if first is not None else chaos.faults[-1].mono
     if "dead_letters" in cell.target.capabilities:
         chaos.expect_dead_letters(accepted)
     cell.seen["refused_at_submit"] = len(refused)
@@ -293,9 +281,10 @@ async def exhaustion(cell: Cell) -> float:
     if hasattr(target, "committed_now"):  # its read runs in a thread: made before the cap
         await target.committed_now()
     cap = pids_limit(target.pid, extra=-psutil.Process(victim).num_threads())
-    cell.held.enter_context(
+    group = cell.held.enter_context(
         cell.chaos.limit("pids cgroup", cap, pid=target.pid, detail="no new process or thread")
     )
+    cell.held.callback(_refusals, cell, group, cell.chaos.faults[-1])  # before it is lifted
     await cell.busy()
     fault_at = cell.chaos.kill(cell.pids[0]).mono  # a busy one
     # The work after it is sent once the pool has dealt with what it held (each result in,
@@ -411,7 +400,7 @@ async def _after(cell: Cell, fault_at: float) -> None:
     state = await target.committed()
     if "probe" in state.get("probe", []):
         seen["recovery_ms"] = round((cell.now() - fault_at) * 1000, 1)
-    first = getattr(target, "first_failure", None)  # the peer adapters': a failed future
+    first = records(target)["first_failure"]  # the peer adapters': a failed future
     # (a failure noticed within the instant of the signal: 0, never a negative time)
     seen["detection_ms"] = round(max(0.0, first - fault_at) * 1000, 1) if first else None
 
@@ -427,12 +416,17 @@ def _refusal(error: BaseException) -> str:
 
 
 def records(target: Any) -> dict[str, Any]:
-    """What the harness's own peer adapters recorded (``chaos.peers``): results that never came
-    back, and failed futures. Taken right after the last ``committed()``, before ``stop()``:
-    observers still polling during a stop would see the pool as the stop leaves it."""
+    """What the harness's own peer adapters recorded (``chaos.peers``; fetched from a served
+    one's process): results that never came back, failed futures, when the first failed. Taken
+    right after the last ``committed()``, before ``stop()``: observers still polling during a
+    stop would see the pool as the stop leaves it."""
+    fetch = getattr(target, "records", None)
+    if callable(fetch):  # a served pool's, from its process
+        fetch()
     return {
         "outstanding": list(getattr(target, "outstanding", [])),
         "failures": dict(getattr(target, "failures", {})),
+        "first_failure": getattr(target, "first_failure", None),
     }
 
 
@@ -447,7 +441,13 @@ def classify(
     lost = len(verdict.lost) if verdict is not None else 0
     anomalies = ("duplicated", "reordered", "unexpected", "dead_lettered")
     anomaly = next((a for a in anomalies if verdict is not None and getattr(verdict, a)), None)
-    if seen.get("not_applicable"):
+    moot = None  # the family found nothing to act on
+    if family == "exhaustion" and seen.get("forks_refused") == 0 and not hung:
+        moot = (
+            "nothing in its tree tried to start a process or thread under the cap, so the "
+            "kill alone decided (see kill busy)"
+        )
+    if seen.get("not_applicable") or moot:
         outcome = NOT_APPLICABLE
     elif hung:
         outcome = "hung"
@@ -474,6 +474,7 @@ def classify(
         dumps.append(seen["hung"].dumps)  # the guard's: every process of the target
     return {
         "outcome": outcome,
+        **({"not_applicable": moot} if moot else {}),
         "lost": lost,
         "outstanding": len(outstanding),
         "stop_blocked": stop_blocked,
@@ -512,6 +513,8 @@ def describe(seen: dict[str, Any]) -> str:
         parts.append(f"{seen['refused_at_submit']} bad payloads refused at submit")
     if seen.get("errors"):
         parts.append(", ".join(f"{n}x {e}" for e, n in seen["errors"].items()))
+    if seen.get("forks_refused"):
+        parts.append(f"{seen['forks_refused']} fork(s) or thread(s) refused")
     if seen.get("oom_kills"):
         parts.append(f"{seen['oom_kills']} OOM kill(s)")
     if seen.get("max_rss_mb") is not None:
@@ -553,6 +556,22 @@ def _rss(pid: int) -> int:
         return psutil.Process(pid).memory_info().rss
     except psutil.Error:
         return 0
+
+
+def _refusals(cell: Cell, group: Path, cap: Any) -> None:
+    """The cap's effect, as the kernel counted it: the new processes and threads it refused
+    (``pids.events``). None refused: the pool never tried to start one -- the cap proved
+    nothing."""
+    refused = 0
+    with contextlib.suppress(OSError):
+        for line in (group / "pids.events").read_text().splitlines():
+            if line.startswith("max "):
+                refused = int(line.split()[1])
+    cell.seen["forks_refused"] = refused
+    if refused:
+        cap.effect = f"the kernel refused {refused} new process(es) or thread(s)"
+    else:  # the cell is n/a (``classify``), unless the pool hung: then it proved nothing
+        cap.no_effect = "nothing in the pool's tree tried to start a process or thread under it"
 
 
 def _oom_kills(group: Path) -> int:

@@ -415,6 +415,28 @@ class Scenario:
         self._carried[token] = planned
         return {**asks, "mark": self._workload_log, "token": token}
 
+    async def submit_bad(self, target: Any, key: str, payload: Any, id: str, name: str) -> bool:
+        """Submit one bad payload (``name``, from the catalog) as message ``id``, planned and
+        fired as a ``payload`` fault: refused at submit (the submit raises: nothing
+        acknowledged) or accepted (acknowledged: it must be committed, or dead-lettered where
+        the target reports dead letters). True if accepted. A hang or the harness's own error
+        is raised, never taken for a refusal."""
+        planned = self.plan("payload", f"message {id}", detail=name)
+        try:
+            await target.submit(key, payload, id)
+        except (TargetHung, ChaosError):
+            raise
+        except Exception as e:
+            self.history.submitted(id, key, acked=False)
+            planned.effect = f"refused at submit: {type(e).__name__}"
+            accepted = False
+        else:
+            self.history.submitted(id, key)
+            planned.effect = "accepted: must be committed or dead-lettered"
+            accepted = True
+        planned.fire()
+        return accepted
+
     def carried(self, id: str, what: str) -> list[tuple[int, float]]:
         """(pid, CLOCK_MONOTONIC) of each task that logged ``what`` for message ``id``'s
         carried fault or mark (``"sleep"``: it began its work there and then;

@@ -16,6 +16,11 @@ completes. Here, a writer thread sends and a reader thread dispatches replies to
 futures by request id; so the blocking calls of the protocol (``worker_pids()``, ``events()``,
 ``dead_lettered()``) are real round trips even from the event loop.
 
+What a target records about itself for the harness (the peer adapters' results that never
+came, failed futures, the time of the first failure, a blocked stop and its stack dumps:
+``RECORDS``) crosses too: ``records()`` fetches it, and the stop's reply brings it as the stop
+left it, so a served pool reads as it would in this process.
+
 Every wait is bounded (``timeout``, 60 s: start, committed; ``ack_timeout``, 30 s: a submit's
 acknowledgement and the blocking calls; ``stop_timeout``, by default ``timeout``: the target's
 ``stop()``) and fails with a ``TargetHung`` naming the command and the server's pid. When the
@@ -70,6 +75,13 @@ from ._processes import descendants, is_gone, wait_gone
 
 DEFAULT_SPEC = "chaos:SystemTarget"
 _OPTIONAL = ("committed_now", "dead_lettered", "events")
+RECORDS = {  # what a target may record about itself for the harness (chaos.peers), by default
+    "outstanding": [],
+    "failures": {},
+    "first_failure": None,
+    "stop_blocked": False,
+    "dumps": [],
+}
 _HEADER = struct.Struct(">I")
 _TAIL = 2000  # bytes of the server's stderr quoted in errors
 
@@ -169,6 +181,7 @@ class ServedTarget:
         self._threads: list[threading.Thread] = []
         self._stderr_from = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._records: dict[str, Any] = {}  # the server's target's, as last fetched
 
     # --- identity -------------------------------------------------------------------------
 
@@ -192,9 +205,11 @@ class ServedTarget:
 
     def __getattr__(self, name: str) -> Any:
         """``committed_now``, ``dead_lettered`` and ``events`` exist when the inner target has
-        them (known once started)."""
+        them (known once started); the ``RECORDS``, as last fetched (``records()``)."""
         if name in _OPTIONAL and name in self.__dict__.get("_has", ()):
             return getattr(self, f"_{name}")
+        if name in RECORDS:
+            return self.__dict__.get("_records", {}).get(name, RECORDS[name])
         raise AttributeError(f"{type(self).__name__} of {self.__dict__.get('spec')} has no {name}")
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -267,6 +282,14 @@ class ServedTarget:
     def _events(self) -> list[dict[str, Any]]:
         return self._call_blocking("events")
 
+    def records(self) -> dict[str, Any]:
+        """Fetch what the server's target records about itself (``RECORDS``); once the server
+        is gone, what was last fetched."""
+        if self._gone is None and self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(TargetGone):
+                self._records.update(self._call_blocking("records"))
+        return {name: getattr(self, name) for name in RECORDS}
+
     async def stop(self) -> None:
         """Stop the target gracefully and make sure nothing of its process group is left. The
         server gives the target's ``stop()`` ``stop_timeout`` s, then kills the target's
@@ -279,7 +302,7 @@ class ServedTarget:
         if asked:
             bound = self.stop_timeout + 5.0
             try:
-                await self._call("stop", (), bound)
+                self._records.update(await self._call("stop", (), bound) or {})
                 await self.wait_exit(bound)
             except TargetGone:
                 pass
@@ -764,7 +787,7 @@ class _Server:
         stop_rid = requests.result()
         ok = await self._stop()
         if stop_rid is not None and ok:
-            self._send(("ok", stop_rid, None))
+            self._send(("ok", stop_rid, _records(self.target)))
         await self._flush()
         return 0 if ok else 1
 
@@ -808,6 +831,8 @@ class _Server:
             if command == "submit":
                 await self.target.submit(*args)
                 reply: tuple[Any, ...] = ("ack", rid)
+            elif command == "records":
+                reply = ("ok", rid, _records(self.target))
             else:
                 value = getattr(self.target, command)(*args)
                 if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
@@ -852,6 +877,10 @@ class _Server:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         return ok
+
+
+def _records(target: Any) -> dict[str, Any]:
+    return {name: getattr(target, name) for name in RECORDS if hasattr(target, name)}
 
 
 @contextlib.asynccontextmanager

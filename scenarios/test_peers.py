@@ -53,13 +53,13 @@ EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
         "its handler keeps its state in the worker: no task result travels back to unpickle",
     ),
     ("ProcessPoolExecutor", "exhaustion"): (
-        "broken",
-        "a worker killed while no process can start breaks the executor (BrokenProcessPool), "
-        "which refuses all further work",
+        "n/a",
+        "the killed worker breaks the executor (BrokenProcessPool) before it would start "
+        "another process: the cap has nothing to refuse, and the kill alone decides",
     ),
     ("multiprocessing.Pool", "exhaustion"): (
-        "lost",
-        "the killed worker's task never comes back and no replacement can start",
+        "hung",
+        "the killed worker's task never comes back, and the replacement it forks is refused",
     ),
     ("loky", "exhaustion"): (
         "lost|broken",  # either, by a race of loky's threads (broken: 2 of about 15 runs)
