@@ -394,12 +394,20 @@ class Guarded:
             call.gathered = True
         from ._stacks import dump_stacks
 
-        parts, blocked = [], []
+        parts, blocked, running = [], [], []
         procs = self.tree()
         for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                if proc.status() == psutil.STATUS_STOPPED:  # SIGSTOP: no stack moves in it
+                    blocked.append(f"pid {proc.pid}: stopped (SIGSTOP)")
             dump = dump_stacks(proc.pid, timeout=5.0)
             parts.append(f"--- target process {proc.pid} ({dump.method}) ---\n{dump.text}")
-            blocked += [f"pid {proc.pid} {t.name or t.tid}: {f}" for t, f in dump.blocked_frames()]
+            blocked += [
+                f"pid {proc.pid} {t.name or t.thread_id}: {f}" for t, f in dump.blocked_frames()
+            ]
+            running += [
+                f"pid {proc.pid} {t.name or t.thread_id}: {f}" for t, f in dump.running_frames()
+            ]
         own, where = harness_stacks(call.thread)
         where = call.where or where
         parts.append(own)
@@ -410,6 +418,7 @@ class Guarded:
         call.summary = (
             f"The call waited at {where}"
             + (f"; blocked in the target: {'; '.join(blocked[:4])}" if blocked else "")
+            + (f"; running in the target: {'; '.join(running[:4])}" if running else "")
             + f"; {killed} target process(es) killed"
         )
         call.dumps = "\n".join(parts)

@@ -50,7 +50,7 @@ from ._errors import ChaosError, ContractError
 from ._guard import DEFAULT_TIMEOUT, Guarded, TargetHung, target_name
 from ._processes import is_gone
 from ._recovery import Recovery, _ms, recovery_of
-from ._target import drained, submit_traffic
+from ._target import drained, submit_one, submit_traffic
 
 SLO_KEYS = {
     "lost": "most lost messages allowed (default 0)",
@@ -70,6 +70,7 @@ EXIT_WAIT = 10.0  # seconds a killed process has to be seen gone before the kill
 POLL = 0.02  # seconds between reads of the committed state while measuring recovery ...
 SLOW_AFTER, SLOW_POLL = 2.0, 0.2  # ... and, once a recovery takes 2 s, between reads after
 DEAD_LISTED = 10.0  # seconds a target may go on listing a dead worker among its workers
+WAKE_AFTER = 1.0  # seconds without a live worker before work is sent to start one
 DISAGREE_MS = 100.0  # a target's recovery claim this much (and 2x) below the harness's is flagged
 
 
@@ -179,6 +180,7 @@ class Scenario:
     _processes: Any = field(default=None, repr=False)  # the guard's Leftovers: start times
     _carried: dict[str, Fault] = field(default_factory=dict, repr=False)  # token -> fault
     _workload_log: str | None = field(default=None, repr=False)
+    _wakes: int = field(default=0, repr=False)  # messages sent to wake an idle on-demand pool
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -234,15 +236,23 @@ class Scenario:
     async def workers(self, n: int = 1, timeout: float | None = None) -> list[int]:
         """The target's live worker pids, once it has at least ``n`` (within ``timeout``,
         default ``target_timeout``) -- ready ones, for a target with events (a "ready" event
-        names the pid): a fault aimed at a worker still starting would measure its start. Past
-        the timeout: a weakness (``WorkersNotReplaced``) if this scenario killed workers the
-        target did not replace; else a harness error. A target that
+        names the pid): a fault aimed at a worker still starting would measure its start. A pool
+        may start its workers on demand (``ProcessPoolExecutor`` has none until it has work,
+        nor after a crash until it gets more): after ``WAKE_AFTER`` s with no live worker, a
+        message (``wake-N``, on its own key, in the history like all traffic) is sent, once a
+        second. Past the timeout: a weakness (``WorkersNotReplaced``) if this scenario killed
+        workers the target did not replace; else a harness error. A target that
         goes on listing a dead worker for ``DEAD_LISTED`` s breaks the contract
         (``ContractError``), and the wait ends then."""
         timeout = self.target_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        while len(pids := self._ready(self.worker_pids())) < n:
+        woken = idle = time.monotonic()
+        while len(pids := self._ready(live := self.worker_pids())) < n:
             now = time.monotonic()
+            idle = idle if not live else now
+            if now - idle >= WAKE_AFTER and now - woken >= WAKE_AFTER:
+                woken = now
+                await self._wake()
             stale = sorted(p for p, t in self._dead_listed.items() if now - t > DEAD_LISTED)
             if stale:
                 raise ContractError(
@@ -252,15 +262,28 @@ class Scenario:
                     "longer); have the adapter leave out processes that are not alive"
                 )
             if now > deadline:
+                woke = (
+                    f", nor for the work sent to it (wake-1..{self._wakes})" if self._wakes else ""
+                )
                 if self.killed:
                     raise WorkersNotReplaced(
                         f"the target had {len(pids)} live worker(s) {timeout:g} s after this "
                         f"scenario killed {sorted(self.killed)}, not {n}: it did not replace "
-                        "its dead workers"
+                        f"its dead workers{woke}"
                     )
-                raise ChaosError(f"the target had {len(pids)} worker(s) after {timeout} s, not {n}")
+                raise ChaosError(
+                    f"the target had {len(pids)} worker(s) after {timeout} s, not {n}{woke}"
+                )
             await asyncio.sleep(0.01)
         return sorted(pids)
+
+    async def _wake(self) -> None:
+        """One message for a pool with no live worker: one that starts its workers on demand
+        starts them now. Refused: the pool takes no more work (``TargetRefused``)."""
+        self._wakes += 1
+        mid = f"wake-{self._wakes}"
+        if refused := await submit_one(self.target, self.history, "wake", 0, mid):
+            raise refused
 
     def _ready(self, pids: list[int]) -> list[int]:
         """Of ``pids``, those a "ready" event names -- for a target whose events name ready

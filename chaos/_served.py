@@ -54,6 +54,7 @@ import logging
 import os
 import pickle
 import queue
+import select
 import signal
 import struct
 import subprocess
@@ -467,33 +468,47 @@ class ServedTarget:
                 broken = True
 
     def _read(self) -> None:
-        """Reader thread: replies to the callers' futures; at the end of the pipe, the exit
-        status, and ``TargetGone`` for every call still pending."""
+        """Reader thread: replies to the callers' futures; at the end of the pipe -- or once the
+        server has exited, whoever else holds the pipe (the workers of a pool that forks
+        inherit it, and may outlive a killed server) -- the exit status, and ``TargetGone``
+        for every call still pending."""
         assert self.proc is not None and self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
+        exited = _pidfd_or_none(self.proc.pid)
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        if exited is not None:
+            poller.register(exited, select.POLLIN)
         buf = bytearray()
         broken = ""
-        while not broken:
-            try:
-                chunk = os.read(fd, 1 << 18)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                break
-            buf += chunk
-            replies = []
-            try:
-                while len(buf) >= 4:
-                    (n,) = _HEADER.unpack_from(buf)
-                    if len(buf) < 4 + n:
-                        break
-                    replies.append(pickle.loads(bytes(buf[4 : 4 + n])))
-                    del buf[: 4 + n]
-            except Exception as e:  # not our protocol any more: the server is of no use
-                broken = f" (its protocol broke: {type(e).__name__}: {e}; killed)"
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.pgid, signal.SIGKILL)
-            self._settle(replies)
+        try:
+            while not broken:
+                ready = dict(poller.poll())
+                if exited in ready and fd not in ready:  # exited, its last words all read
+                    break
+                try:
+                    chunk = os.read(fd, 1 << 18)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    break
+                buf += chunk
+                replies = []
+                try:
+                    while len(buf) >= 4:
+                        (n,) = _HEADER.unpack_from(buf)
+                        if len(buf) < 4 + n:
+                            break
+                        replies.append(pickle.loads(bytes(buf[4 : 4 + n])))
+                        del buf[: 4 + n]
+                except Exception as e:  # not our protocol any more: the server is of no use
+                    broken = f" (its protocol broke: {type(e).__name__}: {e}; killed)"
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(self.pgid, signal.SIGKILL)
+                self._settle(replies)
+        finally:
+            if exited is not None:
+                os.close(exited)
         try:
             code = self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -877,6 +892,14 @@ class _Server:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         return ok
+
+
+def _pidfd_or_none(pid: int) -> int | None:
+    """A pidfd of ``pid`` (readable once it has exited); None where the kernel has none."""
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return None
 
 
 def _records(target: Any) -> dict[str, Any]:

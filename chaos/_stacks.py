@@ -63,6 +63,11 @@ class StackDump:
         """``(thread, innermost frame)`` of every thread that waits on a lock or a condition."""
         return [(t, t.frames[0]) for t in self.threads if t.waiting and t.frames]
 
+    def running_frames(self) -> list[tuple[ThreadStack, Frame]]:
+        """``(thread, innermost frame)`` of every thread on the CPU and waiting on nothing --
+        a busy loop, where a hang is no lock's fault."""
+        return [(t, t.frames[0]) for t in self.threads if t.active and not t.waiting and t.frames]
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "pid": self.pid,

@@ -178,3 +178,23 @@ def test_the_plugin_and_its_gate_work_without_xdist(pytester: pytest.Pytester) -
     assert result.ret == 0, result.stdout.str()[-2000:]
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["test_scenario * PASSED *", gate_line("pass", 0, 0)])
+
+
+async def test_a_pool_that_starts_workers_on_demand_gets_work_to_start_them(tmp_path) -> None:
+    """ProcessPoolExecutor has no worker until it has work: ``chaos.workers()`` sends it one
+    message (in the history, as all traffic is), rather than taking an idle pool for a dead one."""
+    from chaos import Scenario
+    from chaos.peers import ProcessPoolTarget
+
+    scenario = Scenario("test", seed=1)
+    target = scenario.target = ProcessPoolTarget(tmp_path / "data", workers=2)
+    await target.start()
+    try:
+        assert target.worker_pids() == []
+        pids = await scenario.workers(2, timeout=10)
+        assert len(pids) == 2
+        assert list(scenario.history.acked()) == ["wake-1"]
+        assert await target.committed() == {"wake": ["wake-1"]}
+    finally:
+        await target.stop()
+        scenario.close()

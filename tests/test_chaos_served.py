@@ -136,6 +136,25 @@ async def test_a_worker_the_target_forks_keeps_its_own_signals(tmp_path: Path) -
         assert served.returncode is None
 
 
+async def test_a_killed_server_is_gone_though_its_orphans_hold_its_pipe(tmp_path: Path) -> None:
+    """A ProcessPoolExecutor's workers, forked from the server, inherit its reply pipe and
+    outlive its SIGKILL: the harness learns of the death from the server's own exit, not from
+    the pipe's end (seen: every call hung until its bound)."""
+    async with serving(
+        "chaos.peers:ProcessPoolTarget", tmp_path / "d", workers=2, ack_timeout=60
+    ) as served:
+        await served.submit("k", 1, "a")
+        await served.committed()
+        orphans = set(served.worker_pids())
+        t0 = time.monotonic()
+        served.kill_server(signal.SIGKILL)
+        with pytest.raises(TargetGone, match="SIGKILL"):
+            await served.submit("k", 2, "b")
+        assert time.monotonic() - t0 < 20.0  # far inside its own bound
+        assert wait_gone(orphans, 0.5) == orphans  # they do outlive it (swept at the stop)
+    assert not wait_gone(orphans, 10.0)
+
+
 async def test_a_stop_that_hangs_is_bounded_and_leaves_nothing(tmp_path: Path) -> None:
     served = ServedTarget("targets:HangingStopTarget", tmp_path / "d", workers=2, stop_timeout=1)
     await served.start()
