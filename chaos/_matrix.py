@@ -50,6 +50,7 @@ from ._guard import TargetHung
 from ._memory import address_space_limit, memory_cgroup
 from ._payloads import CATALOG
 from ._pipes import breakable_sockets
+from ._processes import is_gone
 from ._served import ServedTarget
 from ._target import TargetRefused, submit_one
 from ._threads import pids_limit
@@ -219,15 +220,18 @@ async def bad_result(cell: Cell) -> float:
 
 
 async def memory_growth(cell: Cell) -> float:
-    fault_at, rss = None, []
+    """Tasks that leak: recycled if a worker that leaked has ended (the kernel's word, not the
+    pool's list) while the pool goes on with others; else grew."""
+    fault_at, rss, leaked = None, [], set()
     for i in range(16):  # paced over ~3 s: loky looks at a worker's memory once a second
         await cell.submit(f"leak{i}", cell.chaos.carry(f"leak{i}", leak_mb=64, sleep=0.2))
         await cell.target.committed()
         fault_at = fault_at or await _fired(cell, "leak0")
+        leaked |= {pid for pid, _ in cell.chaos.carried(f"leak{i}", "leak")}
         now = cell.chaos.worker_pids()
         rss += [_rss(p) for p in now]
         cell.seen["recycled"] = cell.seen.get("recycled", False) or bool(
-            set(cell.pids) - set(now) and now
+            now and any(is_gone(pid) for pid in leaked)
         )
     cell.seen["max_rss_mb"] = round(max(rss, default=0) / MB)
     assert fault_at is not None
@@ -318,12 +322,16 @@ async def sigterm(cell: Cell) -> float:
         again = ServedTarget(
             target.spec, target.data_dir, timeout=target.timeout, **target.options
         )  # its own acknowledgements stay the harness's evidence: this only reads back
-        await again.start()
         try:
+            await again.start()
             cell.seen["final"] = await again.committed()
-        finally:
-            await again.stop()
-        cell.seen["restarted"] = True
+            cell.seen["restarted"] = True
+        except (ChaosError, TargetHung) as e:  # its data dir does not serve again: broken
+            cell.seen["refused"] = f"restart on its data dir failed: {str(e).splitlines()[0]}"
+            cell.seen["final"] = cell.last_read
+        finally:  # whatever it read, the restarted pool is stopped and swept
+            with contextlib.suppress(ChaosError, TargetHung):
+                await again.stop()
     else:  # an in-memory pool: what it committed by the time it exited is all there is --
         # or, if it could not say then, what the harness last read from it before the fault
         final = target.final_committed()
@@ -421,8 +429,9 @@ def records(target: Any) -> dict[str, Any]:
     right after the last ``committed()``, before ``stop()``: observers still polling during a
     stop would see the pool as the stop leaves it."""
     fetch = getattr(target, "records", None)
-    if callable(fetch):  # a served pool's, from its process
-        fetch()
+    if callable(fetch):  # a served pool's, from its process (gone or hung: as last fetched)
+        with contextlib.suppress(ChaosError, TargetHung):
+            fetch()
     return {
         "outstanding": list(getattr(target, "outstanding", [])),
         "failures": dict(getattr(target, "failures", {})),
@@ -562,11 +571,12 @@ def _refusals(cell: Cell, group: Path, cap: Any) -> None:
     """The cap's effect, as the kernel counted it: the new processes and threads it refused
     (``pids.events``). None refused: the pool never tried to start one -- the cap proved
     nothing."""
-    refused = 0
-    with contextlib.suppress(OSError):
-        for line in (group / "pids.events").read_text().splitlines():
-            if line.startswith("max "):
-                refused = int(line.split()[1])
+    try:
+        lines = (group / "pids.events").read_text().splitlines()
+    except OSError as e:  # the effect unknown: proves nothing (never n/a)
+        cap.no_effect = f"its refusals could not be read ({e.strerror})"
+        return
+    refused = next((int(line.split()[1]) for line in lines if line.startswith("max ")), 0)
     cell.seen["forks_refused"] = refused
     if refused:
         cap.effect = f"the kernel refused {refused} new process(es) or thread(s)"

@@ -282,6 +282,7 @@ class Scenario:
         starts them now. Refused: the pool takes no more work (``TargetRefused``)."""
         self._wakes += 1
         mid = f"wake-{self._wakes}"
+        self.steps.append(f"{mid}: work sent to a pool with no live worker")
         if refused := await submit_one(self.target, self.history, "wake", 0, mid):
             raise refused
 
@@ -447,7 +448,7 @@ class Scenario:
         planned = self.plan("payload", f"message {id}", detail=name)
         try:
             await target.submit(key, payload, id)
-        except (TargetHung, ChaosError):
+        except (TargetHung, ChaosError):  # (a served target's refusal is no ChaosError)
             raise
         except Exception as e:
             self.history.submitted(id, key, acked=False)

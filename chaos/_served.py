@@ -73,9 +73,18 @@ from ._errors import ChaosError
 from ._guard import TargetHung
 from ._process_faults import Injected, send_signals
 from ._processes import descendants, is_gone, wait_gone
+from ._stacks import dump_stacks
 
 DEFAULT_SPEC = "chaos:SystemTarget"
 _OPTIONAL = ("committed_now", "dead_lettered", "events")
+SERVED_ENV = "CHAOSGATE_SERVED"  # set in the server: the harness dumps its stacks from outside
+# ``python -m chaos serve ...``, with chaosgate's own ``chaos`` imported first: a project's
+# module of that name, on the PYTHONPATH the server inherits, must not shadow it.
+_CHAOS_HOME = str(Path(__file__).resolve().parent.parent)
+_SERVE = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); import chaos; del sys.path[0]; "
+    "from chaos.__main__ import main; sys.exit(main())"
+)
 RECORDS = {  # what a target may record about itself for the harness (chaos.peers), by default
     "outstanding": [],
     "failures": {},
@@ -95,8 +104,9 @@ class TargetGone(ChaosError):
         self.returncode = returncode
 
 
-class Refused(ChaosError):
-    """The served target refused a submit (its exception, as ``"ExcType: msg"``)."""
+class Refused(Exception):
+    """The served target refused a submit (its exception, as ``"ExcType: msg"``): the
+    target's answer, not the harness's error."""
 
     def __init__(self, message: str, error: str):
         super().__init__(message)
@@ -227,8 +237,9 @@ class ServedTarget:
             ) from None
         self._loop = asyncio.get_running_loop()
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONPATH": _child_pythonpath(), **self.env}
-        argv = [sys.executable, "-m", "chaos", "serve", self.spec, str(self.data_dir)]
+        env = {**os.environ, "PYTHONPATH": _child_pythonpath(), SERVED_ENV: "1", **self.env}
+        argv = [sys.executable, "-P", "-c", _SERVE, _CHAOS_HOME, "serve", self.spec]
+        argv += [str(self.data_dir)]
         argv += ["--options", options, "--stop-timeout", str(self.stop_timeout)]
         with open(self.stderr_path, "ab") as err:
             self._stderr_from = err.tell()
@@ -285,10 +296,15 @@ class ServedTarget:
 
     def records(self) -> dict[str, Any]:
         """Fetch what the server's target records about itself (``RECORDS``); once the server
-        is gone, what was last fetched."""
+        is gone, what was last fetched. Results that never came: the stacks of every process
+        of the server's group, dumped from here (a dump from inside may be refused its fork --
+        a pids cap -- and would count against the pool)."""
         if self._gone is None and self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(TargetGone):
                 self._records.update(self._call_blocking("records"))
+            if self._records.get("outstanding") and not self._records.get("dumps"):
+                pids = sorted(group_members(self.pgid))
+                self._records["dumps"] = [dump_stacks(pid, timeout=10.0) for pid in pids]
         return {name: getattr(self, name) for name in RECORDS}
 
     async def stop(self) -> None:

@@ -112,6 +112,8 @@ def dump_stacks(
         parsed = subprocess.run([*base, "--json"], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return _fallback(pid, f"py-spy did not answer within {timeout} s", t0)
+    except OSError as e:  # e.g. EAGAIN: no process may start here (a pids cgroup)
+        return _fallback(pid, f"py-spy could not start: {e}", t0)
     threads = _parse(parsed.stdout) if parsed.returncode == 0 else []
     return StackDump(pid, "py-spy", text.stdout, threads, None, time.monotonic() - t0)
 

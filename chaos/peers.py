@@ -37,6 +37,7 @@ from . import workload
 from ._errors import BlastRadiusError
 from ._process_faults import kill
 from ._processes import wait_gone
+from ._served import SERVED_ENV
 from ._stacks import StackDump, dump_stacks
 
 COLLECT_TIMEOUT = 5.0
@@ -137,7 +138,8 @@ class PeerTarget:
             else:
                 self._done.setdefault(key, []).append(future.result())
         self._pending = still
-        if still and not self.outstanding:  # newly stuck: where is everyone waiting?
+        if still and not self.outstanding and not os.environ.get(SERVED_ENV):
+            # newly stuck: where is everyone waiting? (served: the harness dumps from outside)
             self.dumps += [dump_stacks(pid, timeout=10.0) for pid in self.worker_pids()]
             self.dumps.append(dump_stacks(os.getpid(), timeout=10.0))  # the pool's own threads
         self.outstanding = [mid for _, mid, _ in still]
