@@ -52,7 +52,7 @@ from ._payloads import CATALOG
 from ._pipes import breakable_sockets
 from ._processes import is_gone
 from ._served import ServedTarget
-from ._target import TargetRefused, submit_one
+from ._target import TargetRefused
 from ._threads import pids_limit
 
 MB = 2**20
@@ -76,11 +76,6 @@ class Cell:
     seen: dict[str, Any] = field(default_factory=dict)
     held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # until after
     last_read: dict[str, list[Any]] = field(default_factory=dict)  # committed(), warmed up
-
-    async def submit(self, mid: str, payload: Any, key: str = "k0") -> None:
-        """Submit one message, recorded; a refusal raises ``TargetRefused``."""
-        if refused := await submit_one(self.target, self.chaos.history, key, payload, mid):
-            raise refused
 
     async def busy(self, seconds: float = 1.0) -> None:
         """Every worker running a task of ``seconds`` (or as many as 10 s allow), more work
@@ -109,7 +104,7 @@ class Cell:
             ):
                 i = len(started)
                 payload = chaos.carry(f"busy{i}", fault=False, sleep=seconds)
-                await self.submit(f"busy{i}", payload, key=f"busy{i}")
+                await self.chaos.submit(f"busy{i}", payload, key=f"busy{i}")
                 started.append(time.monotonic())
             await asyncio.sleep(0.01)
         self.pids = running + [p for p in self.pids if p not in running]
@@ -155,7 +150,7 @@ async def freeze(cell: Cell) -> float:
 
 async def _carried_hang(cell: Cell, how: str) -> float:
     payload = cell.chaos.carry("hang", hang=how, once=True)
-    await cell.submit("hang", payload)
+    await cell.chaos.submit("hang", payload)
     await cell.chaos.traffic(10, prefix="queued", keys=4)
     return await _fired(cell, "hang")
 
@@ -180,7 +175,7 @@ async def pipe_outside(cell: Cell) -> float:
 
 async def pipe_inside(cell: Cell) -> float:
     payload = cell.chaos.carry("broken-channel", break_channel=True, once=True)
-    await cell.submit("broken-channel", payload)
+    await cell.chaos.submit("broken-channel", payload)
     await cell.chaos.traffic(10, prefix="queued", keys=4)
     return await _fired(cell, "broken-channel")
 
@@ -189,7 +184,7 @@ async def bad_argument(cell: Cell) -> float:
     bad = next(f for f in CATALOG if f.name == "crash_at_unpickle")
     planned = cell.chaos.plan("payload", "message poison", detail=bad.name)
     cell.chaos.expect_dead_letters({"poison": "CrashAtUnpickle"})  # where a pool has them
-    await cell.submit("poison", bad.make())
+    await cell.chaos.submit("poison", bad.make())
     return planned.fire().mono
 
 
@@ -201,7 +196,7 @@ async def payload_catalog(cell: Cell) -> float:
     refused, accepted = [], []
     for i, fault in enumerate(CATALOG):
         key = f"c{i}"
-        await cell.submit(f"good-{i}", "ok", key)
+        await cell.chaos.submit(f"good-{i}", "ok", key)
         mid = f"bad-{fault.name}"
         ok = await chaos.submit_bad(cell.target, key, fault.make(), mid, fault.name)
         (accepted if ok else refused).append(mid)
@@ -215,7 +210,7 @@ async def payload_catalog(cell: Cell) -> float:
 
 async def bad_result(cell: Cell) -> float:
     payload = cell.chaos.carry("bad-result", bad_result=True)
-    await cell.submit("bad-result", payload)
+    await cell.chaos.submit("bad-result", payload)
     return await _fired(cell, "bad-result")
 
 
@@ -224,7 +219,7 @@ async def memory_growth(cell: Cell) -> float:
     pool's list) while the pool goes on with others; else grew."""
     fault_at, rss, leaked = None, [], set()
     for i in range(16):  # paced over ~3 s: loky looks at a worker's memory once a second
-        await cell.submit(f"leak{i}", cell.chaos.carry(f"leak{i}", leak_mb=64, sleep=0.2))
+        await cell.chaos.submit(f"leak{i}", cell.chaos.carry(f"leak{i}", leak_mb=64, sleep=0.2))
         await cell.target.committed()
         fault_at = fault_at or await _fired(cell, "leak0")
         leaked |= {pid for pid, _ in cell.chaos.carried(f"leak{i}", "leak")}
@@ -246,7 +241,7 @@ async def rlimit_as(cell: Cell) -> float:
                     "RLIMIT_AS", address_space_limit(pid, extra_mb=100), pid=pid, detail="+100 MB"
                 )
             )
-        await cell.submit("big", cell.chaos.carry("big", leak_mb=400, once=True))
+        await cell.chaos.submit("big", cell.chaos.carry("big", leak_mb=400, once=True))
         fault_at = await _fired(cell, "big")
         await cell.target.committed()
     if not cell.chaos.carried("big", "leak:MemoryError"):
@@ -265,7 +260,7 @@ async def oom_kill(cell: Cell) -> float:
         for pid in cell.pids:  # newly charged memory past 64 MB: the OOM killer
             capped = cell.chaos.limit("memory cgroup", memory_cgroup(pid, 64), pid=pid)
             groups.append(limits.enter_context(capped))
-        await cell.submit("big", cell.chaos.carry("big", leak_mb=400, once=True))
+        await cell.chaos.submit("big", cell.chaos.carry("big", leak_mb=400, once=True))
         fault_at = await _fired(cell, "big")
         await until(lambda: sum(_oom_kills(g) for g in groups) > 0, 10, "the OOM killer")
         cell.seen["oom_kills"] = sum(_oom_kills(g) for g in groups)
@@ -402,7 +397,7 @@ async def _after(cell: Cell, fault_at: float) -> None:
     await target.committed()
     if not seen["refused"]:
         try:
-            await cell.submit("probe", None, key="probe")
+            await cell.chaos.submit("probe", None, key="probe")
         except TargetRefused as e:
             seen["refused"] = _refusal(e)
     state = await target.committed()

@@ -229,6 +229,12 @@ class Scenario:
             work=work,
         )
 
+    async def submit(self, mid: str, payload: Any, key: str = "k0") -> None:
+        """Submit one message to the target, recorded in the history (acknowledged once the
+        target returned; unacknowledged if it raised -- then ``TargetRefused``)."""
+        if refused := await submit_one(self.target, self.history, key, payload, mid):
+            raise refused
+
     async def drain(self, timeout: float = 60.0) -> None:
         """Wait until the target has processed everything it acknowledged."""
         await drained(self.target, timeout)

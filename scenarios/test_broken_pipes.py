@@ -2,6 +2,9 @@
 
 Each break costs one worker -- restarted, its unacknowledged messages replayed -- and nothing is
 lost or duplicated. The fault must really fire: a planned fault that never fired proves nothing.
+For any pool: a task replaces every pipe and socket of its own process by a dead end (carried
+by a message, ``chaos.workload``). The system pool's own sites (its worker's read, its
+dispatcher's write) break by failpoints; a worker's sockets, from outside (``pidfd_getfd``).
 """
 
 import pytest
@@ -10,6 +13,16 @@ from chaos import breakable_sockets
 from chaos.pytest_plugin import require
 
 pytestmark = pytest.mark.asyncio  # async tests run whatever the project's asyncio_mode
+
+
+@pytest.mark.chaos_slo(lost=0, duplicated=0)
+async def test_a_task_breaks_its_own_channel(chaos_target, chaos) -> None:
+    await chaos_target(workers=2)
+    await chaos.traffic(100, prefix="a", keys=9)
+    await chaos.traffic(20, prefix="w", keys=9, work=0.01)  # in flight when the channel breaks
+    await chaos.submit("break", chaos.carry("break", break_channel=True, once=True))
+    await chaos.traffic(200, prefix="b", keys=9, drain_every=100)
+    await chaos.verify()  # (and the break fired in a worker, with channels to break)
 
 
 @pytest.mark.chaos_slo(lost=0, duplicated=0)

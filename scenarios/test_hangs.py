@@ -27,8 +27,7 @@ async def test_a_hung_handler(chaos_target, chaos, action, frame) -> None:
     blocked frame; any other is judged on what it committed, within ``target_timeout``."""
     target = await chaos_target(workers=2, **FAST)
     await chaos.traffic(40, prefix="a", keys=8)
-    await target.submit("k0", chaos.carry("hung", hang=action, once=True), "hung")
-    chaos.history.submitted("hung", "k0")
+    await chaos.submit("hung", chaos.carry("hung", hang=action, once=True))
     await chaos.traffic(260, prefix="b", keys=8)
     await chaos.verify()
     if "events" in target.capabilities:

@@ -1,41 +1,41 @@
-"""Scenario: memory growth in the workers -- recycled past the soft limit (the system pool's
-option and events); a MemoryError under RLIMIT_AS, in any pool: the message is retried.
-Nothing lost or duplicated."""
+"""Scenario: memory growth in the workers, in any pool (carried by messages: ``chaos.workload``)
+-- recycled (the system pool: past its soft limit, as its events show); a MemoryError under
+RLIMIT_AS: the message is retried. Nothing lost or duplicated."""
 
-import asyncio
-
-import psutil
 import pytest
 
-from chaos import address_space_limit
-from chaos.pytest_plugin import require
+from chaos import address_space_limit, is_gone
 
 pytestmark = pytest.mark.asyncio  # async tests run whatever the project's asyncio_mode
 
 MB = 2**20
+LIMIT = 400 * MB  # the system pool's memory soft limit here, far above a fresh worker
 
 
 @pytest.mark.chaos_slo(lost=0, duplicated=0)
 async def test_a_leaking_worker_is_recycled(chaos_target, chaos) -> None:
-    probe = await chaos_target(workers=1)
-    require(probe, "failpoints", "events")
-    base = psutil.Process((await chaos.workers(1))[0]).memory_info().rss
-    await probe.stop()
-    chaos.failpoints("worker.after_apply=leak(2)")  # every message leaks 2 MB in its worker
-    await chaos_target(
-        workers=2, memory_soft_limit=base + 80 * MB, memory_interval=0.05, checkpoint_interval=0.01
+    """Eight messages, among good ones, each leave 100 MB behind in their worker
+    (``chaos.workload``): the pool must recycle a grown worker -- a worker that leaked ends, by
+    the kernel's word, not the pool's -- and lose nothing. The system pool's soft limit is set
+    at 400 MB (its events must name workers that leaked, over it or trending to it); other
+    pools recycle their own way, or grow without bound (a weakness)."""
+    target = await chaos_target(
+        workers=2, memory_soft_limit=LIMIT, memory_interval=0.05, checkpoint_interval=0.01
     )
     for round_ in range(8):
         await chaos.traffic(10, prefix=f"r{round_}-", keys=4)
-        await asyncio.sleep(0.05)  # let the sampler see the growth between rounds
+        leak = chaos.carry(f"leak{round_}", leak_mb=100, sleep=0.3)  # paced over ~3 s: a
+        await chaos.submit(f"leak{round_}", leak, "leak")  # pool may look once a second (loky)
+        await chaos.drain()  # the work, and its growth, done before the next round
     await chaos.verify()
-    recycled = [e for e in chaos.events if e["kind"] == "recycled"]
-    assert recycled, "no worker was recycled: the planned growth never crossed the limit"
-    assert all(e["rss"] > base for e in recycled)
-    print(
-        f"\n{len(recycled)} recycles; first: {recycled[0]['reason']}, "
-        f"rss {recycled[0]['rss'] // MB} MB, limit {recycled[0]['soft_limit'] // MB} MB"
-    )
+    leaked = {pid for r in range(8) for pid, _ in chaos.carried(f"leak{r}", "leak")}
+    ended = sorted(pid for pid in leaked if is_gone(pid))
+    assert ended, f"no worker that leaked was recycled: {len(leaked)} worker(s) grew by 800 MB"
+    if "events" in target.capabilities:
+        recycled = [e for e in chaos.events if e["kind"] == "recycled"]
+        assert recycled and {e["pid"] for e in recycled} <= leaked, recycled  # its own word
+        print(f"\n{len(recycled)} recycles; first: {recycled[0]['reason']}")
+    print(f"\nworkers that leaked: {sorted(leaked)}; ended: {ended}")
 
 
 @pytest.mark.chaos_slo(lost=0, duplicated=0)
@@ -48,8 +48,7 @@ async def test_memory_error_under_rlimit_as(chaos_target, chaos) -> None:
     await chaos.drain()
     (pid,) = await chaos.workers(1)
     with chaos.limit("RLIMIT_AS", address_space_limit(pid, extra_mb=100), pid=pid):
-        await target.submit("k0", chaos.carry("big", leak_mb=400, once=True), "big")
-        chaos.history.submitted("big", "k0")
+        await chaos.submit("big", chaos.carry("big", leak_mb=400, once=True))
         await chaos.traffic(20, prefix="b", keys=4)
         await chaos.drain()
     await chaos.verify()

@@ -26,8 +26,7 @@ async def test_the_payload_catalog_is_refused_committed_or_dead_lettered(
         for i, fault in enumerate(PAYLOAD_CATALOG):
             key = f"k{i}"
             good = f"good-{round_}-{i}"
-            await target.submit(key, "ok", good)
-            chaos.history.submitted(good, key)
+            await chaos.submit(good, "ok", key)
             bad = f"bad-{round_}-{fault.name}"
             ok = await chaos.submit_bad(target, key, fault.make(), bad, fault.name)
             (accepted if ok else refused).append(bad)

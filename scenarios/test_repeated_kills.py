@@ -27,8 +27,7 @@ REPLAYING = 0.15  # seconds after the replacements appear: up, and into the repl
 async def slow_traffic(chaos, n: int, prefix: str, key: str) -> None:
     for i in range(n):
         mid = f"{prefix}{i}"
-        await chaos.target.submit(key, {"sleep": SLOW}, mid)
-        chaos.history.submitted(mid, key)
+        await chaos.submit(mid, {"sleep": SLOW}, key)
 
 
 async def replaying(chaos, before: set[int], left: set[str], timeout: float = 15.0) -> list[int]:
