@@ -198,3 +198,28 @@ async def test_a_pool_that_starts_workers_on_demand_gets_work_to_start_them(tmp_
     finally:
         await target.stop()
         scenario.close()
+
+
+def test_a_pools_own_warning_stays_a_warning_under_error_filters(pytester) -> None:
+    """loky warns from its executor's thread when it restarts a leaking worker; a project's
+    ``filterwarnings = error`` made that an exception there, and loky lost the work in flight."""
+    pytester.makeini(
+        "[pytest]\nfilterwarnings = error\nasyncio_default_fixture_loop_scope = function\n"
+    )
+    pytester.makepyfile(
+        """
+        import warnings
+
+        def test_loky_restarts_a_leaking_worker():
+            warnings.warn_explicit(
+                "A worker was restarted while some jobs were given to the executor",
+                UserWarning, "process_executor.py", 869, module="loky.process_executor",
+            )
+
+        def test_any_other_warning_is_still_an_error():
+            warnings.warn("mine", UserWarning)
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["E*UserWarning: mine"])  # the project's filter, in force
