@@ -193,6 +193,7 @@ class ServedTarget:
         self._stderr_from = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._records: dict[str, Any] = {}  # the server's target's, as last fetched
+        self._sent: set[int] = set()  # signals this side sent the server (its exit: 128+N)
 
     # --- identity -------------------------------------------------------------------------
 
@@ -332,7 +333,8 @@ class ServedTarget:
                 ) from None
         self._sweep()
         self._close_pipes()
-        if asked and self.proc.returncode != 0:
+        signalled = {128 + s for s in self._sent}  # a stop asked while a signal stopped it
+        if asked and self.proc.returncode != 0 and self.proc.returncode not in signalled:
             raise ChaosError(
                 f"served target {self.spec} (pid {self.pid}) failed to stop: "
                 f"{exit_status(self.proc.returncode)}{self._tail()}"
@@ -371,6 +373,7 @@ class ServedTarget:
         name = signal.Signals(sig).name
         assert self.proc is not None
         mono, ts = time.clock_gettime(time.CLOCK_MONOTONIC), time.time()
+        self._sent.add(int(sig))
         if self.proc.poll() is None or group_members(self.pgid):  # else the group is no more
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pgid, sig)
@@ -391,10 +394,12 @@ class ServedTarget:
 
     def kill_server(self, sig: int = signal.SIGKILL) -> Injected:
         """Signal the server process alone (its workers are the target's business)."""
+        self._sent.add(int(sig))
         return send_signals([self.pid], sig, kind="kill_server")[0]
 
     def terminate(self) -> Injected:
         """SIGTERM to the server alone: it stops its target gracefully and exits 128+15."""
+        self._sent.add(signal.SIGTERM)
         return send_signals([self.pid], signal.SIGTERM, kind="terminate")[0]
 
     # --- the client side of the protocol -------------------------------------------------------
