@@ -39,9 +39,10 @@ async def test_a_hung_handler(chaos_target, chaos, action, frame) -> None:
 @pytest.mark.chaos_slo(detection=DETECTION_SLO, recovery=DETECTION_SLO + 2.0)
 async def test_a_frozen_worker(chaos_target, chaos) -> None:
     await chaos_target(workers=2, **FAST)
-    victim = (await chaos.workers(2))[0]  # ready: a worker frozen while starting would
-    await chaos.traffic(50, prefix="a", keys=8, work=0.01)  # measure its start; and work
-    fault = chaos.freeze(victim)  # is in flight on it when it stops (~0.25 s of it)
+    await chaos.workers(2)  # ready: a worker frozen while starting would measure its start
+    await chaos.traffic(50, prefix="a", keys=8)
+    await chaos.submit("busy", chaos.carry("busy", fault=False, sleep=0.5))
+    fault = chaos.freeze(await chaos.running("busy"))  # the worker running it, by its mark
     await chaos.traffic(300, prefix="b", keys=8)
     await chaos.verify()
     print(f"\nSIGSTOP: {fault.recovery.as_dict()}")
