@@ -14,6 +14,7 @@ exit 12 and the fix.
 
 from __future__ import annotations
 
+import configparser
 import os
 import sys
 import tomllib
@@ -37,18 +38,44 @@ def arguments(argv: list[str]) -> list[str]:
 PYTEST = "import os, sys, pytest; sys.path.append(os.getcwd()); sys.exit(pytest.main())"
 
 
+def pythonpath(project: Path) -> list[str]:
+    """The ``pythonpath`` entries of the pytest configuration pytest would take in ``project``
+    (the first of pytest.ini, pyproject.toml, tox.ini, setup.cfg that has a pytest section)."""
+    for name, section in (
+        ("pytest.ini", "pytest"),
+        ("pyproject.toml", None),
+        ("tox.ini", "pytest"),
+        ("setup.cfg", "tool:pytest"),
+    ):
+        path = project / name
+        if not path.is_file():
+            continue
+        if section is None:
+            try:
+                with open(path, "rb") as f:
+                    tool = tomllib.load(f).get("tool", {})
+            except (OSError, tomllib.TOMLDecodeError):
+                continue
+            if "ini_options" not in tool.get("pytest", {}):
+                continue
+            found = tool["pytest"]["ini_options"].get("pythonpath", [])
+            return found.split() if isinstance(found, str) else list(found)
+        ini = configparser.ConfigParser(interpolation=None)
+        try:
+            ini.read(path)
+        except configparser.Error:
+            continue
+        if ini.has_section(section) or name == "pytest.ini":
+            return ini.get(section, "pythonpath", fallback="").split()
+    return []
+
+
 def shadowing(project: Path, ours: Path) -> list[Path]:
     """The project's own ``chaos`` modules that pytest would import instead of chaosgate's:
-    in a ``pythonpath`` entry of its pyproject.toml, which pytest puts first on sys.path."""
-    try:
-        with open(project / "pyproject.toml", "rb") as f:
-            ini = tomllib.load(f).get("tool", {}).get("pytest", {}).get("ini_options", {})
-    except (OSError, tomllib.TOMLDecodeError):
-        ini = {}
-    entries = ini.get("pythonpath", [])
-    entries = entries.split() if isinstance(entries, str) else entries
+    in a ``pythonpath`` entry of its pytest configuration, which pytest puts first on
+    sys.path."""
     found = []
-    for entry in entries:
+    for entry in pythonpath(project):
         for module in (project / entry / "chaos", project / entry / "chaos.py"):
             if module.exists() and module.resolve() != ours.resolve():
                 found.append(module)
@@ -63,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"chaosgate: {found[0]} is a module of this project named as chaosgate's own "
             "package, and pytest's pythonpath puts it first: it would be imported instead of "
-            "chaosgate. Rename it, or leave its directory out of [tool.pytest.ini_options] "
-            "pythonpath and make the project importable another way (pip install -e .).",
+            "chaosgate. Rename it, or leave its directory out of pytest's pythonpath setting "
+            "and make the project importable another way (pip install -e .).",
             file=sys.stderr,
         )
         return EXIT_CONFIG

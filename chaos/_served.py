@@ -822,7 +822,7 @@ class _Server:
         signalled.cancel()
         stop_rid = requests.result()
         ok = await self._stop()
-        if stop_rid is not None and ok:
+        if stop_rid is not None:  # how the stop went, either way: its exit status says if it failed
             self._send(("ok", stop_rid, _records(self.target)))
         await self._flush()
         return 0 if ok else 1

@@ -180,3 +180,24 @@ def test_every_error_is_one_line_with_its_cause_and_fix(files: Path, case: str) 
     assert run.stderr.startswith(("chaosgate: error: ", "error: ")), run.stderr
     for needle in needles:
         assert needle in run.stderr, run.stderr
+
+
+def test_chaosgate_refuses_a_project_module_that_would_shadow_chaos(tmp_path: Path) -> None:
+    """pytest puts its ``pythonpath`` entries first on sys.path, before chaosgate's package:
+    the project's own ``chaos`` there is found, in whichever configuration file pytest reads."""
+    from chaos._run import shadowing
+
+    ours = Path(__import__("chaos").__file__).parent
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src/chaos.py").write_text("")
+    (tmp_path / "chaos").mkdir()
+    assert shadowing(tmp_path, ours) == []  # no pytest configuration: nothing put first
+    (tmp_path / "setup.cfg").write_text("[tool:pytest]\npythonpath = src\n")
+    assert shadowing(tmp_path, ours) == [tmp_path / "src/chaos.py"]
+    (tmp_path / "pyproject.toml").write_text('[tool.pytest.ini_options]\npythonpath = ["."]\n')
+    assert shadowing(tmp_path, ours) == [tmp_path / "chaos"]  # pyproject before setup.cfg
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    assert shadowing(tmp_path, ours) == []  # pytest.ini first of all, and it has none
+    (tmp_path / "pytest.ini").write_text("[pytest]\npythonpath = . src\n")
+    assert shadowing(tmp_path, ours) == [tmp_path / "chaos", tmp_path / "src/chaos.py"]
+    assert shadowing(ours.parent, ours) == []  # chaosgate's own checkout is no shadow
