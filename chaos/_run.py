@@ -14,10 +14,9 @@ exit 12 and the fix.
 
 from __future__ import annotations
 
-import configparser
 import os
+import shlex
 import sys
-import tomllib
 from pathlib import Path
 
 from ._gate import EXIT_CONFIG
@@ -38,36 +37,23 @@ def arguments(argv: list[str]) -> list[str]:
 PYTEST = "import os, sys, pytest; sys.path.append(os.getcwd()); sys.exit(pytest.main())"
 
 
-def pythonpath(project: Path) -> list[str]:
-    """The ``pythonpath`` entries of the pytest configuration pytest would take in ``project``
-    (the first of pytest.ini, pyproject.toml, tox.ini, setup.cfg that has a pytest section)."""
-    for name, section in (
-        ("pytest.ini", "pytest"),
-        ("pyproject.toml", None),
-        ("tox.ini", "pytest"),
-        ("setup.cfg", "tool:pytest"),
-    ):
-        path = project / name
-        if not path.is_file():
-            continue
-        if section is None:
-            try:
-                with open(path, "rb") as f:
-                    tool = tomllib.load(f).get("tool", {})
-            except (OSError, tomllib.TOMLDecodeError):
-                continue
-            if "ini_options" not in tool.get("pytest", {}):
-                continue
-            found = tool["pytest"]["ini_options"].get("pythonpath", [])
-            return found.split() if isinstance(found, str) else list(found)
-        ini = configparser.ConfigParser(interpolation=None)
-        try:
-            ini.read(path)
-        except configparser.Error:
-            continue
-        if ini.has_section(section) or name == "pytest.ini":
-            return ini.get(section, "pythonpath", fallback="").split()
-    return []
+def pythonpath(project: Path) -> list[Path]:
+    """The ``pythonpath`` entries of the configuration pytest would take when run in
+    ``project`` -- found by pytest's own lookup (its file names, their order, the walk up to
+    parent directories), relative to that file; none if that lookup is not to be had."""
+    try:
+        from _pytest.config.findpaths import locate_config  # not public: guarded
+
+        found = locate_config(project, [])
+        inifile, config = found[1], found[2]
+        value = config.get("pythonpath")
+    except Exception:  # another pytest's internals: no check rather than a wrong one
+        return []
+    if inifile is None or value is None:
+        return []
+    value = getattr(value, "value", value)  # pytest 9: a ConfigValue
+    entries = shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
+    return [inifile.parent / entry for entry in entries]
 
 
 def shadowing(project: Path, ours: Path) -> list[Path]:
@@ -76,7 +62,7 @@ def shadowing(project: Path, ours: Path) -> list[Path]:
     sys.path."""
     found = []
     for entry in pythonpath(project):
-        for module in (project / entry / "chaos", project / entry / "chaos.py"):
+        for module in (entry / "chaos", entry / "chaos.py"):
             if module.exists() and module.resolve() != ours.resolve():
                 found.append(module)
     return found

@@ -467,18 +467,25 @@ class Scenario:
         planned.fire()
         return accepted
 
-    async def running(self, id: str, timeout: float | None = None) -> int:
-        """The pid of the process that began message ``id``'s task (a payload from ``carry(id,
-        fault=False, sleep=s)``: busy for s seconds), from the mark the task logged as it
-        began -- never from the pool. Not begun within ``timeout`` (``target_timeout``): the
-        pool is hung (``TargetHung``)."""
+    async def running(self, id: str, timeout: float | None = None) -> tuple[int, float]:
+        """(pid, CLOCK_MONOTONIC) of the worker that began message ``id``'s task (a payload
+        from ``carry(id, fault=False, sleep=s)``: busy for s seconds), from the mark the task
+        logged as it began -- never from the pool; it must be one of the target's workers
+        (``ChaosError``). Not begun within ``timeout`` (``target_timeout``): the pool is hung
+        (``TargetHung``)."""
         timeout = self.target_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while not (began := self.carried(id, "sleep")):
             if time.monotonic() > deadline:
                 raise TargetHung(f"message {id}'s task did not begin within {timeout:g} s")
             await asyncio.sleep(0.01)
-        return began[0][0]
+        pid, mono = began[0]
+        if pid not in self.worker_pids():
+            raise ChaosError(
+                f"message {id} ran in pid {pid}, which is not one of the target's workers "
+                f"{sorted(self.worker_pids())}: a fault aimed at it would miss the pool"
+            )
+        return pid, mono
 
     def carried(self, id: str, what: str) -> list[tuple[int, float]]:
         """(pid, CLOCK_MONOTONIC) of each task that logged ``what`` for message ``id``'s

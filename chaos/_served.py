@@ -725,9 +725,14 @@ def serve_main(spec: str, data_dir: str, options: str, stop_timeout: float) -> i
     """Entry point of ``python -m chaos serve``: 0 after a stop asked for, 128+N after signal N,
     2 for bad arguments (one line on stderr: the cause and the fix), 1 if the target fails."""
     from ._target import load_target
+    from .workload import ENV_HARNESS
 
-    # The protocol gets private copies of stdin and stdout (not inherited by the target's
-    # processes); fd 0 becomes /dev/null and fd 1 the stderr file, so prints cannot corrupt it.
+    # The protocol gets private copies of stdin and stdout (closed across an exec; a process
+    # the target forks keeps them, and may outlive the server: the client learns of the
+    # server's end from its exit, not the pipe's); fd 0 becomes /dev/null and fd 1 the stderr
+    # file, so prints cannot corrupt it. A carried fault never hurts the server itself (in a
+    # thread or inline pool the task runs here): it is the harness's process of this side.
+    os.environ[ENV_HARNESS] = str(os.getpid())
     proto_in, proto_out = os.dup(0), os.dup(1)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -814,11 +819,12 @@ class _Server:
         await asyncio.wait({requests, signalled}, return_when=asyncio.FIRST_COMPLETED)
         if self.signum:  # SIGTERM / SIGINT: drain, answer nothing more
             requests.cancel()
-            if await self._stop():
+            stopped = await self._stop()
+            if stopped:
                 await self._keep_final()
             await self._flush()
             print(f"stopped by signal {self.signum}", file=sys.stderr)
-            return 128 + self.signum
+            return 128 + self.signum if stopped else 1  # 1: its graceful stop failed
         signalled.cancel()
         stop_rid = requests.result()
         ok = await self._stop()

@@ -186,10 +186,13 @@ def resolve_settings(config: pytest.Config) -> dict[str, Any]:
 
 # Warnings a pool under test issues from its own threads stay warnings, whatever the project's
 # filters say: raised as errors there ("filterwarnings = error"), they kill the pool's thread,
-# and the verdict would be on the harness's doing. loky warns so when it restarts a worker that
-# leaks: as an error, its executor lost the work in flight (4 of 6 runs of a leaking-worker
-# scenario).
-POOL_WARNINGS = ["default:A worker was restarted:UserWarning:loky.process_executor"]
+# and the verdict would be on the harness's doing. loky (also as joblib's) warns so when it
+# restarts a worker that leaks, or replaces one that stopped: as an error, its executor lost
+# the work in flight (4 of 6 runs of a leaking-worker scenario).
+POOL_WARNINGS = [
+    rf"default:{message}:UserWarning:(joblib\.externals\.)?loky\.process_executor"
+    for message in ("A worker was restarted", "A worker stopped while some jobs")
+]
 
 
 def pytest_configure(config: pytest.Config) -> None:

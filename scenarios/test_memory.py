@@ -2,6 +2,8 @@
 -- recycled (the system pool: past its soft limit, as its events show); a MemoryError under
 RLIMIT_AS: the message is retried. Nothing lost or duplicated."""
 
+import time
+
 import pytest
 
 from chaos import address_space_limit, is_gone
@@ -27,9 +29,20 @@ async def test_a_leaking_worker_is_recycled(chaos_target, chaos) -> None:
         leak = chaos.carry(f"leak{round_}", leak_mb=100, sleep=0.3)  # paced over ~3 s: a
         await chaos.submit(f"leak{round_}", leak, "leak")  # pool may look once a second (loky)
         await chaos.drain()  # the work, and its growth, done before the next round
+
+    def leaked_and_ended() -> tuple[set[int], list[int]]:
+        leaked = {pid for r in range(8) for pid, _ in chaos.carried(f"leak{r}", "leak")}
+        return leaked, sorted(pid for pid in leaked if is_gone(pid))
+
+    # A pool may recycle after a later task (loky looks at most once a second): good work
+    # goes on for up to 5 s while no worker that leaked has ended.
+    deadline, more = time.monotonic() + 5.0, 0
+    while not leaked_and_ended()[1] and time.monotonic() < deadline:
+        await chaos.traffic(4, prefix=f"t{more}-", keys=4, work=0.05)
+        await chaos.drain()
+        more += 1
     await chaos.verify()
-    leaked = {pid for r in range(8) for pid, _ in chaos.carried(f"leak{r}", "leak")}
-    ended = sorted(pid for pid in leaked if is_gone(pid))
+    leaked, ended = leaked_and_ended()
     assert ended, f"no worker that leaked was recycled: {len(leaked)} worker(s) grew by 800 MB"
     if "events" in target.capabilities:
         recycled = [e for e in chaos.events if e["kind"] == "recycled"]

@@ -200,4 +200,6 @@ def test_chaosgate_refuses_a_project_module_that_would_shadow_chaos(tmp_path: Pa
     assert shadowing(tmp_path, ours) == []  # pytest.ini first of all, and it has none
     (tmp_path / "pytest.ini").write_text("[pytest]\npythonpath = . src\n")
     assert shadowing(tmp_path, ours) == [tmp_path / "chaos", tmp_path / "src/chaos.py"]
+    (tmp_path / "sub").mkdir()  # run from below it: pytest walks up to the same file
+    assert shadowing(tmp_path / "sub", ours) == [tmp_path / "chaos", tmp_path / "src/chaos.py"]
     assert shadowing(ours.parent, ours) == []  # chaosgate's own checkout is no shadow
