@@ -1,8 +1,9 @@
 """A target served from a child process: ``ServedTarget`` runs any target in a pool of its own.
 
 ``ServedTarget(spec, data_dir, **options)`` starts ``python -m chaos serve SPEC DATA_DIR
---options JSON`` in a new session (its own process group: the server, and every process its
-target starts, can be killed whole), builds the target there (``factory(data_dir, **options)``;
+--options JSON`` (chaosgate's own ``chaos`` imported first, whatever the PYTHONPATH) in a new
+session (its own process group: the server, and every process its target starts, can be
+killed whole), builds the target there (``factory(data_dir, **options)``;
 spec ``"package.module:factory"``, by default the system pool, ``"chaos:SystemTarget"``) and
 drives it through the same protocol as ``chaos.Target``. So the harness judges what it saw
 itself: a ``submit`` returns when *this* process received the server's acknowledgement, and a
