@@ -246,17 +246,20 @@ class Scenario:
         may start its workers on demand (``ProcessPoolExecutor`` has none until it has work,
         nor after a crash until it gets more): after ``WAKE_AFTER`` s with no live worker, a
         message (``wake-N``, on its own key, in the history like all traffic) is sent, once a
-        second. Past the timeout: a weakness (``WorkersNotReplaced``) if this scenario killed
-        workers the target did not replace; else a harness error. A target that
-        goes on listing a dead worker for ``DEAD_LISTED`` s breaks the contract
-        (``ContractError``), and the wait ends then."""
+        second -- never to a target whose events name its ready workers (it keeps a set of
+        its own, as the system pool does: waking it would only change the history by timing).
+        Past the timeout: a weakness (``WorkersNotReplaced``) if this scenario killed workers
+        the target did not replace; else a harness error. A target that goes on listing a dead
+        worker for ``DEAD_LISTED`` s breaks the contract (``ContractError``), and the wait ends
+        then."""
         timeout = self.target_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         woken = idle = time.monotonic()
         while len(pids := self._ready(live := self.worker_pids())) < n:
             now = time.monotonic()
             idle = idle if not live else now
-            if now - idle >= WAKE_AFTER and now - woken >= WAKE_AFTER:
+            keeps_its_own = bool(self._ready_pids)  # it names its ready workers: it has a set
+            if not keeps_its_own and now - idle >= WAKE_AFTER and now - woken >= WAKE_AFTER:
                 woken = now
                 await self._wake()
             stale = sorted(p for p, t in self._dead_listed.items() if now - t > DEAD_LISTED)
@@ -287,8 +290,7 @@ class Scenario:
         """One message for a pool with no live worker: one that starts its workers on demand
         starts them now. Refused: the pool takes no more work (``TargetRefused``)."""
         self._wakes += 1
-        mid = f"wake-{self._wakes}"
-        self.steps.append(f"{mid}: work sent to a pool with no live worker")
+        mid = f"wake-{self._wakes}"  # (in the history; not a step: schedules must replay)
         if refused := await submit_one(self.target, self.history, "wake", 0, mid):
             raise refused
 

@@ -328,7 +328,7 @@ async def test_a_fault_against_each_pool(
             seen["stop_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
         target.close()
     seen.update(classify(family, target, verdict, seen, kept))
-    if verdict is not None:
+    if verdict is not None and seen["outcome"] != NOT_APPLICABLE:  # n/a: nothing judged
         chaos.judge(verdict, events, enforce=False)
     if seen["detection_ms"] is None:  # a target with events: its death events
         detected = [
