@@ -289,10 +289,8 @@ class Scenario:
     async def _wake(self) -> None:
         """One message for a pool with no live worker: one that starts its workers on demand
         starts them now. Refused: the pool takes no more work (``TargetRefused``)."""
-        self._wakes += 1
-        mid = f"wake-{self._wakes}"  # (in the history; not a step: schedules must replay)
-        if refused := await submit_one(self.target, self.history, "wake", 0, mid):
-            raise refused
+        self._wakes += 1  # (in the history; not a step: schedules must replay)
+        await self.submit(f"wake-{self._wakes}", 0, "wake")
 
     def _ready(self, pids: list[int]) -> list[int]:
         """Of ``pids``, those a "ready" event names -- for a target whose events name ready
