@@ -8,6 +8,7 @@ from chaos.pytest_plugin import require
 pytestmark = pytest.mark.asyncio  # async tests run whatever the project's asyncio_mode
 
 RECOVERY_SLO = 5.0  # seconds, every fault: all that was in flight is committed again
+HELD = 1.0  # seconds the held message keeps its worker busy (and again when it is re-run)
 
 
 @pytest.mark.chaos_slo(recovery=RECOVERY_SLO)
@@ -16,7 +17,13 @@ async def test_workers_killed_at_once(chaos_target, chaos, how_many) -> None:
     await chaos_target(workers=4, checkpoint_interval=0.2)
     await chaos.traffic(400, prefix="a", keys=12)
     pids = await chaos.workers(4)
-    chaos.kill(*(pids[:3] if how_many == "several" else pids))
+    # The kill must find work in flight whatever the machine's speed (a fast pool had
+    # committed all 400 before it: no effect). One message holds a worker for HELD s; that
+    # worker is among the victims.
+    await chaos.submit("held", chaos.carry("held", fault=False, sleep=HELD), key="held")
+    busy, _ = await chaos.running("held")
+    victims = [busy, *(p for p in pids if p != busy)]
+    chaos.kill(*(victims[:3] if how_many == "several" else victims))
     await chaos.traffic(400, prefix="b", keys=12)
     await chaos.verify()
     print(f"\n{how_many}: {chaos.figures()}")
