@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: scenarios test lint bench clean chromium
+.PHONY: scenarios test lint bench clean chromium redis
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 # the gate's own code (10, 11, 12; 1: a test outside the gate failed) is printed, not returned.
 SCENARIOS := $(BIN)/python -m pytest scenarios/ -p no:cacheprovider -rA --chaos-gate \
 	--junitxml=reports/scenarios-junit.xml
-scenarios: $(STAMP)
+scenarios: $(STAMP) redis
 	@echo "$(SCENARIOS)"
 	@$(SCENARIOS) || { status=$$?; echo "make scenarios: pytest --chaos-gate exited $$status" \
 		"(10 a weakness found, 11 a harness or environment error, 12 bad configuration," \
@@ -25,7 +25,7 @@ scenarios: $(STAMP)
 		"For the code itself: $(BIN)/python -m pytest scenarios/ --chaos-gate"; exit $$status; }
 
 # The whole test suite (tests/ and scenarios/), lint and format check included.
-test: lint chromium
+test: lint chromium redis
 	$(BIN)/python -m pytest -p no:cacheprovider --junitxml=reports/junit.xml
 
 # Debian's headless Chromium, for the test that looks at report.html as a person would.
@@ -35,6 +35,16 @@ chromium:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	else \
 		echo "chromium is missing (apt-get install chromium); its report test will be skipped"; \
+	fi
+
+# Debian's redis-server, for the Celery and RQ targets: each test starts its own on a free
+# loopback port (nothing is started here).
+redis:
+	@command -v redis-server >/dev/null || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
+	else \
+		echo "redis-server is missing (apt-get install redis-server); the engines' scenarios will be skipped"; \
 	fi
 
 lint: $(STAMP)

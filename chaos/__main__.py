@@ -26,7 +26,7 @@ import tomllib
 from pathlib import Path
 from typing import NoReturn
 
-from ._compare import CompareError, update_readme
+from ._compare import CompareError, matrices, update_readme
 from ._compare import table as comparison
 from ._errors import ChaosError
 from ._gate import EXIT_CONFIG, GateConfigError, evaluate, settings, table
@@ -129,7 +129,7 @@ def _baseline(path: str | None) -> dict | None:
 
 def _compare(report: dict, readme: str | None) -> int:
     if not readme:
-        sys.stdout.write(comparison(report))
+        sys.stdout.write("\n".join(comparison(report, m) for m in matrices(report) or ["pools"]))
         return 0
     try:
         update_readme(readme, report)

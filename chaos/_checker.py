@@ -8,7 +8,7 @@ and when, on CLOCK_MONOTONIC); ``History.check(committed, dead_lettered, events)
 - duplicated: committed more than once (each extra copy counts);
 - reordered: committed late within its key -- after an id of the same key that was submitted
   after it (what a retry or redelivery at the back of a queue does); each is explained by the
-  first id that overtook it;
+  first id that overtook it (not judged for a target that promises no order: ``unordered``);
 - unexpected: committed but never submitted (or under another key);
 - dead_lettered: dead-lettered by the target but not named by the scenario as expected (with the
   expected reason, a regular expression, when one is given). Dead letters are accounted, never
@@ -93,8 +93,10 @@ class History:
         dead_lettered: Iterable[str] | Mapping[str, str] = (),
         events: Iterable[Mapping[str, Any]] = (),
         expected_dead: Mapping[str, str | None] | None = None,
+        *,
+        ordered: bool = True,
     ) -> Verdict:
-        return check(self.submits, committed, dead_lettered, events, expected_dead)
+        return check(self.submits, committed, dead_lettered, events, expected_dead, ordered=ordered)
 
 
 def dead_letters_of(dead_lettered: Iterable[str] | Mapping[str, str]) -> dict[str, str]:
@@ -110,10 +112,13 @@ def check(
     dead_lettered: Iterable[str] | Mapping[str, str] = (),
     events: Iterable[Mapping[str, Any]] = (),
     expected_dead: Mapping[str, str | None] | None = None,
+    *,
+    ordered: bool = True,
 ) -> Verdict:
     """Compare each key's committed list of ids with what was submitted (see the module doc);
     ``expected_dead``: the ids the scenario expects dead-lettered, each with a regular
-    expression its reason must match (None: any reason)."""
+    expression its reason must match (None: any reason); ``ordered=False``: for a target that
+    promises no order within a key (a task queue with several workers), none is judged."""
     dead = dead_letters_of(dead_lettered)
     expected = dict(expected_dead or {})
     submits = list(submits)
@@ -150,7 +155,7 @@ def check(
             else:
                 seen.add(mid)
                 order.append((where[1], mid))
-        for mid, overtaker in late(order):
+        for mid, overtaker in late(order) if ordered else ():
             verdict.reordered.append(mid)
             reasons[mid] = f"{mid}: committed after {overtaker}, which was submitted after it"
     verdict.lost = [s.id for s in submits if s.acked and s.id not in seen and s.id not in dead]

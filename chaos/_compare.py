@@ -1,5 +1,7 @@
-"""The comparison table: pools side by side, one row per fault, from a report's comparison
-scenarios (``observed``: target, fault, outcome, summary, detection and recovery times)."""
+"""The comparison tables: pools side by side, one row per fault, from a report's comparison
+scenarios (``observed``: target, fault, outcome, summary, detection and recovery times) -- one
+table per matrix: ``pools`` (``scenarios/test_peers.py``) and ``engines``
+(``scenarios/test_engines.py``), each written into its own block of the README."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 from ._errors import ChaosError
 
 BEGIN, END = "<!-- comparison:begin -->", "<!-- comparison:end -->"
+BLOCKS = {"pools": (BEGIN, END), "engines": ("<!-- engines:begin -->", "<!-- engines:end -->")}
 VERDICT = {
     "recovered": "recovered",
     "recycled": "recycled",
@@ -30,14 +33,20 @@ class CompareError(ChaosError, ValueError):
     """The report holds no comparison, or the README has no place for one."""
 
 
-def table(report: Mapping[str, Any]) -> str:
+def matrices(report: Mapping[str, Any]) -> list[str]:
+    """The matrices the report has cells of, in the order first seen."""
+    cells = [sc["observed"] for sc in report["scenarios"] if sc.get("observed")]
+    return list(dict.fromkeys(seen.get("matrix", "pools") for seen in cells))
+
+
+def table(report: Mapping[str, Any], matrix: str = "pools") -> str:
     """Markdown: rows are faults, columns targets (in the order first seen)."""
     cells: dict[tuple[str, str], dict[str, Any]] = {}
     targets: list[str] = []
     faults: list[str] = []
     for sc in report["scenarios"]:
         seen = sc.get("observed")
-        if not seen:
+        if not seen or seen.get("matrix", "pools") != matrix:
             continue
         cells[(seen["fault"], seen["target"])] = seen
         if seen["target"] not in targets:
@@ -46,8 +55,9 @@ def table(report: Mapping[str, Any]) -> str:
             faults.append(seen["fault"])
     if not cells:
         raise CompareError(
-            "the report has no comparison scenario: give the report of a run of "
-            "scenarios/test_peers.py (e.g. `pytest scenarios/test_peers.py`, then reports/latest)"
+            f"the report has no comparison scenario of the {matrix} matrix: give the report of a "
+            "run of scenarios/test_peers.py or scenarios/test_engines.py (e.g. `pytest "
+            "scenarios/test_peers.py`, then reports/latest)"
         )
     lines = [
         "| fault | " + " | ".join(targets) + " |",
@@ -74,7 +84,7 @@ def _cell(seen: Mapping[str, Any] | None) -> str:
         return text
     detail = seen["summary"].split("; ", 1)
     if seen["outcome"] == "recovered":
-        text = detail[0]
+        text = seen["summary"]
     elif len(detail) > 1:
         text += ": " + detail[1]
     if seen.get("detection_ms") is not None:
@@ -83,15 +93,20 @@ def _cell(seen: Mapping[str, Any] | None) -> str:
 
 
 def update_readme(path: str | Path, report: Mapping[str, Any]) -> None:
-    """Replace the README's block between the comparison markers with a fresh table."""
+    """Replace the README's block of each matrix the report has (between its markers) with a
+    fresh table; the other blocks are left as they are."""
     p = Path(path)
     text = p.read_text()
-    if BEGIN not in text or END not in text:
-        raise CompareError(
-            f"{p} has no {BEGIN} ... {END} block to fill; put those two lines where the "
-            "table belongs"
+    found = matrices(report) or ["pools"]
+    for matrix in found:
+        begin, end = BLOCKS.get(matrix, BLOCKS["pools"])
+        if begin not in text or end not in text:
+            raise CompareError(
+                f"{p} has no {begin} ... {end} block to fill; put those two lines where the "
+                f"table of the {matrix} matrix belongs"
+            )
+        fresh = f"{begin}\n{table(report, matrix)}{end}"
+        text = re.sub(
+            re.escape(begin) + ".*?" + re.escape(end), lambda _, f=fresh: f, text, flags=re.S
         )
-    fresh = f"{BEGIN}\n{table(report)}{END}"
-    p.write_text(
-        re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: fresh, text, flags=re.S)
-    )
+    p.write_text(text)

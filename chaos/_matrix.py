@@ -50,12 +50,15 @@ from ._guard import TargetHung
 from ._memory import address_space_limit, memory_cgroup
 from ._payloads import CATALOG
 from ._pipes import breakable_sockets
-from ._processes import is_gone
+from ._processes import descendants, is_gone
 from ._served import ServedTarget
 from ._target import TargetRefused
 from ._threads import pids_limit
 
 MB = 2**20
+BROKER_DOWN = 1.0  # seconds a killed broker stays down before it is started again
+BROKER_FROZEN = 10.0  # seconds a frozen broker stays stopped
+REFUSAL_WAIT = 6.0  # seconds a capped pool has to try to start a process, once it dealt with work
 GOOD = {"recovered", "recycled", "drained"}
 NOT_APPLICABLE = "n/a"
 
@@ -88,17 +91,22 @@ class Cell:
         deadline = time.monotonic() + 10.0
         while True:
             now = self.now()
+            live = {*self.pids, *chaos.worker_pids()}  # (RQ forks a process for each job)
             running = list(
                 dict.fromkeys(
                     pid
                     for i in range(len(started))
                     for pid, mono in chaos.carried(f"busy{i}", "sleep")
-                    if now - mono < 0.8 * seconds and pid in self.pids
+                    if now - mono < 0.8 * seconds and pid in live
                 )
             )
             if len(running) >= self.workers or (running and time.monotonic() > deadline):
                 break
-            assert time.monotonic() < deadline, "no busy task began within 10 s"
+            if time.monotonic() > deadline:  # it cannot begin work: hung, where is everyone?
+                raise TargetHung(
+                    f"no task began within 10 s ({len(started)} submitted)",
+                    await asyncio.to_thread(_dump_tree, self.target),
+                )
             if len(started) < 8 * self.workers and (
                 not started or time.monotonic() - started[-1] > 0.05
             ):
@@ -107,7 +115,8 @@ class Cell:
                 await self.chaos.submit(f"busy{i}", payload, key=f"busy{i}")
                 started.append(time.monotonic())
             await asyncio.sleep(0.01)
-        self.pids = running + [p for p in self.pids if p not in running]
+        live = chaos.worker_pids()  # (a pool that forks per task has new ones now)
+        self.pids = running + [p for p in live or self.pids if p not in running]
         await self.chaos.traffic(10, prefix="queued", keys=4)
 
     def now(self) -> float:
@@ -181,11 +190,15 @@ async def pipe_inside(cell: Cell) -> float:
 
 
 async def bad_argument(cell: Cell) -> float:
+    """A payload that raises when unpickled: refused at submit (the submit raises, nothing
+    acknowledged: a serializer that cannot carry it, as Celery's JSON) is correct; accepted,
+    it must be committed, or dead-lettered where the pool has dead letters."""
     bad = next(f for f in CATALOG if f.name == "crash_at_unpickle")
-    planned = cell.chaos.plan("payload", "message poison", detail=bad.name)
     cell.chaos.expect_dead_letters({"poison": "CrashAtUnpickle"})  # where a pool has them
-    await cell.chaos.submit("poison", bad.make())
-    return planned.fire().mono
+    await cell.chaos.submit_bad(cell.target, "k0", bad.make(), "poison", bad.name)
+    fault = cell.chaos.faults[-1]
+    assert fault.mono is not None
+    return fault.mono
 
 
 async def payload_catalog(cell: Cell) -> float:
@@ -235,7 +248,7 @@ async def memory_growth(cell: Cell) -> float:
 
 async def rlimit_as(cell: Cell) -> float:
     with contextlib.ExitStack() as limits:
-        for pid in cell.pids:
+        for pid in _limited(cell):
             limits.enter_context(
                 cell.chaos.limit(
                     "RLIMIT_AS", address_space_limit(pid, extra_mb=100), pid=pid, detail="+100 MB"
@@ -257,7 +270,7 @@ async def oom_kill(cell: Cell) -> float:
         raise NotApplicable(f"no memory cgroup here: {why}")
     groups = []
     with contextlib.ExitStack() as limits:
-        for pid in cell.pids:  # newly charged memory past 64 MB: the OOM killer
+        for pid in _limited(cell):  # newly charged memory past 64 MB: the OOM killer
             capped = cell.chaos.limit("memory cgroup", memory_cgroup(pid, 64), pid=pid)
             groups.append(limits.enter_context(capped))
         await cell.chaos.submit("big", cell.chaos.carry("big", leak_mb=400, once=True))
@@ -266,6 +279,13 @@ async def oom_kill(cell: Cell) -> float:
         cell.seen["oom_kills"] = sum(_oom_kills(g) for g in groups)
         await cell.target.committed()
     return fault_at
+
+
+def _limited(cell: Cell) -> list[int]:
+    """The processes a resource limit goes on: the workers, or where a pool forks a process
+    per task (RQ), the ones it forks from -- a limit and a cgroup are inherited at fork."""
+    resource_pids = getattr(cell.target, "resource_pids", None)
+    return list(resource_pids()) if callable(resource_pids) else cell.pids
 
 
 async def exhaustion(cell: Cell) -> float:
@@ -290,6 +310,15 @@ async def exhaustion(cell: Cell) -> float:
     # or given up on): whether a submit meets a pool that has seen the death yet would be a
     # race between its threads and the harness, not a behaviour.
     await cell.target.committed()
+    # And once the pool has tried to replace what it lost, if it does (a refusal counted),
+    # within REFUSAL_WAIT s: Celery looks at its children only every 5 s -- lifted before it
+    # looked, the cap would have proved nothing, or something else each run.
+    deadline = time.monotonic() + REFUSAL_WAIT
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if _refused(group):
+                break
+        await asyncio.sleep(0.05)
     return fault_at
 
 
@@ -313,10 +342,15 @@ async def sigterm(cell: Cell) -> float:
     fault.fire(injected.mono, injected.ts)
     fault.effect = f"{len(tree)} processes ended, exit {cell.target.returncode}"
     target = cell.target
-    if "restart" in target.capabilities:  # what it acknowledged is durable: a restart tells
+    if hasattr(target, "again"):  # a task queue: its worker started again on its broker
+        again = target.again()
+    elif "restart" in target.capabilities:  # what it acknowledged is durable: a restart tells
         again = ServedTarget(
             target.spec, target.data_dir, timeout=target.timeout, **target.options
         )  # its own acknowledgements stay the harness's evidence: this only reads back
+    else:
+        again = None
+    if again is not None:
         try:
             await again.start()
             cell.seen["final"] = await again.committed()
@@ -334,6 +368,75 @@ async def sigterm(cell: Cell) -> float:
             cell.seen["unanswered"] = True
         cell.seen["final"] = final if final is not None else cell.last_read
     raise Ended()
+
+
+async def worker_kill(cell: Cell) -> float:
+    """SIGKILL of a whole worker -- its main process and every descendant at once, as the end
+    of its container or host: what it had taken from the broker and not finished must come back
+    (a service manager starts the worker again: the target's own supervisor)."""
+    main = getattr(cell.target, "pid", None)
+    if main is None or "broker" not in cell.target.capabilities:
+        raise NotApplicable("it has no worker process apart from its pool's (see kill_all)")
+    await cell.busy()
+    tree = [main, *(p.pid for p in descendants(main))]
+    return cell.chaos.kill(*tree).mono
+
+
+def _broker(cell: Cell) -> Any:
+    if "broker" not in cell.target.capabilities:
+        raise NotApplicable("its messages travel through no broker")
+    return cell.target.broker
+
+
+async def broker_kill(cell: Cell) -> float:
+    """SIGKILL of the Redis broker with work in flight and queued, started again
+    ``BROKER_DOWN`` s later on the same port and directory (persistence off: it comes back
+    empty)."""
+    broker = _broker(cell)
+    if broker.aof:
+        raise ChaosError("broker_kill is the broker without persistence: see broker_kill_aof")
+    await cell.busy()
+    with cell.chaos.broker_killed(broker) as fault:
+        await asyncio.sleep(BROKER_DOWN)  # the fault's length: a crash, then a restart
+    assert fault.mono is not None
+    return fault.mono
+
+
+async def broker_kill_aof(cell: Cell) -> float:
+    """The same kill of a broker that keeps an append-only file (``appendonly yes``)."""
+    broker = _broker(cell)
+    if not broker.aof:
+        raise ChaosError("broker_kill_aof needs a target whose broker has aof=True")
+    await cell.busy()
+    with cell.chaos.broker_killed(broker) as fault:
+        await asyncio.sleep(BROKER_DOWN)
+    assert fault.mono is not None
+    return fault.mono
+
+
+async def broker_link(cell: Cell) -> float:
+    """Every connection of the worker's processes to the broker shut down from outside, with
+    work in flight and queued: it must reconnect and go on."""
+    broker = _broker(cell)
+    await cell.busy()
+    main = cell.target.pid  # and every process of the worker (RQ's pool: its workers hold them)
+    with cell.chaos.broker_link_broken(
+        [main, *(p.pid for p in descendants(main))], broker
+    ) as fault:
+        pass
+    assert fault.mono is not None
+    return fault.mono
+
+
+async def broker_freeze(cell: Cell) -> float:
+    """The broker stopped (SIGSTOP) for ``BROKER_FROZEN`` s with work in flight and queued --
+    its sockets stay open, nothing answers -- then resumed."""
+    broker = _broker(cell)
+    await cell.busy()
+    with cell.chaos.broker_frozen(broker) as fault:
+        await asyncio.sleep(BROKER_FROZEN)  # the fault's length
+    assert fault.mono is not None
+    return fault.mono
 
 
 FAMILIES: dict[str, Family] = {
@@ -354,6 +457,14 @@ FAMILIES: dict[str, Family] = {
     "exhaustion": exhaustion,
     "sigterm": sigterm,
 }
+# A task queue's own faults: its whole worker, and its broker (targets with ``"broker"``).
+ENGINE_FAMILIES: dict[str, Family] = {
+    "worker_kill": worker_kill,
+    "broker_kill": broker_kill,
+    "broker_kill_aof": broker_kill_aof,
+    "broker_link": broker_link,
+    "broker_freeze": broker_freeze,
+}
 SERVED = {
     "exhaustion",
     "sigterm",
@@ -364,13 +475,15 @@ MEMORY = {"memory_growth"}  # judged recycled / grew
 async def run_cell(chaos: Any, target: Any, family: str, tmp: Path, workers: int) -> dict[str, Any]:
     """Warm up, inject ``family``'s fault, send more work after it, probe: what was seen."""
     cell = Cell(chaos, target, tmp, workers)
-    cell.seen.update(refused=None, hung=None, recovery_ms=None, detection_ms=None)
+    cell.seen.update(refused=None, hung=None, recovery_ms=None, detection_ms=None, settled_ms=None)
     try:
+        if why := getattr(target, "not_applicable", {}).get(family):  # the target says why
+            raise NotApplicable(why)
         await chaos.traffic(20, prefix="warm", keys=4)
         cell.last_read = await target.committed()
         cell.pids = await chaos.workers(workers)
         try:
-            fault_at = await FAMILIES[family](cell)
+            fault_at = await (FAMILIES.get(family) or ENGINE_FAMILIES[family])(cell)
         except TargetRefused as e:  # broken by the fault before all of its work was in
             cell.seen["refused"] = _refusal(e)
         except Ended:
@@ -403,6 +516,8 @@ async def _after(cell: Cell, fault_at: float) -> None:
     state = await target.committed()
     if "probe" in state.get("probe", []):
         seen["recovery_ms"] = round((cell.now() - fault_at) * 1000, 1)
+    if cell.chaos.history.acked() <= {m for ids in state.values() for m in ids}:
+        seen["settled_ms"] = round((cell.now() - fault_at) * 1000, 1)  # all of it back
     first = records(target)["first_failure"]  # the peer adapters': a failed future
     # (a failure noticed within the instant of the signal: 0, never a negative time)
     seen["detection_ms"] = round(max(0.0, first - fault_at) * 1000, 1) if first else None
@@ -442,7 +557,8 @@ def classify(
     outstanding, failures = kept.get("outstanding", []), kept.get("failures", {})
     stop_blocked = bool(getattr(target, "stop_blocked", False))
     hung = bool(seen.get("hung") or outstanding or stop_blocked)
-    lost = len(verdict.lost) if verdict is not None else 0
+    # lost: nowhere -- what never returned yet (outstanding) is counted as hung, not lost
+    lost = len(set(verdict.lost) - set(outstanding)) if verdict is not None else 0
     anomalies = ("duplicated", "reordered", "unexpected", "dead_lettered")
     anomaly = next((a for a in anomalies if verdict is not None and getattr(verdict, a)), None)
     moot = None  # the family found nothing to act on
@@ -473,6 +589,10 @@ def classify(
     for text in failures.values():
         name = text.split(":")[0]
         errors[name] = errors.get(name, 0) + 1
+    places: dict[str, int] = {}  # a task queue's: where the work that never came back is
+    for where in (getattr(target, "where_left", None) or {}).values():
+        place = "running" if where.startswith("running") else where
+        places[place] = places.get(place, 0) + 1
     dumps = [f"# {d.method} dump of pid {d.pid}\n{d.text[:20000]}" for d in target_dumps(target)]
     if seen.get("hung") is not None and getattr(seen["hung"], "dumps", None):
         dumps.append(seen["hung"].dumps)  # the guard's: every process of the target
@@ -485,6 +605,9 @@ def classify(
         "errors": errors,
         "dumps": dumps,
         "hung": str(seen["hung"]).splitlines()[0] if seen.get("hung") else None,
+        "left": places,
+        "visibility_timeout": getattr(target, "visibility_timeout", None),
+        "restarts": getattr(target, "restarts", 0) or 0,  # by a task queue's supervisor
     }
 
 
@@ -503,10 +626,17 @@ def describe(seen: dict[str, Any]) -> str:
         parts.append("its committed() gave no answer once stopped")
     if seen["outcome"] == "recovered" and seen.get("recovery_ms") is not None:
         parts = [f"recovered in {seen['recovery_ms']:.0f} ms"]
+        vt, settled = seen.get("visibility_timeout"), seen.get("settled_ms")
+        if vt is not None and settled is not None and settled >= vt * 1000:
+            parts.append(
+                f"all of it back {settled / 1000:.1f} s after the fault (visibility timeout "
+                f"{vt:g} s)"
+            )
     if seen.get("lost"):
         parts.append(f"{seen['lost']} lost")
     if seen.get("outstanding"):
         parts.append(f"{seen['outstanding']} never returned (py-spy dumps taken)")
+    parts += _placed(seen.get("left") or {}, seen.get("visibility_timeout"))
     if seen.get("hung"):  # "X.committed() did not return within 30 s (...)": the call
         parts.append(seen["hung"].split(" (", 1)[0].split(".", 1)[-1][:100])
     if seen.get("stop_blocked"):
@@ -517,6 +647,8 @@ def describe(seen: dict[str, Any]) -> str:
         parts.append(f"{seen['refused_at_submit']} bad payloads refused at submit")
     if seen.get("errors"):
         parts.append(", ".join(f"{n}x {e}" for e, n in seen["errors"].items()))
+    if seen.get("restarts"):
+        parts.append(f"its worker died and was started again {seen['restarts']}x (supervisor)")
     if seen.get("forks_refused"):
         parts.append(f"{seen['forks_refused']} fork(s) or thread(s) refused")
     if seen.get("oom_kills"):
@@ -526,6 +658,23 @@ def describe(seen: dict[str, Any]) -> str:
     if seen.get("stop_error"):
         parts.append(f"its stop failed ({seen['stop_error'].split(':')[0]})")
     return "; ".join(parts)
+
+
+def _placed(left: dict[str, int], visibility_timeout: float | None) -> list[str]:
+    """Where a task queue's missing work was, by the broker's own lists."""
+    said = {
+        "queued": "still queued in the broker",
+        "unacknowledged": "unacknowledged in the broker (back only after its visibility "
+        f"timeout, {visibility_timeout or 0:g} s)",
+        "running": "still running in a live worker",
+        "started": "in the started registry, its worker dead (failed or retried only once "
+        "the engine's maintenance finds it abandoned)",
+        "intermediate": "taken from the queue by a worker that died (RQ's intermediate queue: "
+        "put back only by the engine's maintenance)",
+        "scheduled": "scheduled to run again later",
+        "unknown": "not placed: the broker could not be read",
+    }  # (the rest is nowhere: lost, and counted so)
+    return [f"{n} {said[place]}" for place, n in left.items() if n and place in said]
 
 
 async def _fired(cell: Cell, mid: str, timeout: float = 30.0) -> float:
@@ -555,6 +704,19 @@ async def until(predicate: Callable[[], Any], timeout: float, what: str) -> None
         await asyncio.sleep(0.01)
 
 
+def _dump_tree(target: Any) -> str:
+    """py-spy dumps of every process of the target: its own (``pid``) and its workers."""
+    from ._stacks import dump_stacks
+
+    pids = dict.fromkeys([p for p in [getattr(target, "pid", None)] if p] + target.worker_pids())
+    with contextlib.suppress(psutil.Error):
+        for pid in list(pids):
+            pids.update(dict.fromkeys(c.pid for c in psutil.Process(pid).children(True)))
+    return "\n".join(
+        f"--- target process {pid} ---\n{dump_stacks(pid, timeout=5.0).text}" for pid in pids
+    )
+
+
 def _rss(pid: int) -> int:
     try:
         return psutil.Process(pid).memory_info().rss
@@ -567,16 +729,21 @@ def _refusals(cell: Cell, group: Path, cap: Any) -> None:
     (``pids.events``). None refused: the pool never tried to start one -- the cap proved
     nothing."""
     try:
-        lines = (group / "pids.events").read_text().splitlines()
+        refused = _refused(group)
     except OSError as e:  # the effect unknown: proves nothing (never n/a)
         cap.no_effect = f"its refusals could not be read ({e.strerror})"
         return
-    refused = next((int(line.split()[1]) for line in lines if line.startswith("max ")), 0)
     cell.seen["forks_refused"] = refused
     if refused:
         cap.effect = f"the kernel refused {refused} new process(es) or thread(s)"
     else:  # the cell is n/a (``classify``), unless the pool hung: then it proved nothing
         cap.no_effect = "nothing in the pool's tree tried to start a process or thread under it"
+
+
+def _refused(group: Path) -> int:
+    """The new processes and threads the pids cgroup refused so far (``OSError``: unreadable)."""
+    lines = (group / "pids.events").read_text().splitlines()
+    return next((int(line.split()[1]) for line in lines if line.startswith("max ")), 0)
 
 
 def _oom_kills(group: Path) -> int:

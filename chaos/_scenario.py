@@ -44,7 +44,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import _failpoints, _pipes, _process_faults, workload
+from . import _broker, _failpoints, _pipes, _process_faults, workload
 from ._checker import History, Verdict, dead_letters_of
 from ._errors import ChaosError, ContractError
 from ._guard import DEFAULT_TIMEOUT, Guarded, TargetHung, target_name
@@ -411,6 +411,22 @@ class Scenario:
         self._undo.callback(_thaw_quietly, pid)
         return fault
 
+    def broker_killed(self, server: Any) -> contextlib.AbstractContextManager[Fault]:
+        """SIGKILL the Redis broker ``server`` (a ``chaos.engines.RedisServer`` the test
+        started); started again, same port and directory, at the block's end."""
+        return _broker.broker_killed(self, server)
+
+    def broker_frozen(self, server: Any) -> contextlib.AbstractContextManager[Fault]:
+        """SIGSTOP the Redis broker ``server`` for the block; SIGCONT at its end."""
+        return _broker.broker_frozen(self, server)
+
+    def broker_link_broken(
+        self, pids: int | list[int], server: Any
+    ) -> contextlib.AbstractContextManager[Fault]:
+        """Shut down every connection of ``pids`` (one, or a worker's tree) to the broker
+        ``server``, from outside."""
+        return _broker.broker_link_broken(self, pids, server)
+
     def break_pipes(self, pid: int, *, harmless: bool = False) -> Fault:
         """Shut every socket of ``pid`` down from outside (fired if it had one)."""
         acked = self.history.acked()
@@ -662,7 +678,9 @@ class Scenario:
         final |= set(dead) & set(self.expected_dead)
         await self.settle(final, timeout)
         timeline = events + [f.as_event() for f in self.faults if f.fired and f.pid]
-        verdict = self.history.check(committed, dead, timeline, self.expected_dead)
+        verdict = self.history.check(
+            committed, dead, timeline, self.expected_dead, ordered="unordered" not in caps
+        )
         return self.judge(verdict, events)
 
     def judge(

@@ -9,7 +9,10 @@ harness polls it to measure recovery; without it, ``committed()`` is polled), an
 else it can do is named in ``capabilities`` -- ``"events"`` (lifecycle events
 with CLOCK_MONOTONIC times, for recovery figures), ``"failpoints"`` (chaos failpoint sites
 inside it), ``"dead_letters"``, ``"restart"`` (stop and start again on the same state),
-``"leak"`` (a payload ``{"leak_mb": N}`` makes the worker applying it keep N MB more) -- and a
+``"leak"`` (a payload ``{"leak_mb": N}`` makes the worker applying it keep N MB more),
+``"unordered"`` (it promises no order within a key -- a task queue with several workers: the
+checker judges none), ``"broker"`` (its messages travel through a Redis broker it started,
+``target.broker``: the broker faults act on it) -- and a
 scenario that needs one the target lacks is skipped with that reason, never passed.
 
 ``SystemTarget`` adapts ``system.Pool``; ``load_target("package.module:factory")`` builds a

@@ -6,18 +6,9 @@ from typing import Any
 
 import pytest
 
-from chaos import ServedTarget, SystemTarget, TargetHung, load_target
-from chaos._matrix import (
-    FAMILIES,
-    GOOD,
-    NOT_APPLICABLE,
-    SERVED,
-    classify,
-    describe,
-    records,
-    run_cell,
-)
-from chaos._scenario import unfired_message
+from chaos import SystemTarget, load_target
+from chaos._cells import judge_cell, strict_params
+from chaos._matrix import FAMILIES
 from chaos.peers import LokyTarget, MultiprocessingPoolTarget, ProcessPoolTarget
 from chaos.pytest_plugin import chosen_target
 
@@ -253,26 +244,11 @@ EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
 }
 
 
-class PeerWeakness(Exception):
-    """The pool showed the weakness expected of it, and chaosgate caught it."""
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every pool x every family; with ``--chaos-target``, a column for that target too."""
     if "family" not in metafunc.fixturenames:
         return
-    found = []
-    for target in TARGETS:
-        for family in FAMILIES:
-            outcome, why = EXPECTED[(target, family)]
-            marks = []
-            if outcome not in GOOD and outcome != NOT_APPLICABLE:
-                marks.append(
-                    pytest.mark.xfail(
-                        raises=PeerWeakness, strict=True, reason=f"{target} on {PY}: {why}"
-                    )
-                )
-            found.append(pytest.param(target, family, marks=marks, id=f"{target}-{family}"))
+    found = strict_params(TARGETS, FAMILIES, EXPECTED, PY)
     if chosen_target(metafunc.config) is not None:
         found += [pytest.param(YOURS, family, id=f"{YOURS}-{family}") for family in FAMILIES]
     metafunc.parametrize(("target_name", "family"), found)
@@ -294,76 +270,9 @@ async def test_a_fault_against_each_pool(
         options = dict(SYSTEM_OPTIONS) if target_name == "system" else dict(PEER_OPTIONS)
     if target_name == "system" and family == "memory_growth":
         options["memory_soft_limit"] = 300 * MB
-    if family in SERVED:  # the pool in a process of its own: its whole tree is hurt
-        bound = chaos.target_timeout
-        options.pop("stop_timeout", None)  # the served target's own, below
-        served = ServedTarget(
-            SPECS.get(target_name) or chosen_target(request.config), tmp_path / "data",
-            timeout=bound, ack_timeout=bound, stop_timeout=bound * 0.7, workers=WORKERS,
-            **options,
-        )  # fmt: skip
-        target = chaos.guard(served, kill=served.kill_whole)
-    else:
-        target = chaos.guard(factory(tmp_path / "data", workers=WORKERS, **options))
-    chaos.target = target
-    verdict, events, kept = None, [], {}
-    seen: dict[str, Any] = {}
-    try:
-        await target.start()
-        seen.update(await run_cell(chaos, target, family, tmp_path, WORKERS))
-        if "final" in seen:  # what the pool committed by the time it exited
-            verdict = chaos.history.check(seen["final"], [], [], chaos.expected_dead)
-        elif not seen.get("hung") and not seen.get("not_applicable"):
-            committed = await target.committed()
-            kept = records(target)
-            events = target.events() if "events" in target.capabilities else []
-            dead = target.dead_lettered() if hasattr(target, "dead_lettered") else []
-            verdict = chaos.history.check(committed, dead, events, chaos.expected_dead)
-    finally:
-        try:
-            await target.stop()
-        except TargetHung as e:  # a stop past its bound: hung, with the stacks
-            seen["hung"] = seen.get("hung") or e
-        except Exception as e:  # the pool's processes were killed: seen, not a test error
-            seen["stop_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
-        target.close()
-    seen.update(classify(family, target, verdict, seen, kept))
-    if verdict is not None and seen["outcome"] != NOT_APPLICABLE:  # n/a: nothing judged
-        chaos.judge(verdict, events, enforce=False)
-    if seen["detection_ms"] is None:  # a target with events: its death events
-        detected = [
-            f.recovery.detection for f in chaos.faults if f.recovery and f.recovery.detection
-        ]
-        seen["detection_ms"] = round(min(detected) * 1000, 1) if detected else None
-    if seen["outcome"] == "hung":  # a hang is reported with where everyone was waiting
-        assert seen["dumps"] and all("Thread" in d for d in seen["dumps"]), seen["dumps"]
-    summary = describe(seen)
-    chaos.observed = {"target": target_name, "fault": family, "summary": summary, **seen}
-    for bulky in ("hung", "final"):  # the exception; the committed state itself
-        chaos.observed.pop(bulky, None)
-    print(f"\n{target_name} / {family}: {summary}")
-    if target_name == YOURS:
-        expected, why = seen["outcome"] if seen["outcome"] == NOT_APPLICABLE else "good", ""
-        assert seen["outcome"] in GOOD | {NOT_APPLICABLE}, f"{family}: {summary}"
-    else:
-        expected, why = EXPECTED[(target_name, family)]
-        assert seen["outcome"] in expected.split("|"), (
-            f"{target_name} behaved differently on {family}: expected {expected} ({why}), saw "
-            f"{summary}; update EXPECTED if the pool changed"
-        )
-    if expected == NOT_APPLICABLE:  # nothing was tested: never a pass
-        pytest.skip(f"{target_name} / {family}: {summary}")
-    await proven(chaos)
-    if expected not in GOOD | {"good"}:
-        raise PeerWeakness(f"{target_name} / {family}: {summary}")
-
-
-async def proven(chaos) -> None:
-    """Every fault of the cell fired and had its effect -- checked here, since a cell that
-    shows its expected weakness ends before the plugin's own check would run: an expected
-    weakness seen without its fault proves nothing, and must not pass."""
-    await chaos.effects_known()
-    if unfired := chaos.unfired():
-        pytest.fail(unfired_message(unfired), pytrace=False)
-    if ineffective := chaos.ineffective():
-        pytest.fail("a fault had no effect: " + "; ".join(ineffective), pytrace=False)
+    expected = None if target_name == YOURS else EXPECTED[(target_name, family)]
+    spec = SPECS.get(target_name) or chosen_target(request.config)
+    await judge_cell(
+        chaos, tmp_path, target_name, family, factory, options,
+        workers=WORKERS, expected=expected, spec=spec,
+    )  # fmt: skip

@@ -11,6 +11,8 @@ selfpipe        an event loop's self-pipe: a socket pair, one end the signal wak
                 handled: "WAKEUP_FD READ_FD"
 woken           read a byte from the self-pipe: the signal number written there, or "EOF"
 failpoint NAME  call chaos.failpoint(NAME) in a thread named "site": "ok" or the exception
+connect H P     open a TCP connection to host H port P, kept: "connected"
+recv-connected  read from that connection until EOF or error: "EOF" / "ConnectionResetError"
 """
 
 import os
@@ -24,6 +26,7 @@ SELF_PIPE: list[socket.socket] = []
 HOGS: list[threading.Thread] = []
 RELEASE = threading.Event()
 HOGGING: list = []
+CONNECTED: list[socket.socket] = []
 
 
 def run(cmd: str, *args: str) -> str:
@@ -74,6 +77,16 @@ def run(cmd: str, *args: str) -> str:
 
         threading.Thread(target=deadlocked, name="deadlocked", daemon=True).start()
         return "ok"
+    if cmd == "connect":
+        CONNECTED.append(socket.create_connection((args[0], int(args[1])), timeout=10))
+        return "connected"
+    if cmd == "recv-connected":
+        try:
+            while CONNECTED[-1].recv(65536):
+                pass
+            return "EOF"
+        except OSError as e:
+            return type(e).__name__
     if cmd in ("recv", "send"):
         sock = socket.socket(fileno=int(args[0]))
         try:

@@ -54,3 +54,25 @@ def test_the_readme_block_is_replaced_and_nothing_else(tmp_path: Path) -> None:
     readme.write_text("no block here\n")
     with pytest.raises(ValueError, match="has no <!-- comparison:begin -->"):
         update_readme(readme, report)
+
+
+def test_each_matrix_fills_its_own_block(tmp_path: Path) -> None:
+    engine = entry("celery", "kill_busy", "lost", "lost; 1 lost")
+    engine["observed"]["matrix"] = "engines"
+    report = build(
+        run_metadata(seed=1, target=None, profile="ci", started=0.0),
+        [entry("system", "kill_idle", "recovered", "recovered in 30 ms"), engine],
+    )
+    validate(report)
+    readme = tmp_path / "README.md"
+    blocks = (
+        f"{BEGIN}\nold pools\n{END}\nmiddle\n<!-- engines:begin -->\nold\n<!-- engines:end -->\n"
+    )
+    readme.write_text(blocks)
+    update_readme(readme, report)
+    pools, engines = readme.read_text().split("middle")
+    assert "| kill idle | recovered in 30 ms |" in pools and "celery" not in pools
+    assert "| kill busy | **lost**: 1 lost |" in engines and "system" not in engines
+    readme.write_text(f"{BEGIN}\n{END}\n")  # no block for the engines' table: said, not dropped
+    with pytest.raises(ValueError, match="engines:begin"):
+        update_readme(readme, report)

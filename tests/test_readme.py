@@ -149,18 +149,26 @@ async def test_the_adapter_example_resubmits_work_stranded_in_a_broken_pool(
         await target.stop()
 
 
-def test_the_comparison_table_agrees_with_the_strict_expectations() -> None:
+@pytest.mark.parametrize(
+    ("scenario_file", "block", "families"),
+    [("test_peers.py", "comparison", "FAMILIES"), ("test_engines.py", "engines", "ALL")],
+)
+def test_the_comparison_table_agrees_with_the_strict_expectations(
+    scenario_file: str, block: str, families: str
+) -> None:
     spec = importlib.util.spec_from_file_location(
-        "peers_scenario", ROOT / "scenarios/test_peers.py"
+        scenario_file[:-3], ROOT / "scenarios" / scenario_file
     )
     scenario = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(scenario)
     readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- comparison:begin -->", 1)[1].split("<!-- comparison:end -->")[0]
-    rows = [line.strip("|").split(" | ") for line in block.strip().splitlines() if "|" in line]
+    table = readme.split(f"<!-- {block}:begin -->", 1)[1].split(f"<!-- {block}:end -->")[0]
+    rows = [line.strip("|").split(" | ") for line in table.strip().splitlines() if "|" in line]
     header, body = [c.strip() for c in rows[0]], rows[2:]
     assert header[1:] == list(scenario.TARGETS)
-    assert [r[0].strip() for r in body] == [f.replace("_", " ") for f in scenario.FAMILIES]
+    assert [r[0].strip() for r in body] == [
+        f.replace("_", " ") for f in getattr(scenario, families)
+    ]
     for row in body:
         fault = row[0].strip().replace(" ", "_")
         for target, cell in zip(header[1:], row[1:], strict=True):
