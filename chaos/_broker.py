@@ -38,25 +38,26 @@ def broker_killed(scenario: Any, server: Any) -> Iterator[Any]:
     fault = scenario.plan(
         "broker_kill", f"redis-server pid {server.pid}", pid=server.pid, detail=f"SIGKILL, {what}"
     )
-    pidfd = os.pidfd_open(server.pid)
-    try:
-        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        fault.fire()
-        exited = bool(select.select([pidfd], [], [], EXIT_WAIT)[0])
-    finally:
-        os.close(pidfd)
-    if exited:
-        server.proc.wait(EXIT_WAIT)
-        fault.effect = f"redis-server exited ({server.proc.returncode}: SIGKILL)"
-    else:
-        fault.no_effect = f"redis-server pid {server.pid} still alive {EXIT_WAIT:g} s after SIGKILL"
     t0 = time.monotonic()
     try:
+        pidfd = os.pidfd_open(server.pid)
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            fault.fire()
+            exited = bool(select.select([pidfd], [], [], EXIT_WAIT)[0])
+        finally:
+            os.close(pidfd)
+        code = server.proc.wait(EXIT_WAIT) if exited else None
+        if code == -signal.SIGKILL:
+            fault.effect = "redis-server ended by SIGKILL"
+        else:
+            fault.no_effect = f"redis-server pid {server.pid}: exit {code} after SIGKILL"
         yield fault
     finally:
-        server.restart()
-        if fault.effect:
-            fault.effect += f"; started again {time.monotonic() - t0:.1f} s later"
+        if not server.running():  # (a kill that did nothing leaves it as it was)
+            server.restart()
+            if fault.effect:
+                fault.effect += f"; started again {time.monotonic() - t0:.1f} s later"
 
 
 @contextlib.contextmanager

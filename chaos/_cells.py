@@ -67,6 +67,8 @@ async def judge_cell(
         await target.start()
         seen.update(await run_cell(chaos, target, family, tmp_path, workers))
         if "final" in seen:  # what the pool committed by the time it exited
+            if hasattr(target, "where_left"):  # a task queue: what its restart never got to
+                kept = records(target)
             verdict = chaos.history.check(
                 seen["final"], [], [], chaos.expected_dead, ordered=ordered
             )

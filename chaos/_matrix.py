@@ -355,6 +355,11 @@ async def sigterm(cell: Cell) -> float:
             await again.start()
             cell.seen["final"] = await again.committed()
             cell.seen["restarted"] = True
+            if hasattr(again, "where_left"):  # what it never got to, and where that is
+                target.where_left.clear()
+                target.where_left.update(again.where_left)
+                target.outstanding[:] = again.outstanding
+                target.dumps.extend(again.dumps)
         except (ChaosError, TargetHung) as e:  # its data dir does not serve again: broken
             cell.seen["refused"] = f"restart on its data dir failed: {str(e).splitlines()[0]}"
             cell.seen["final"] = cell.last_read
@@ -621,7 +626,7 @@ def describe(seen: dict[str, Any]) -> str:
         return f"n/a: {seen['not_applicable']}"
     parts = [seen["outcome"]]
     if seen.get("restarted"):
-        parts.append("read back by a restart on its data dir")
+        parts.append("read back by a restart (on its data dir, or its broker)")
     if seen.get("unanswered"):
         parts.append("its committed() gave no answer once stopped")
     if seen["outcome"] == "recovered" and seen.get("recovery_ms") is not None:
@@ -670,7 +675,7 @@ def _placed(left: dict[str, int], visibility_timeout: float | None) -> list[str]
         "started": "in the started registry, its worker dead (failed or retried only once "
         "the engine's maintenance finds it abandoned)",
         "intermediate": "taken from the queue by a worker that died (RQ's intermediate queue: "
-        "put back only by the engine's maintenance)",
+        "failed or retried only by the engine's maintenance)",
         "scheduled": "scheduled to run again later",
         "unknown": "not placed: the broker could not be read",
     }  # (the rest is nowhere: lost, and counted so)

@@ -72,8 +72,7 @@ UNSTABLE = {
 
 
 def families(target: str) -> list[str]:
-    chosen = VT_FAMILIES if target.endswith("-vt") else ALL
-    return [f for f in chosen if (target, f) not in UNSTABLE]
+    return VT_FAMILIES if target.endswith("-vt") else ALL
 
 
 # --- what each engine does with each fault, measured here, and why -------------------------
@@ -81,7 +80,8 @@ def families(target: str) -> list[str]:
 NO_PIPE = "its prefork children talk to the worker over pipes, not sockets (broker: broker_link)"
 NO_CHANNEL = "a work horse has no channel to its worker: it reports through Redis, and its exit"
 HANG = "no time limit is set (task_time_limit): the task never ends, and the warm shutdown waits"
-RQ_HANG = "the horse is killed only at the job's timeout (180 s by default)"
+RQ_HANG = "a stuck horse is killed only at the job's timeout (180 s by default)"
+RQ_FROZEN = "a stopped horse is killed only at the job's timeout plus 60 s (240 s by default)"
 ACKED_EARLY = (
     "a task is acknowledged as it starts: SIGKILL of its process loses it (WorkerLostError, "
     "not retried)"
@@ -96,12 +96,14 @@ REJECTED = (
 )
 PREFETCHED = (
     "the tasks the worker had prefetched stay in Redis's unacknowledged set, and come back only "
-    "after the visibility timeout (one hour)"
+    "after the visibility timeout (one hour); with early acks, the running ones are lost"
 )
 NO_AOF = "without persistence, the queue goes with the broker: every queued message is lost"
 AOF_UNACKED = (
     "the messages the worker had taken come back with the append-only file, but in the "
-    "unacknowledged set: only after the visibility timeout (one hour)"
+    "unacknowledged set: only after the visibility timeout (one hour; hung); and where one was "
+    "being popped as the broker died, the pop is in the file and the message nowhere (lost: "
+    "1 of 15 runs)"
 )
 RECONNECT_DUP = (
     "on reconnecting, the worker gives back the messages it holds unacknowledged -- the "
@@ -152,7 +154,7 @@ def _celery_expected(ack: str) -> dict[str, tuple[str, str]]:
         else ("drained", SIGTERM_KILLS + ", and they are given back to the broker"),
         "worker_kill": ("hung", PREFETCHED),
         "broker_kill": ("lost", NO_AOF),
-        "broker_kill_aof": ("hung", AOF_UNACKED),
+        "broker_kill_aof": ("hung|lost", AOF_UNACKED),
         "broker_link": ("recovered", "the worker reconnects; acknowledged-early tasks are not "
                         "given back") if ack == "early" else ("duplicated", RECONNECT_DUP),
         "broker_freeze": ("recovered", "10 s is within what the clients wait (no socket "
@@ -186,8 +188,9 @@ def _rq_expected(retry: bool) -> dict[str, tuple[str, str]]:
         "kill_busy": died,
         "kill_all": died,
         "kill_idle": ("hung", "a worker killed just after taking a job (BLMOVE) strands it in "
-                      "the intermediate queue until maintenance (every 10 min) puts it back"),
-        "freeze": ("hung", RQ_HANG),
+                      "the intermediate queue: maintenance (every 10 min) fails it, or retries "
+                      "it, only on a pass a minute or more after it first saw it there"),
+        "freeze": ("hung", RQ_FROZEN),
         "deadlock": ("hung", RQ_HANG),
         "busy_loop": ("hung", RQ_HANG),
         "pipe_outside": ("n/a", NO_CHANNEL),
@@ -199,7 +202,9 @@ def _rq_expected(retry: bool) -> dict[str, tuple[str, str]]:
         "bad_result": ("recovered", "an unpicklable result is stored as 'Unserializable return "
                        "value': the job still finishes"),
         "memory_growth": ("recycled", "each job runs in a fresh horse: its memory goes with it"),
-        "rlimit_as": died if retry else ("lost", "a MemoryError fails the job"),
+        "rlimit_as": ("recovered", "a MemoryError fails the job, and Retry enqueues it again")
+        if retry
+        else ("lost", "a MemoryError fails the job"),
         "oom_kill": died,
         "exhaustion": ("hung", "no horse can be forked under the cap: no job runs"),
         "sigterm": ("drained", "the jobs killed with their horses are retried on restart")
@@ -245,6 +250,9 @@ CORE = {
 }
 
 
+assert all(cell in EXPECTED for cell in CORE), sorted(set(CORE) - set(EXPECTED))
+
+
 def _versions(target: str) -> str:
     """What an expectation holds for: the engine's packages, as installed."""
     from importlib.metadata import PackageNotFoundError, version
@@ -267,8 +275,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for target in TARGETS:
         for param in strict_params([target], families(target), EXPECTED, _versions(target)):
             if full or (target, param.values[1]) in CORE:
-                extra = [pytest.mark.engines] + ([pytest.mark.engines_full] if full else [])
-                found.append(pytest.param(*param.values, marks=[*param.marks, *extra], id=param.id))
+                marks = [*param.marks, pytest.mark.engines]
+                marks += [pytest.mark.engines_full] if full else []
+                if why := UNSTABLE.get((target, param.values[1])):
+                    marks = [pytest.mark.engines, pytest.mark.skip(reason=f"not strict: {why}")]
+                found.append(pytest.param(*param.values, marks=marks, id=param.id))
     metafunc.parametrize(("target_name", "family"), found)
 
 

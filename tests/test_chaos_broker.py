@@ -55,7 +55,8 @@ def test_a_killed_broker_comes_back_with_what_its_aof_kept(server, aof: bool) ->
     with chaos.broker_killed(s) as fault:
         assert not _alive(before)
     assert s.pid != before and s.ping() and s.restarts == 1
-    assert fault.fired == 1 and "SIGKILL" in fault.effect and "started again" in fault.effect
+    assert fault.fired == 1
+    assert fault.effect.startswith("redis-server ended by SIGKILL; started again")
     assert ("append-only file on" if aof else "no persistence") in fault.detail
     kept = [m.decode() for m in _client(s).lrange("queue", 0, -1)]
     assert kept == (["m1", "m2"] if aof else [])

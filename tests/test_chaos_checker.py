@@ -19,6 +19,14 @@ def test_a_clean_run_is_ok() -> None:
     assert (verdict.submitted, verdict.committed) == (3, 3)
 
 
+def test_a_target_that_promises_no_order_is_not_judged_on_it() -> None:
+    h = history(("a1", "a", True), ("a2", "a", True), ("a3", "a", True))
+    committed = {"a": ["a2", "a1", "a3", "a3"]}
+    assert h.check(committed).reordered == ["a1"]
+    unordered = h.check(committed, ordered=False)
+    assert unordered.reordered == [] and unordered.duplicated == ["a3"]  # the rest still counts
+
+
 def test_each_anomaly_is_found_with_its_ids() -> None:
     h = history(*[(f"a{i}", "a", True) for i in range(6)], ("b1", "b", True), ("b2", "b", False))
     committed = {"a": ["a0", "a3", "a1", "a2", "a3", "x9"], "b": ["b1", "a5"]}

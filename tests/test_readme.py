@@ -172,5 +172,10 @@ def test_the_comparison_table_agrees_with_the_strict_expectations(
     for row in body:
         fault = row[0].strip().replace(" ", "_")
         for target, cell in zip(header[1:], row[1:], strict=True):
+            if cell.strip() == "-":  # not run: not a family of that column, or not strict
+                runs = getattr(scenario, "families", lambda t: getattr(scenario, families))
+                unstable = getattr(scenario, "UNSTABLE", {})
+                assert fault not in runs(target) or (target, fault) in unstable, (target, fault)
+                continue
             outcome = re.match(r"\**(n/a|\w+)", cell.strip()).group(1)
             assert outcome in scenario.EXPECTED[(target, fault)][0].split("|"), (target, cell)

@@ -52,13 +52,15 @@ STUCK = (
 )  # fmt: skip
 
 
-def commit(store: Any, key: str, message_id: str, payload: Any) -> None:
-    """The task's body, in every engine: mark, do what the payload asks, commit."""
+def commit(store: Any, key: str, message_id: str, payload: Any) -> Any:
+    """The task's body, in every engine: mark, do what the payload asks, commit; the task's
+    result (what the payload made ``workload.apply`` return) goes back to the engine."""
     from .. import workload
 
     store.hset(RUNNING, message_id, os.getpid())
-    workload.apply(key, message_id, payload)
+    result = workload.apply(key, message_id, payload)
     store.pipeline().rpush(COMMITTED + key, message_id).hdel(RUNNING, message_id).execute()
+    return result
 
 
 class QueueTarget:
@@ -94,8 +96,10 @@ class QueueTarget:
         self._given_up: set[str] = set()
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopping = False
+        self._lifecycle = threading.Lock()  # a restart and a stop never overlap
+        self._supervisor: threading.Thread | None = None
         self._publisher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="publish")
-        self._seen: set[int] = set()
+        self._seen: dict[int, psutil.Process] = {}  # every process of the worker ever seen
         self._owns_servers = True
 
     # --- what each engine does differently -----------------------------------------------
@@ -131,12 +135,15 @@ class QueueTarget:
         self._broker = redis.Redis.from_url(self.broker.url, socket_timeout=2)
         await asyncio.to_thread(self._connect)
         await asyncio.to_thread(self._spawn)
-        threading.Thread(target=self._supervise, daemon=True, name="supervise").start()
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True, name="supervise")
+        self._supervisor.start()
 
     def _connect(self) -> None:
         """The engine's client side, for publishing (called once the broker runs)."""
 
     def _spawn(self) -> None:
+        """Start the worker and wait until its log says it is ready (``ChaosError`` past
+        ``START_TIMEOUT`` s, or if a stop began meanwhile: its processes are killed)."""
         log_path = self.data_dir / "worker.log"
         start = log_path.stat().st_size if log_path.exists() else 0
         env = {**os.environ, **self._environment()}
@@ -148,13 +155,14 @@ class QueueTarget:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True,  # its own process group: the whole worker, signalled
             )  # fmt: skip
+        self._note(self._proc.pid)
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             with open(log_path, "rb") as f:
                 f.seek(start)
                 if self.ready_marker in f.read():
                     return
-            if self._proc.poll() is not None or time.monotonic() > deadline:
+            if self._proc.poll() is not None or time.monotonic() > deadline or self._stopping:
                 tail = log_path.read_text(errors="replace").splitlines()[-8:]
                 self._kill_tree()
                 raise ChaosError(
@@ -164,17 +172,26 @@ class QueueTarget:
             time.sleep(0.02)
 
     def _supervise(self) -> None:
-        """Start the worker again when it dies, as a service manager would."""
-        while not self._stopping and self._proc is not None:
+        """Start the worker again when it dies, as a service manager would: what is left of
+        the dead one is killed first (systemd kills what is left in the service's cgroup), and
+        never once a stop has begun."""
+        while self._proc is not None:
             self._proc.wait()
-            if self._stopping or self.restarts >= MAX_RESTARTS:
-                return
             time.sleep(0.1)  # systemd's RestartSec default
-            if self._stopping:
-                return
-            self.restarts += 1
-            with contextlib.suppress(ChaosError):
-                self._spawn()
+            with self._lifecycle:
+                if self._stopping or self.restarts >= MAX_RESTARTS:
+                    return
+                self._kill_tree()  # the dead one's leftovers (RQ's orphaned workers)
+                self.restarts += 1
+                try:
+                    self._spawn()
+                except ChaosError:
+                    return
+
+    def _note(self, pid: int) -> None:
+        with contextlib.suppress(psutil.Error):
+            if pid not in self._seen:
+                self._seen[pid] = psutil.Process(pid)
 
     @property
     def pid(self) -> int:
@@ -239,6 +256,10 @@ class QueueTarget:
             await asyncio.sleep(0.02)
         self._given_up.update(missing)  # "never" is known: not waited for again
         self.where_left = await asyncio.to_thread(self.where, missing) if missing else {}
+        if self.where_left:  # what committed while it was being placed is not missing
+            state = await self.committed_now()
+            done = {m for ids in state.values() for m in ids}
+            self.where_left = {m: w for m, w in self.where_left.items() if m not in done}
         stuck = [m for m, w in self.where_left.items() if w.split()[0] in STUCK]
         if stuck and not self.outstanding:  # newly stuck: where is everyone waiting?
             pids = self.worker_pids() + ([self.pid] if self._proc else [])
@@ -251,10 +272,12 @@ class QueueTarget:
         ``unacknowledged`` (back after the visibility timeout), ``started`` (in the engine's
         started registry), ``running in pid P`` (its task began there and that process
         lives), ``unknown`` (the broker cannot be read now), or ``nowhere``."""
+        import redis
+
         try:
             placed = self._placed()
             elsewhere = "nowhere"
-        except Exception:  # a broker down or frozen: what it holds is not known
+        except (redis.ConnectionError, redis.TimeoutError):  # down or frozen: not known
             placed, elsewhere = {}, "unknown"
         running = {k.decode(): int(v) for k, v in self._store.hgetall(RUNNING).items()}
         found = {}
@@ -271,34 +294,47 @@ class QueueTarget:
     # --- stop ------------------------------------------------------------------------------
 
     async def stop(self) -> None:
-        """Warm shutdown (SIGTERM) within ``stop_timeout``, else a dump and SIGKILL; then the
-        broker and the store."""
-        self._stopping = True
-        if self._proc is not None and self._proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(self._proc.wait, self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                self.stop_blocked = True
-                self.dumps.append(await asyncio.to_thread(dump_stacks, self.pid, timeout=10.0))
-        await asyncio.to_thread(self._kill_tree)
-        self._publisher.shutdown(wait=False, cancel_futures=True)
-        if self._owns_servers:
-            await asyncio.to_thread(self.broker.stop)
-            await asyncio.to_thread(self.store.stop)
+        """Warm shutdown (SIGTERM) within ``stop_timeout``, else a dump and SIGKILL of every
+        process the worker ever had; then the broker and the store, whatever happened."""
+        try:
+            self._stopping = True  # a start under way gives up at once (see _spawn)
+            with self._lifecycle:  # and none begins from here on
+                pass
+            if self._proc is not None and self._proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self._proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.to_thread(self._proc.wait, self.stop_timeout)
+                except subprocess.TimeoutExpired:
+                    self.stop_blocked = True
+                    dump = await asyncio.to_thread(dump_stacks, self.pid, timeout=10.0)
+                    self.dumps.append(dump)
+        finally:
+            await asyncio.to_thread(self._kill_tree)
+            if self._supervisor is not None:
+                await asyncio.to_thread(self._supervisor.join, 5.0)
+            self._publisher.shutdown(wait=False, cancel_futures=True)
+            if self._owns_servers:
+                await asyncio.to_thread(self.broker.stop)
+                await asyncio.to_thread(self.store.stop)
 
     def _kill_tree(self) -> None:
-        """SIGKILL whatever is left of the worker's process group, and wait for it."""
+        """SIGKILL the worker's process group and every process of it ever seen still running
+        (psutil checks each is the same process: a reused pid is never hit), and wait."""
         if self._proc is None:
             return
-        tree = {p.pid for p in _descendants(self._proc.pid)}  # (some leave the group: RQ's)
-        with contextlib.suppress(ProcessLookupError):
+        for proc in _descendants(self._proc.pid):  # (some leave the group: RQ's horses)
+            self._note(proc.pid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, signal.SIGKILL)  # its own group (start_new_session)
-        _signal_each(tree, signal.SIGKILL)
+        for proc in self._seen.values():
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.wait(10)
-        wait_gone(self._seen | tree, 10.0)
+        left = wait_gone(self._seen, 10.0)
+        if left:
+            raise ChaosError(f"the worker's processes {sorted(left)} survived SIGKILL for 10 s")
 
     def kill_whole(self, sig: int = signal.SIGKILL, timeout: float = 10.0) -> Injected:
         """``sig`` to every process of the worker at once (its process group), as a service
@@ -306,7 +342,11 @@ class QueueTarget:
         (``ChaosError`` naming survivors, which are SIGKILLed)."""
         assert self._proc is not None
         self._stopping = True
+        with self._lifecycle:  # not started again (a start under way has given up)
+            pass
         tree = {self.pid, *(p.pid for p in _descendants(self.pid))}
+        for pid in tree:
+            self._note(pid)
         mono, ts = time.clock_gettime(time.CLOCK_MONOTONIC), time.time()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, sig)

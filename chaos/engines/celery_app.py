@@ -33,13 +33,13 @@ def make_app(config: dict[str, Any]) -> Celery:
     store: Any = None
 
     @app.task(name=TASK)
-    def append(key: str, message_id: str, payload: Any) -> None:
+    def append(key: str, message_id: str, payload: Any) -> Any:
         nonlocal store
         import redis
 
         if store is None:  # one client per process (a forked child makes its own)
             store = redis.Redis.from_url(store_url)
-        commit(store, key, message_id, payload)
+        return commit(store, key, message_id, payload)
 
     return app
 

@@ -57,7 +57,7 @@ class CeleryTarget(QueueTarget):
             )
         self.config = config
         if "collect_timeout" not in options and config.endswith("-vt"):
-            options["collect_timeout"] = 3 * SHORT_VT + 5.0  # what comes back, comes back
+            options["collect_timeout"] = 2 * SHORT_VT + 5.0  # a timeout and a sweep: back
         super().__init__(data_dir, workers, **options)
 
     @property
@@ -94,11 +94,14 @@ class CeleryTarget(QueueTarget):
         self.app.send_task(TASK, args=[key, message_id, payload], task_id=message_id)
 
     def _placed(self) -> dict[str, str]:
+        """The queue and kombu's unacknowledged set, read in one transaction (a message
+        moving from one to the other is seen in one of them)."""
+        queued, unacked = self._broker.pipeline().lrange(QUEUE, 0, -1).hvals("unacked").execute()
         placed = {}
-        for raw in self._broker.lrange(QUEUE, 0, -1):
-            placed[json.loads(raw)["headers"]["id"]] = "queued"
-        for raw in self._broker.hvals("unacked"):
-            placed.setdefault(json.loads(raw)[0]["headers"]["id"], "unacknowledged")
+        for raw in queued:
+            placed[_task_id(json.loads(raw))] = "queued"
+        for raw in unacked:
+            placed.setdefault(_task_id(json.loads(raw)[0]), "unacknowledged")
         return placed
 
     def _twin(self) -> CeleryTarget:
@@ -111,5 +114,10 @@ class CeleryTarget(QueueTarget):
         if self._proc is None:
             return []
         pids = [p.pid for p in self._live_children(self.pid)]
-        self._seen.update(pids)
+        for pid in pids:
+            self._note(pid)
         return pids
+
+
+def _task_id(message: dict[str, Any]) -> str:
+    return str(message.get("headers", {}).get("id", "?"))

@@ -88,7 +88,8 @@ class RedisServer:
 
     def restart(self) -> None:
         """Start again after a kill: the same port and directory (its AOF, if it keeps one)."""
-        assert self.proc is not None and self.proc.poll() is not None, "still running"
+        if self.proc is None or self.proc.poll() is None:
+            raise ChaosError(f"{self.name}: restart() needs a server that was started and ended")
         self.restarts += 1
         self._spawn()
 

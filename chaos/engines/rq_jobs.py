@@ -14,7 +14,7 @@ from ._queue import commit
 STORE_ENV = "CHAOSGATE_STORE"
 
 
-def append(key: str, message_id: str, payload: Any) -> None:
+def append(key: str, message_id: str, payload: Any) -> Any:
     import redis
 
-    commit(redis.Redis.from_url(os.environ[STORE_ENV]), key, message_id, payload)
+    return commit(redis.Redis.from_url(os.environ[STORE_ENV]), key, message_id, payload)

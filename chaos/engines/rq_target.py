@@ -66,19 +66,26 @@ class RQTarget(QueueTarget):
         )  # fmt: skip
 
     def _placed(self) -> dict[str, str]:
-        placed: dict[str, str] = {}
-        for key, place in (
+        """RQ's queue, intermediate queue and registries, read in one transaction (a job
+        moving from one to another is seen in one of them)."""
+        lists = [
             (f"rq:queue:{QUEUE}", "queued"),
             (f"rq:queue:{QUEUE}:intermediate", "intermediate"),
-        ):
-            for raw in self._broker.lrange(key, 0, -1):
-                placed[raw.decode()] = place
-        for key, place in (
+        ]
+        sets = [
             (f"rq:wip:{QUEUE}", "started"),
             (f"rq:scheduled:{QUEUE}", "scheduled"),
             (f"rq:failed:{QUEUE}", "failed"),
-        ):
-            for raw in self._broker.zrange(key, 0, -1):
+        ]
+        read = self._broker.pipeline()
+        for key, _ in lists:
+            read.lrange(key, 0, -1)
+        for key, _ in sets:
+            read.zrange(key, 0, -1)
+        found = read.execute()
+        placed: dict[str, str] = {}
+        for (_, place), ids in zip(lists + sets, found, strict=True):
+            for raw in ids:  # (a started entry is "job_id:execution_id")
                 placed.setdefault(raw.decode().split(":")[0], place)
         return placed
 
@@ -97,7 +104,8 @@ class RQTarget(QueueTarget):
         for worker in self._live_children(self.pid):
             horses = [h.pid for h in self._live_children(worker.pid) if _own_group(h.pid)]
             pids.append(horses[0] if horses else worker.pid)
-        self._seen.update(pids)
+        for pid in pids:
+            self._note(pid)
         return pids
 
     def resource_pids(self) -> list[int]:
