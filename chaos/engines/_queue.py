@@ -67,6 +67,7 @@ class QueueTarget:
     name = "queue"
     capabilities = frozenset({"leak", "unordered", "broker"})
     ready_marker = b""  # what the worker's log says once it takes work
+    config = "defaults"  # the engine's configuration (each engine names its own)
     not_applicable: dict[str, str] = {}  # the matrix families it cannot take, and why
 
     def __init__(
@@ -118,7 +119,11 @@ class QueueTarget:
         raise NotImplementedError
 
     def _twin(self) -> QueueTarget:
-        raise NotImplementedError
+        """The same target, configured alike, on no servers yet (``again`` gives it these)."""
+        return type(self)(
+            self.data_dir, self.workers, config=self.config,
+            collect_timeout=self.collect_timeout, stop_timeout=self.stop_timeout,
+        )  # fmt: skip
 
     def worker_pids(self) -> list[int]:
         raise NotImplementedError

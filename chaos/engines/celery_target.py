@@ -104,12 +104,6 @@ class CeleryTarget(QueueTarget):
             placed.setdefault(_task_id(json.loads(raw)[0]), "unacknowledged")
         return placed
 
-    def _twin(self) -> CeleryTarget:
-        return CeleryTarget(
-            self.data_dir, self.workers, config=self.config,
-            collect_timeout=self.collect_timeout, stop_timeout=self.stop_timeout,
-        )  # fmt: skip
-
     def worker_pids(self) -> list[int]:
         if self._proc is None:
             return []

@@ -89,12 +89,6 @@ class RQTarget(QueueTarget):
                 placed.setdefault(raw.decode().split(":")[0], place)
         return placed
 
-    def _twin(self) -> RQTarget:
-        return RQTarget(
-            self.data_dir, self.workers, config=self.config,
-            collect_timeout=self.collect_timeout, stop_timeout=self.stop_timeout,
-        )  # fmt: skip
-
     def worker_pids(self) -> list[int]:
         """Each worker's horse while it runs a job (a child in a process group of its own),
         else the worker."""
