@@ -29,6 +29,14 @@ over the tree, capped below what it has, then a worker killed: fall back, wedge 
 ``sigterm`` (SIGTERM to every process of the tree mid-run, as a service manager stops a
 service: ``drained`` -- everything acknowledged committed, read back by a restart for a pool
 whose state is durable, else as the stopped pool's ``committed()`` left it -- or ``lost``).
+
+A task queue (a target with ``"broker"``: ``chaos.engines``) has five more (``ENGINE_FAMILIES``):
+``worker_kill`` (its whole worker SIGKILLed), ``broker_kill`` / ``broker_kill_aof`` (its Redis
+SIGKILLed and started again, without or with an append-only file), ``broker_link`` (the
+worker's connections to it shut down from outside), ``broker_freeze`` (it SIGSTOPped for
+``BROKER_FROZEN`` s). For what never came back, such a target says where it is by the
+broker's own lists (``where_left``: queued, unacknowledged, started, running...), shown in the
+cell's line; what is nowhere is lost.
 """
 
 from __future__ import annotations
