@@ -528,13 +528,21 @@ def _record(
         skip_reason = report.wasxfail
     elif report.skipped and isinstance(report.longrepr, tuple):
         skip_reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+    failure = report.longreprtext[-8000:] if report.failed else None
+    kind = _failure_kind(call, scenario) if report.failed else None
+    hung = getattr(scenario, "hung", None)
+    if failure is not None and kind == "hung" and hung is not None and str(hung) not in failure:
+        # The hang is the cause, whatever the test then failed on (a guard that killed a hung
+        # target leaves the test to trip on what the kill did): it leads the failure.
+        lead = f"{hung}\n\n(and then the test failed:)\n"
+        failure = lead + failure[-max(0, 8000 - len(lead)) :]
     entry = scenario_entry(
         item.nodeid,
         outcome,
         report.duration,
         record,
-        failure=report.longreprtext[-8000:] if report.failed else None,
-        failure_kind=_failure_kind(call, scenario) if report.failed else None,
+        failure=failure,
+        failure_kind=kind,
         skip_reason=skip_reason,
         replay=_replay(item),
         post_mortem=dumps,

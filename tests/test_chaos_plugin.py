@@ -1,5 +1,7 @@
 """The pytest plugin, run in a subprocess as users run it (pytester)."""
 
+import json
+
 import psutil
 import pytest
 
@@ -223,3 +225,43 @@ def test_a_pools_own_warning_stays_a_warning_under_error_filters(pytester) -> No
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["E*UserWarning: mine"])  # the project's filter, in force
+
+
+def test_a_hang_leads_the_failure_whatever_the_test_then_tripped_on(
+    pytester: pytest.Pytester,
+) -> None:
+    """A guard that found the target hung (and killed it) may leave the test to fail on what
+    the kill did -- an exit code, a missing result: the report names the hang first."""
+    pytester.makepyfile(
+        """
+        import asyncio
+        import pytest
+
+        pytestmark = pytest.mark.asyncio
+
+        class Stuck:
+            capabilities = frozenset()
+            async def start(self): pass
+            async def submit(self, key, payload, id): pass
+            def worker_pids(self): return []
+            async def committed(self): await asyncio.sleep(3600)
+            async def stop(self): pass
+
+        async def test_trips_after_a_hang(chaos):
+            target = chaos.guard(Stuck())
+            try:
+                await target.committed()
+            except AssertionError:
+                pass  # (a test that goes on after the hang...)
+            assert 1 == 2, "tripped on what the hang left"
+        """
+    )
+    reports = pytester.path / "reports"
+    result = pytester.runpytest_subprocess(
+        "--chaos-target-timeout", "1", "--chaos-report", str(reports)
+    )
+    result.assert_outcomes(failed=1)
+    (entry,) = json.loads((reports / "latest" / "report.json").read_text())["scenarios"]
+    assert entry["failure_kind"] == "hung"
+    assert entry["failure"].startswith("Stuck.committed() did not return within 1 s"), entry
+    assert "tripped on what the hang left" in entry["failure"]
