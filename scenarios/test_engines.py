@@ -246,7 +246,6 @@ CORE = {
     ("rq", "kill_busy"),
     ("rq retry", "kill_busy"),
     ("rq", "kill_idle"),
-    ("rq", "worker_kill"),
 }
 
 
