@@ -31,9 +31,9 @@ from typing import Any
 
 import psutil
 
-from .._errors import ChaosError
-from .._process_faults import Injected
-from .._processes import wait_gone
+from .._errors import BlastRadiusError, ChaosError
+from .._process_faults import Injected, send_signal
+from .._processes import descendants, is_gone, wait_gone
 from .._stacks import StackDump, dump_stacks
 from .redis_server import RedisServer
 
@@ -287,7 +287,7 @@ class QueueTarget:
         running = {k.decode(): int(v) for k, v in self._store.hgetall(RUNNING).items()}
         found = {}
         for mid in ids:
-            if mid in running and _alive(running[mid]):
+            if mid in running and not is_gone(running[mid]):
                 found[mid] = f"running in pid {running[mid]}"
             else:
                 found[mid] = placed.get(mid, elsewhere)
@@ -328,7 +328,7 @@ class QueueTarget:
         (psutil checks each is the same process: a reused pid is never hit), and wait."""
         if self._proc is None:
             return
-        for proc in _descendants(self._proc.pid):  # (some leave the group: RQ's horses)
+        for proc in descendants(self._proc.pid):  # (some leave the group: RQ's horses)
             self._note(proc.pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, signal.SIGKILL)  # its own group (start_new_session)
@@ -349,7 +349,7 @@ class QueueTarget:
         self._stopping = True
         with self._lifecycle:  # not started again (a start under way has given up)
             pass
-        tree = {self.pid, *(p.pid for p in _descendants(self.pid))}
+        tree = {self.pid, *(p.pid for p in descendants(self.pid))}
         for pid in tree:
             self._note(pid)
         mono, ts = time.clock_gettime(time.CLOCK_MONOTONIC), time.time()
@@ -370,29 +370,11 @@ class QueueTarget:
             kids = psutil.Process(pid).children()
         except psutil.Error:
             return []
-        return [k for k in kids if _alive(k.pid)]
+        return [k for k in kids if not is_gone(k.pid)]
 
 
 def _signal_each(pids: set[int], sig: int) -> None:
-    """``sig`` to each pid, through a pidfd (a pid already gone is skipped)."""
+    """``sig`` to each pid through the blast-radius guard (one already gone is skipped)."""
     for pid in pids:
-        with contextlib.suppress(ProcessLookupError, OSError):
-            fd = os.pidfd_open(pid)
-            try:
-                signal.pidfd_send_signal(fd, sig)
-            finally:
-                os.close(fd)
-
-
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+        with contextlib.suppress(ProcessLookupError, BlastRadiusError):
+            send_signal(pid, sig)

@@ -16,7 +16,6 @@ installs it through apt when run as root).
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
 import socket
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 from .._errors import ChaosError
+from .._process_faults import send_signal
 from .._processes import wait_gone
 
 START_TIMEOUT = 10.0
@@ -155,11 +155,7 @@ class RedisServer:
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the server (its own child: by pidfd, never by name)."""
         assert self.proc is not None
-        fd = os.pidfd_open(self.proc.pid)
-        try:
-            signal.pidfd_send_signal(fd, sig)
-        finally:
-            os.close(fd)
+        send_signal(self.proc.pid, sig)
 
     def stop(self) -> None:
         """Shut down (SIGTERM; SIGKILL past ``STOP_TIMEOUT``); a stopped one is left as it is."""
