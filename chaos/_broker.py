@@ -56,6 +56,7 @@ def broker_killed(scenario: Any, server: Any) -> Iterator[Any]:
     finally:
         if not server.running():  # (a kill that did nothing leaves it as it was)
             server.restart()
+            fault.until = time.clock_gettime(time.CLOCK_MONOTONIC)  # down until then
             if fault.effect:
                 fault.effect += f"; started again {time.monotonic() - t0:.1f} s later"
 
@@ -82,6 +83,7 @@ def broker_frozen(scenario: Any, server: Any) -> Iterator[Any]:
     finally:
         with contextlib.suppress(ProcessLookupError):
             server.signal(signal.SIGCONT)
+        fault.until = time.clock_gettime(time.CLOCK_MONOTONIC)
         if fault.effect:
             fault.effect += f"; SIGCONT after {time.monotonic() - t0:.1f} s"
 

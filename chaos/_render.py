@@ -155,6 +155,10 @@ def _draw_lanes(ax: Any, events: list[dict[str, Any]]) -> None:
         label = e["kind"] if e["kind"] not in seen else None
         seen.add(e["kind"])
         ax.scatter([e["t"]], [lane], marker=marker, color=colour, s=42, label=label, zorder=3)
+        if e.get("until") is not None:  # a fault that lasts: its span shaded, healed at the end
+            spanned = "fault span" if "fault span" not in seen else None
+            seen.add("fault span")
+            ax.axvspan(e["t"], e["until"], color=colour, alpha=0.12, label=spanned, zorder=1)
     ax.set_yticks(list(LANE_NAMES), list(LANE_NAMES.values()), fontsize=8)
     ax.set_ylim(0.4, 5.6)
     ax.grid(axis="x", alpha=0.3)

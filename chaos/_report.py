@@ -191,6 +191,7 @@ def timeline(events: list[Mapping[str, Any]], faults: list[Mapping[str, Any]]) -
             "pid": f.get("pid"),
             "detail": f"{f['kind']} of {f['target']}"
             + (f" ({f['detail']})" if f["detail"] else ""),
+            **({"until": float(f["until"])} if isinstance(f.get("until"), int | float) else {}),
         }
         for f in faults
         if isinstance(f.get("mono"), int | float) and math.isfinite(f["mono"])
@@ -212,7 +213,8 @@ def timeline(events: list[Mapping[str, Any]], faults: list[Mapping[str, Any]]) -
         for e in events
         if e.get("kind") == "checkpointed" and e.get("mono") is not None
     ]
-    times = [m["mono"] for m in marks] + [t for t, _ in checkpoints]
+    times = [m["mono"] for m in marks] + [m["until"] for m in marks if "until" in m]
+    times += [t for t, _ in checkpoints]
     if not times:
         return {"t0_mono": 0.0, "span_s": 0.0, "events": [], "committed": []}
     t0, t1 = min(times), max(times)
@@ -225,7 +227,12 @@ def timeline(events: list[Mapping[str, Any]], faults: list[Mapping[str, Any]]) -
         "t0_mono": t0,
         "span_s": round(span, 4),
         "events": [
-            {**{k: v for k, v in m.items() if k != "mono"}, "t": round(m["mono"] - t0, 4)}
+            {
+                **{k: v for k, v in m.items() if k not in ("mono", "until")},
+                "t": round(m["mono"] - t0, 4),
+                # a fault that lasts (a partition, a freeze): until when, shaded
+                **({"until": round(m["until"] - t0, 4)} if "until" in m else {}),
+            }
             for m in sorted(marks, key=lambda m: m["mono"])
         ],
         "committed": [

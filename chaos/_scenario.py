@@ -44,7 +44,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import _broker, _failpoints, _pipes, _process_faults, workload
+from . import _broker, _failpoints, _network, _pipes, _process_faults, workload
 from ._checker import History, Verdict, dead_letters_of
 from ._errors import ChaosError, ContractError
 from ._guard import DEFAULT_TIMEOUT, Guarded, TargetHung, target_name
@@ -116,6 +116,7 @@ class Fault:
     pending: int | None = None  # acknowledged messages uncommitted right after it
     claimed_recovery: float | None = None  # the target's own figure (its events), seconds
     disagreement: str | None = None
+    until: float | None = None  # when a fault that lasts was healed (CLOCK_MONOTONIC)
     judged: bool = field(default=False, repr=False)  # the harness has looked at its effect
 
     def fire(self, mono: float | None = None, ts: float | None = None) -> Fault:
@@ -426,6 +427,29 @@ class Scenario:
         """Shut down every connection of ``pids`` (one, or a worker's tree) to the broker
         ``server``, from outside."""
         return _broker.broker_link_broken(self, pids, server)
+
+    # --- network faults between test hosts (chaos.hosts.Hosts): see chaos._network ---------
+
+    def partitioned(
+        self, hosts: Any, a: Any, b: Any = None, *, one_way: bool = False
+    ) -> contextlib.AbstractContextManager[Fault]:
+        """Hosts ``a`` cut off from hosts ``b`` (default: from everyone else) for the block;
+        ``one_way``: only what ``b`` sends to ``a`` is dropped."""
+        return _network.partitioned(self, hosts, a, b, one_way=one_way)
+
+    def host_frozen(self, hosts: Any, host: Any) -> contextlib.AbstractContextManager[Fault]:
+        """Every process of ``host`` stopped (SIGSTOP) for the block; SIGCONT at its end."""
+        return _network.host_frozen(self, hosts, host)
+
+    def host_killed(self, hosts: Any, host: Any) -> Fault:
+        """Every process of ``host`` SIGKILLed at once, as a machine that lost its power."""
+        return _network.host_killed(self, hosts, host)
+
+    def bandwidth_limited(
+        self, hosts: Any, host: Any, rate: str = "1mbit"
+    ) -> contextlib.AbstractContextManager[Fault]:
+        """What ``host`` sends limited to ``rate`` (tc tbf) for the block."""
+        return _network.bandwidth_limited(self, hosts, host, rate)
 
     def break_pipes(self, pid: int, *, harmless: bool = False) -> Fault:
         """Shut every socket of ``pid`` down from outside (fired if it had one)."""

@@ -3,9 +3,9 @@
 A ``QueueTarget`` starts two Redis servers of its own (``RedisServer``): the *broker* its
 engine carries messages through, and the *store* its task commits to -- an append of the
 message id to the key's list, as a team's task writes to its database, so that a broker fault
-never touches what was committed. It starts the engine's worker command in a process group of
-its own, under a supervisor that starts it again when it dies (as systemd's ``Restart=always``
-would; at most ``MAX_RESTARTS`` times), and waits for the line that says it is ready.
+never touches what was committed. It runs the engine's worker command as a service
+(``chaos.engines._service``: in a process group of its own, under a supervisor that starts it
+again when it dies, as systemd's ``Restart=always`` would), and waits until it is ready.
 
 The evidence is the harness's own: ``committed()`` is read from the store; work acknowledged
 (its publish returned) and not committed after ``collect_timeout`` is placed from the broker's
@@ -22,26 +22,21 @@ import concurrent.futures
 import contextlib
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-from .._errors import BlastRadiusError, ChaosError
-from .._process_faults import Injected, send_signal
-from .._processes import descendants, is_gone, wait_gone
+from .._errors import ChaosError
+from .._process_faults import Injected
+from .._processes import is_gone
 from .._stacks import StackDump, dump_stacks
+from ..hosts import Hosts
+from ._service import Service
 from .redis_server import RedisServer
 
 COMMITTED = "chaosgate:committed:"  # + key: the key's list of committed message ids
 RUNNING = "chaosgate:running"  # message id -> pid of the process running its task now
 QUEUE = "chaosgate"
-START_TIMEOUT = 30.0
-MAX_RESTARTS = 10
 # How long "never" is: past the engines' own timers for a death (Celery looks at its pool's
 # children every 5 s: a killed one may be noticed only then), a redelivery, and a 1 s task.
 COLLECT_TIMEOUT = 10.0
@@ -49,6 +44,7 @@ NOWHERE_GRACE = 1.0  # seconds all missing work must be nowhere before collectio
 # Where work may wait, still somewhere (what is nowhere else is lost):
 STUCK = (
     "queued", "intermediate", "unacknowledged", "started", "scheduled", "running", "unknown",
+    "pending",
 )  # fmt: skip
 
 
@@ -78,13 +74,17 @@ class QueueTarget:
         aof: bool = False,
         collect_timeout: float = COLLECT_TIMEOUT,
         stop_timeout: float = 10.0,
+        across_hosts: bool = False,
         **_system_options: Any,  # options meant for the system pool (hang_timeout...)
     ):
         self.data_dir = Path(data_dir)
         self.workers = workers
         self.collect_timeout = collect_timeout
         self.stop_timeout = stop_timeout
-        self.broker = RedisServer(self.data_dir, aof=aof, name="broker")
+        self.across_hosts = across_hosts
+        self.aof = aof
+        self.hosts: Hosts | None = None  # the test hosts, across hosts (made at start)
+        self.broker: RedisServer | None = RedisServer(self.data_dir, aof=aof, name="broker")
         self.store = RedisServer(self.data_dir, name="store")
         self.outstanding: list[str] = []
         self.failures: dict[str, str] = {}
@@ -92,20 +92,16 @@ class QueueTarget:
         self.stop_blocked = False
         self.dumps: list[StackDump] = []
         self.where_left: dict[str, str] = {}  # id -> where it was when collection gave up
-        self.restarts = 0
         self._acked: list[str] = []
         self._given_up: set[str] = set()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stopping = False
-        self._lifecycle = threading.Lock()  # a restart and a stop never overlap
-        self._supervisor: threading.Thread | None = None
+        self.services: list[Service] = []  # the worker (one per worker host, across hosts)
         self._publisher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="publish")
-        self._seen: dict[int, psutil.Process] = {}  # every process of the worker ever seen
         self._owns_servers = True
 
     # --- what each engine does differently -----------------------------------------------
 
-    def _command(self) -> list[str]:
+    def _command(self, host: str | None = None) -> list[str]:
+        """The worker's command (``python -m``); across hosts, the one on worker host ``host``."""
         raise NotImplementedError
 
     def _environment(self) -> dict[str, str]:
@@ -123,95 +119,110 @@ class QueueTarget:
         return type(self)(
             self.data_dir, self.workers, config=self.config,
             collect_timeout=self.collect_timeout, stop_timeout=self.stop_timeout,
+            across_hosts=self.across_hosts,
         )  # fmt: skip
 
     def worker_pids(self) -> list[int]:
         raise NotImplementedError
 
+    def _services(self) -> list[Service]:
+        """The worker as a service: one on this machine, or across hosts one on each worker
+        host (``_command(host)``: the worker there)."""
+        env = self._environment()
+        if self.hosts is None:
+            log = self.data_dir / "worker.log"
+            return [Service(f"the {self.name} worker", self._command(), log, self.ready_marker,
+                            env=env)]  # fmt: skip
+        return [
+            Service(
+                f"the {self.name} worker on {host}",
+                self._command(host),
+                self.data_dir / f"worker-{host}.log",
+                self.ready_marker,
+                env=env,
+                hosts=self.hosts,
+                host=host,
+            )  # fmt: skip
+            for host in self.worker_hosts()
+        ]
+
+    def host_names(self) -> list[str]:
+        """The test hosts across hosts: the broker's, then each worker's."""
+        return ["broker", *self.worker_hosts()]
+
+    def worker_hosts(self) -> list[str]:
+        return [f"w{i + 1}" for i in range(self.workers)]
+
+    def _make_hosts(self) -> None:
+        """Across hosts: the hosts, the broker inside its own, the store at the harness's end
+        of the bridge (every host reaches it: what is committed is read as the harness sees
+        it, whatever the partition)."""
+        self.hosts = Hosts(self.host_names())
+        if self.broker is not None:
+            self.broker = RedisServer(
+                self.data_dir, aof=self.aof, name="broker", hosts=self.hosts, host="broker"
+            )
+        self.store = RedisServer(self.data_dir, name="store", address=self.hosts.harness.address)
+
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """The servers, the hosts across hosts, the worker; a start that fails leaves nothing
+        (``stop``: every process, server and host it made)."""
+        try:
+            await self._start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        if self.across_hosts and self._owns_servers:
+            await asyncio.to_thread(self._make_hosts)
         if self._owns_servers:
-            await asyncio.to_thread(self.broker.start)
+            if self.broker is not None:
+                await asyncio.to_thread(self.broker.start)
             await asyncio.to_thread(self.store.start)
         import redis
 
         self._store = redis.Redis.from_url(self.store.url, socket_timeout=10)
-        self._broker = redis.Redis.from_url(self.broker.url, socket_timeout=2)
+        if self.broker is not None:
+            self._broker = redis.Redis.from_url(self.broker.url, socket_timeout=2)
         await asyncio.to_thread(self._connect)
         await asyncio.to_thread(self._spawn)
-        self._supervisor = threading.Thread(target=self._supervise, daemon=True, name="supervise")
-        self._supervisor.start()
 
     def _connect(self) -> None:
         """The engine's client side, for publishing (called once the broker runs)."""
 
     def _spawn(self) -> None:
-        """Start the worker and wait until its log says it is ready (``ChaosError`` past
-        ``START_TIMEOUT`` s, or if a stop began meanwhile: its processes are killed)."""
-        log_path = self.data_dir / "worker.log"
-        start = log_path.stat().st_size if log_path.exists() else 0
-        env = {**os.environ, **self._environment()}
-        here = str(Path(__file__).resolve().parents[2])  # chaosgate's own chaos, first
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
-        with open(log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", *self._command()],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True,  # its own process group: the whole worker, signalled
-            )  # fmt: skip
-        self._note(self._proc.pid)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            with open(log_path, "rb") as f:
-                f.seek(start)
-                if self.ready_marker in f.read():
-                    return
-            if self._proc.poll() is not None or time.monotonic() > deadline or self._stopping:
-                tail = log_path.read_text(errors="replace").splitlines()[-8:]
-                self._kill_tree()
-                raise ChaosError(
-                    f"the {self.name} worker did not come up within {START_TIMEOUT:g} s (exit "
-                    f"{self._proc.returncode}): " + " | ".join(tail)
-                )
-            time.sleep(0.02)
-
-    def _supervise(self) -> None:
-        """Start the worker again when it dies, as a service manager would: what is left of
-        the dead one is killed first (systemd kills what is left in the service's cgroup), and
-        never once a stop has begun."""
-        while self._proc is not None:
-            self._proc.wait()
-            time.sleep(0.1)  # systemd's RestartSec default
-            with self._lifecycle:
-                if self._stopping or self.restarts >= MAX_RESTARTS:
-                    return
-                self._kill_tree()  # the dead one's leftovers (RQ's orphaned workers)
-                self.restarts += 1
-                try:
-                    self._spawn()
-                except ChaosError:
-                    return
-
-    def _note(self, pid: int) -> None:
-        with contextlib.suppress(psutil.Error):
-            if pid not in self._seen:
-                self._seen[pid] = psutil.Process(pid)
+        """Start the worker's services, each under its supervisor, and wait until each is
+        ready (``ChaosError`` past ``START_TIMEOUT`` s; a stop under way: given up)."""
+        self.services = self._services()
+        for service in self.services:
+            service.start()
 
     @property
     def pid(self) -> int:
-        assert self._proc is not None, "not started"
-        return self._proc.pid
+        """The worker's main process (the first worker's, across hosts)."""
+        assert self.services, "not started"
+        return self.services[0].pid
 
     @property
     def returncode(self) -> int | None:
-        return None if self._proc is None else self._proc.returncode
+        proc = self.services[0].proc if self.services else None
+        return None if proc is None else proc.returncode
+
+    @property
+    def restarts(self) -> int:
+        """How often a worker died and its supervisor started it again."""
+        return sum(s.restarts for s in self.services)
 
     def again(self) -> QueueTarget:
         """A new worker on the same broker and store, waiting for the same acknowledged work
         (a service started again after a stop); its ``stop()`` leaves the servers running."""
         twin = self._twin()
         twin.broker, twin.store, twin._owns_servers = self.broker, self.store, False
+        twin.hosts = self.hosts
         twin._acked = list(self._acked)
         return twin
 
@@ -267,7 +278,7 @@ class QueueTarget:
             self.where_left = {m: w for m, w in self.where_left.items() if m not in done}
         stuck = [m for m, w in self.where_left.items() if w.split()[0] in STUCK]
         if stuck and not self.outstanding:  # newly stuck: where is everyone waiting?
-            pids = self.worker_pids() + ([self.pid] if self._proc else [])
+            pids = self.worker_pids() + [service.pid for service in self.services]
             self.dumps += [await asyncio.to_thread(dump_stacks, p, timeout=10.0) for p in pids]
         self.outstanding = stuck
         return state
@@ -302,79 +313,47 @@ class QueueTarget:
         """Warm shutdown (SIGTERM) within ``stop_timeout``, else a dump and SIGKILL of every
         process the worker ever had; then the broker and the store, whatever happened."""
         try:
-            self._stopping = True  # a start under way gives up at once (see _spawn)
-            with self._lifecycle:  # and none begins from here on
-                pass
-            if self._proc is not None and self._proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    self._proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.to_thread(self._proc.wait, self.stop_timeout)
-                except subprocess.TimeoutExpired:
+            for service in self.services:
+                if not await asyncio.to_thread(service.terminate, self.stop_timeout):
                     self.stop_blocked = True
-                    dump = await asyncio.to_thread(dump_stacks, self.pid, timeout=10.0)
+                    dump = await asyncio.to_thread(dump_stacks, service.pid, timeout=10.0)
                     self.dumps.append(dump)
         finally:
             await asyncio.to_thread(self._kill_tree)
-            if self._supervisor is not None:
-                await asyncio.to_thread(self._supervisor.join, 5.0)
+            for service in self.services:
+                await asyncio.to_thread(service.join, 5.0)
             self._publisher.shutdown(wait=False, cancel_futures=True)
             if self._owns_servers:
-                await asyncio.to_thread(self.broker.stop)
-                await asyncio.to_thread(self.store.stop)
+                try:
+                    if self.broker is not None:
+                        await asyncio.to_thread(self.broker.stop)
+                    await asyncio.to_thread(self.store.stop)
+                finally:
+                    if self.hosts is not None:  # every namespace, link, process: proven gone
+                        await asyncio.to_thread(self.hosts.close)
 
     def _kill_tree(self) -> None:
-        """SIGKILL the worker's process group and every process of it ever seen still running
-        (psutil checks each is the same process: a reused pid is never hit), and wait."""
-        if self._proc is None:
-            return
-        for proc in descendants(self._proc.pid):  # (some leave the group: RQ's horses)
-            self._note(proc.pid)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._proc.pid, signal.SIGKILL)  # its own group (start_new_session)
-        for proc in self._seen.values():
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._proc.wait(10)
-        left = wait_gone(self._seen, 10.0)
-        if left:
-            raise ChaosError(f"the worker's processes {sorted(left)} survived SIGKILL for 10 s")
+        """SIGKILL every process every worker service ever had (none is started again)."""
+        for service in self.services:
+            service.stop_supervising()
+        errors = []
+        for service in self.services:
+            try:
+                service.kill_tree()
+            except ChaosError as e:
+                errors.append(str(e))
+        if errors:
+            raise ChaosError("; ".join(errors))
 
     def kill_whole(self, sig: int = signal.SIGKILL, timeout: float = 10.0) -> Injected:
-        """``sig`` to every process of the worker at once (its process group), as a service
-        manager stops a service -- not started again -- then wait until all are gone
-        (``ChaosError`` naming survivors, which are SIGKILLed)."""
-        assert self._proc is not None
-        self._stopping = True
-        with self._lifecycle:  # not started again (a start under way has given up)
-            pass
-        tree = {self.pid, *(p.pid for p in descendants(self.pid))}
-        for pid in tree:
-            self._note(pid)
-        mono, ts = time.clock_gettime(time.CLOCK_MONOTONIC), time.time()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, sig)
-        _signal_each(tree - {self.pid}, sig)  # as systemd signals its whole cgroup
-        left = wait_gone(tree, timeout)
-        if left:
-            self._kill_tree()
-            raise ChaosError(f"pids {sorted(left)} still alive {timeout:g} s after {sig!r}")
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._proc.wait(timeout)
-        name = signal.Signals(sig).name
-        return Injected("kill_whole", self.pid, mono, ts, {"signal": name, "pids": sorted(tree)})
-
-    def _live_children(self, pid: int) -> list[psutil.Process]:
-        try:
-            kids = psutil.Process(pid).children()
-        except psutil.Error:
-            return []
-        return [k for k in kids if not is_gone(k.pid)]
-
-
-def _signal_each(pids: set[int], sig: int) -> None:
-    """``sig`` to each pid through the blast-radius guard (one already gone is skipped)."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, BlastRadiusError):
-            send_signal(pid, sig)
+        """``sig`` to every process of every worker at once, as a service manager stops a
+        service -- not started again -- then wait until all are gone (``ChaosError`` naming
+        survivors, which are SIGKILLed)."""
+        assert self.services, "not started"
+        for service in self.services:
+            service.stop_supervising()
+        hits = [service.kill_whole(sig, timeout) for service in self.services]
+        pids = sorted(p for hit in hits for p in hit.detail["pids"])
+        first = hits[0]
+        detail = {**first.detail, "pids": pids}
+        return Injected("kill_whole", first.pid, first.mono, first.ts, detail)

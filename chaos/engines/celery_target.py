@@ -67,6 +67,7 @@ class CeleryTarget(QueueTarget):
         return float(options.get("visibility_timeout", 3600))
 
     def _settings(self) -> dict[str, Any]:
+        assert self.broker is not None
         return {"broker": self.broker.url, "store": self.store.url, "queue": QUEUE,
                 "settings": CONFIGS[self.config]}  # fmt: skip
 
@@ -75,12 +76,13 @@ class CeleryTarget(QueueTarget):
 
         return {CONFIG_ENV: json.dumps(self._settings())}
 
-    def _command(self) -> list[str]:
+    def _command(self, host: str | None = None) -> list[str]:
+        assert self.broker is not None
         return [
             "celery", "-A", "chaos.engines.celery_app", "worker", "--pool=prefork",
-            f"--concurrency={self.workers}", "--without-heartbeat", "--without-gossip",
-            "--without-mingle", "--loglevel=INFO", f"--queues={QUEUE}",
-            f"--hostname=chaosgate-{self.broker.port}@localhost",
+            f"--concurrency={1 if host else self.workers}", "--without-heartbeat",
+            "--without-gossip", "--without-mingle", "--loglevel=INFO", f"--queues={QUEUE}",
+            f"--hostname=chaosgate-{self.broker.port}@{host or 'localhost'}",
         ]  # fmt: skip
 
     def _connect(self) -> None:
@@ -105,11 +107,11 @@ class CeleryTarget(QueueTarget):
         return placed
 
     def worker_pids(self) -> list[int]:
-        if self._proc is None:
-            return []
-        pids = [p.pid for p in self._live_children(self.pid)]
-        for pid in pids:
-            self._note(pid)
+        pids = []
+        for service in self.services:
+            for child in service.children():
+                service.note(child.pid)
+                pids.append(child.pid)
         return pids
 
 

@@ -1,5 +1,9 @@
 """A real Redis, started by the test: Debian's ``redis-server`` on a free loopback port.
 
+Across test hosts (``chaos.hosts``): ``RedisServer(directory, hosts=hosts, host="broker")`` runs
+it inside that host, bound to its address; ``address=`` binds it elsewhere (the harness's end of
+the hosts' bridge, say, for a store every host reaches).
+
 ``RedisServer(directory, aof=False)`` runs one server in a directory of its own, bound to
 127.0.0.1 only, persistence off (``save ""``, no AOF) or with the append-only file on
 (``appendonly yes``, ``appendfsync everysec``: every write reaches the kernel before its reply,
@@ -22,6 +26,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from .._errors import ChaosError
 from .._process_faults import send_signal
@@ -53,17 +58,28 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, directory: str | Path, *, aof: bool = False, name: str = "redis"):
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        aof: bool = False,
+        name: str = "redis",
+        address: str = "127.0.0.1",
+        hosts: Any = None,
+        host: str | None = None,
+    ):
         self.directory = Path(directory)
         self.aof = aof
         self.name = name
+        self.hosts, self.host = hosts, host  # run inside a test host (chaos.hosts), if given
+        self.address = hosts[host].address if hosts is not None and host else address
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.address}:{self.port}/0"
 
     @property
     def pid(self) -> int:
@@ -99,21 +115,27 @@ class RedisServer:
         args = [
             redis_server_binary(),
             "--port", str(self.port),
-            "--bind", "127.0.0.1",
+            "--bind", self.address,
             "--dir", str(self.directory),
             "--save", "",
             "--appendonly", "no",
             *persistence,
             "--daemonize", "no",
+            # no password: reached from the test's hosts over their private bridge
+            "--protected-mode", "yes" if self.address == "127.0.0.1" else "no",
             "--logfile", str(self.log),
             "--appendfilename", f"{self.name}.aof",
             "--appenddirname", f"{self.name}-aof",
         ]  # fmt: skip
         errors = self.directory / f"{self.name}.stderr"
         with open(errors, "ab") as err_file:
-            self.proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err_file
+            popen: dict[str, Any] = dict(
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err_file
             )
+            if self.hosts is not None and self.host:
+                self.proc = self.hosts.run(self.host, args, **popen)
+            else:
+                self.proc = subprocess.Popen(args, **popen)
         deadline = time.monotonic() + START_TIMEOUT
         while not self.ping():
             if self.proc.poll() is not None:
@@ -134,7 +156,7 @@ class RedisServer:
         """True if *this* server answers now: the one on its port says its process id is ours
         (a raw RESP exchange: no client library; another server on the port is not ours)."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            with socket.create_connection((self.address, self.port), timeout=timeout) as s:
                 s.sendall(b"INFO server\r\n")
                 seen = b""
                 while b"process_id:" not in seen or not seen.split(b"process_id:")[1].count(

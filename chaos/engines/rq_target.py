@@ -39,13 +39,16 @@ class RQTarget(QueueTarget):
     def __init__(self, data_dir: Any, workers: int = 2, *, config: str = "defaults", **options):
         if config not in CONFIGS:
             raise ChaosError(f"unknown RQ configuration {config!r}: one of {', '.join(CONFIGS)}")
+        if options.get("across_hosts"):
+            raise ChaosError("RQ across test hosts is not built: run it on one machine")
         self.config = config
         super().__init__(data_dir, workers, **options)
 
     def _environment(self) -> dict[str, str]:
         return {STORE_ENV: self.store.url}
 
-    def _command(self) -> list[str]:
+    def _command(self, host: str | None = None) -> list[str]:
+        assert self.broker is not None
         return [
             "rq.cli", "worker-pool", f"--url={self.broker.url}",
             f"--num-workers={self.workers}", "--logging-level=INFO", QUEUE,
@@ -92,20 +95,18 @@ class RQTarget(QueueTarget):
     def worker_pids(self) -> list[int]:
         """Each worker's horse while it runs a job (a child in a process group of its own),
         else the worker."""
-        if self._proc is None:
-            return []
         pids = []
-        for worker in self._live_children(self.pid):
-            horses = [h.pid for h in self._live_children(worker.pid) if _own_group(h.pid)]
-            pids.append(horses[0] if horses else worker.pid)
-        for pid in pids:
-            self._note(pid)
+        for service in self.services:
+            for worker in service.children():
+                horses = [h.pid for h in service.children(worker.pid) if _own_group(h.pid)]
+                pids.append(horses[0] if horses else worker.pid)
+                service.note(pids[-1])
         return pids
 
     def resource_pids(self) -> list[int]:
         """The workers themselves: each job's horse is forked from one, and inherits its
         limits and cgroup."""
-        return [w.pid for w in self._live_children(self.pid)] if self._proc else []
+        return [w.pid for service in self.services for w in service.children()]
 
 
 def _own_group(pid: int) -> bool:

@@ -1,0 +1,262 @@
+"""Test hosts on one machine: Linux network namespaces on a private bridge the test creates.
+
+``Hosts(["broker", "w1", "w2"])`` makes one network namespace per host (``ip netns add``),
+each with its loopback up and one ``eth0`` -- a veth pair whose other end is on a bridge of
+its own in the test's namespace -- and an address of its own on a private /24 that no other
+interface of this machine uses. The harness (this process) is on that bridge too, at
+``hosts.harness`` (``.254``): it reaches every host, and they reach it, as machines on one
+switch; nothing is routed further, so traffic goes only between these namespaces (and each
+one's loopback).
+
+``hosts.run(host, argv)`` starts a process inside a host (``ip netns exec``: the process itself,
+a child of this one, its pid the one returned); ``hosts.pids(host)`` is every process in it, by
+the kernel's word (``ip netns pids``: whose network namespace it is). ``close()`` -- always, also
+when the test failed -- SIGKILLs every process left in each host, deletes the namespaces, their
+veths and the bridge, and then *proves* that nothing is left: no namespace, no link, no process
+(``LeftBehind`` names what is). Network faults act inside these namespaces only
+(``chaos._network``).
+
+Needs root (``CAP_NET_ADMIN``) and iproute2; ``HostsUnavailable`` says what is missing and how
+to get it, and the scenarios skip with that reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import ChaosError, InjectorUnavailable
+from ._process_faults import Injected
+from ._processes import wait_gone
+
+PREFIX = "chaosgate-"  # every namespace this module makes is named so
+KILL_WAIT = 10.0
+
+
+class HostsUnavailable(InjectorUnavailable):
+    """This machine cannot make test hosts here (not root, no iproute2, no netns)."""
+
+
+class LeftBehind(ChaosError):
+    """Teardown found a namespace, link or process of the test's hosts still there."""
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: str  # on the hosts' bridge
+    netns: str | None  # None: the harness's own namespace (the bridge's end)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.address})"
+
+
+def ip(*args: str, netns: str | None = None, check: bool = True) -> str:
+    """Run ``ip ARGS`` (inside ``netns`` if given); its output, or ``ChaosError`` with stderr."""
+    argv = ["ip", *(["-n", netns] if netns else []), *args]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    if check and done.returncode != 0:
+        raise ChaosError(f"`{' '.join(argv)}` failed ({done.returncode}): {done.stderr.strip()}")
+    return done.stdout
+
+
+def unavailable() -> str | None:
+    """Why test hosts cannot be made here, or None."""
+    if shutil.which("ip") is None:
+        return "iproute2's `ip` is not installed (apt-get install iproute2)"
+    if os.geteuid() != 0:
+        return "test hosts are network namespaces: making them needs root (CAP_NET_ADMIN)"
+    if not os.path.exists("/proc/self/ns/net"):
+        return "this kernel has no network namespaces"
+    return None
+
+
+def _free_subnet() -> ipaddress.IPv4Network:
+    """A /24 in 10.200.0.0-10.250.255.0 that no interface or route of this machine touches."""
+    used = []
+    for line in ip("-4", "-o", "addr", "show").splitlines() + ip("-4", "route").splitlines():
+        for word in line.split():
+            with contextlib.suppress(ValueError):
+                used.append(ipaddress.ip_network(word, strict=False))
+    for _ in range(200):
+        second, third = 200 + secrets.randbelow(51), secrets.randbelow(256)
+        net = ipaddress.ip_network(f"10.{second}.{third}.0/24")
+        if not any(net.overlaps(u) for u in used if u.prefixlen > 0):
+            return net
+    raise ChaosError("no free private /24 in 10.200.0.0/16-10.250.255.0 for the test hosts")
+
+
+class Hosts:
+    """N test hosts (see the module doc); a context manager: ``with Hosts([...]) as hosts``."""
+
+    def __init__(self, names: Sequence[str]):
+        if why := unavailable():
+            raise HostsUnavailable(why)
+        if len(set(names)) != len(names) or not names or "harness" in names:
+            raise ChaosError(f"host names must be distinct, and not 'harness': {list(names)}")
+        if len(names) > 250:
+            raise ChaosError("at most 250 hosts on one bridge")
+        self.tag = secrets.token_hex(3)  # in every name made: cg<tag>... (IFNAMSIZ: 15)
+        self.bridge = f"cg{self.tag}br"
+        self.subnet = _free_subnet()
+        base = self.subnet.network_address
+        self.harness = Host("harness", str(base + 254), None)
+        self.hosts = {
+            name: Host(name, str(base + 1 + i), f"{PREFIX}{self.tag}-{name}")
+            for i, name in enumerate(names)
+        }
+        self._procs: list[subprocess.Popen[Any]] = []
+        self.down: set[str] = set()  # hosts killed whole: a service there is not restarted
+        self._made: list[str] = []  # what close() removes: "netns:NAME", "link:NAME"
+        try:
+            self._create()
+        except BaseException:
+            self.close()
+            raise
+
+    def __getitem__(self, name: str) -> Host:
+        if name == "harness":
+            return self.harness
+        try:
+            return self.hosts[name]
+        except KeyError:
+            raise ChaosError(f"no host {name!r}: the hosts are {', '.join(self.hosts)}") from None
+
+    def __iter__(self) -> Any:
+        return iter(self.hosts.values())
+
+    def __enter__(self) -> Hosts:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _create(self) -> None:
+        ip("link", "add", self.bridge, "type", "bridge")
+        self._made.append(f"link:{self.bridge}")
+        ip("addr", "add", f"{self.harness.address}/24", "dev", self.bridge)
+        ip("link", "set", self.bridge, "up")
+        for i, host in enumerate(self.hosts.values()):
+            assert host.netns is not None
+            ip("netns", "add", host.netns)
+            self._made.append(f"netns:{host.netns}")
+            outer = f"cg{self.tag}h{i}"
+            ip("link", "add", outer, "type", "veth", "peer", "name", f"cg{self.tag}p{i}")
+            self._made.append(f"link:{outer}")
+            ip("link", "set", f"cg{self.tag}p{i}", "netns", host.netns)
+            ip("link", "set", f"cg{self.tag}p{i}", "name", "eth0", netns=host.netns)
+            ip("addr", "add", f"{host.address}/24", "dev", "eth0", netns=host.netns)
+            ip("link", "set", "eth0", "up", netns=host.netns)
+            ip("link", "set", "lo", "up", netns=host.netns)
+            ip("link", "set", outer, "master", self.bridge)
+            ip("link", "set", outer, "up")
+
+    # --- processes -------------------------------------------------------------------------
+
+    def run(self, host: str | Host, argv: Sequence[str], **popen: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` inside ``host``: ``ip netns exec`` enters the namespace and execs it,
+        so the returned process is the program itself, a child of this one."""
+        host = host if isinstance(host, Host) else self[host]
+        if host.netns is None:
+            raise ChaosError("the harness is not a host to run in: run it as any child process")
+        proc = subprocess.Popen(["ip", "netns", "exec", host.netns, *argv], **popen)
+        self._procs.append(proc)
+        return proc
+
+    def pids(self, host: str | Host) -> list[int]:
+        """Every process whose network namespace is ``host``'s (the kernel's word)."""
+        host = host if isinstance(host, Host) else self[host]
+        if host.netns is None:
+            raise ChaosError("the harness's namespace is this machine's own: no host pids")
+        out = ip("netns", "pids", host.netns, check=False)
+        return sorted({int(p) for p in out.split() if p.isdigit()} - {os.getpid()})
+
+    def signal(self, host: str | Host, sig: int, kind: str = "") -> list[Injected]:
+        """``sig`` to every process in ``host``, each through a pidfd after checking that it is
+        in the host's namespace (the namespace is the blast radius: every process in one this
+        test made is one it started, a daemon reparented to init included); one that exited
+        meanwhile is skipped."""
+        host = host if isinstance(host, Host) else self[host]
+        assert host.netns is not None
+        inode = os.stat(f"/run/netns/{host.netns}").st_ino
+        sent = []
+        name = signal.Signals(sig).name
+        for pid in self.pids(host):
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+            try:
+                if os.stat(f"/proc/{pid}/ns/net").st_ino != inode:
+                    continue  # (not one of the host's: a pid reused meanwhile)
+                mono, ts = time.clock_gettime(time.CLOCK_MONOTONIC), time.time()
+                signal.pidfd_send_signal(pidfd, sig)
+                sent.append(Injected(kind or name, pid, mono, ts, {"signal": name}))
+            except (ProcessLookupError, FileNotFoundError):
+                continue
+            finally:
+                os.close(pidfd)
+        return sent
+
+    def kill_all(self, hosts: Iterable[Host] | None = None) -> set[int]:
+        """SIGKILL every process in ``hosts`` (default: all) and wait until they are gone;
+        the pids that would not go (none, normally)."""
+        pids: list[int] = []
+        for host in hosts if hosts is not None else self:
+            pids += [hit.pid for hit in self.signal(host, signal.SIGKILL, "host_kill")]
+        for proc in self._procs:  # reap our own children among them
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                if proc.pid in pids:
+                    proc.wait(KILL_WAIT)
+        return wait_gone(pids, KILL_WAIT)
+
+    # --- teardown --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Kill every process in the hosts, remove every namespace and link made, and prove
+        that nothing is left (``LeftBehind``)."""
+        if not self._made:
+            return
+        survivors = self.kill_all([h for h in self if f"netns:{h.netns}" in self._made])
+        for proc in self._procs:  # reap them (no zombie of ours is left)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(KILL_WAIT)
+        for item in reversed(self._made):
+            kind, name = item.split(":", 1)
+            if kind == "netns":
+                ip("netns", "delete", name, check=False)
+            else:
+                ip("link", "delete", name, check=False)
+        made, self._made = self._made, []
+        left = [f"process {pid}" for pid in sorted(survivors)] + self.leftovers(made)
+        if left:
+            raise LeftBehind(f"the test hosts left behind: {', '.join(left)}")
+
+    def leftovers(self, made: Iterable[str]) -> list[str]:
+        """What of ``made`` still exists, by ``ip``'s own listing."""
+        namespaces = set(ip("netns", "list", check=False).split())
+        links = {
+            line.split(":")[1].strip().split("@")[0]
+            for line in ip("-o", "link", "show", check=False).splitlines()
+            if line.count(":") >= 2
+        }
+        left = []
+        for item in made:
+            kind, name = item.split(":", 1)
+            if (kind == "netns" and name in namespaces) or (kind == "link" and name in links):
+                left.append(item)
+        return left
+
+
+def leaked_namespaces() -> list[str]:
+    """Every namespace of chaosgate's on this machine (for a check that a run left none)."""
+    return [n for n in ip("netns", "list", check=False).split() if n.startswith(PREFIX)]
