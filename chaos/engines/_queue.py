@@ -142,7 +142,7 @@ class QueueTarget:
                 env=env,
                 hosts=self.hosts,
                 host=host,
-            )  # fmt: skip
+            )
             for host in self.worker_hosts()
         ]
 

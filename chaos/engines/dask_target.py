@@ -109,7 +109,7 @@ class DaskTarget(QueueTarget):
                 env=env,
                 hosts=self.hosts,
                 host=host,
-            )  # fmt: skip
+            )
             for host in self.worker_hosts()
         ]
         return [*workers, scheduler]
