@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: scenarios test lint bench clean chromium redis
+.PHONY: scenarios test lint bench clean chromium redis nftables
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 # the gate's own code (10, 11, 12; 1: a test outside the gate failed) is printed, not returned.
 SCENARIOS := $(BIN)/python -m pytest scenarios/ -p no:cacheprovider -rA --chaos-gate \
 	--junitxml=reports/scenarios-junit.xml
-scenarios: $(STAMP) redis
+scenarios: $(STAMP) redis nftables
 	@echo "$(SCENARIOS)"
 	@$(SCENARIOS) || { status=$$?; echo "make scenarios: pytest --chaos-gate exited $$status" \
 		"(10 a weakness found, 11 a harness or environment error, 12 bad configuration," \
@@ -25,7 +25,7 @@ scenarios: $(STAMP) redis
 		"For the code itself: $(BIN)/python -m pytest scenarios/ --chaos-gate"; exit $$status; }
 
 # The whole test suite (tests/ and scenarios/), lint and format check included.
-test: lint chromium redis
+test: lint chromium redis nftables
 	$(BIN)/python -m pytest -p no:cacheprovider --junitxml=reports/junit.xml
 
 # Debian's headless Chromium, for the test that looks at report.html as a person would.
@@ -45,6 +45,16 @@ redis:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
 	else \
 		echo "redis-server is missing (apt-get install redis-server); the engines' scenarios will be skipped"; \
+	fi
+
+# iproute2 and nftables, for the test hosts (network namespaces) and the partitions between them
+# (scenarios/test_network.py): the tests make and remove every namespace themselves.
+nftables:
+	@{ command -v nft && command -v ip; } >/dev/null || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables iproute2; \
+	else \
+		echo "nft or ip is missing (apt-get install nftables iproute2); the network scenarios will be skipped"; \
 	fi
 
 lint: $(STAMP)

@@ -1,7 +1,8 @@
 """The comparison tables: pools side by side, one row per fault, from a report's comparison
 scenarios (``observed``: target, fault, outcome, summary, detection and recovery times) -- one
-table per matrix: ``pools`` (``scenarios/test_peers.py``) and ``engines``
-(``scenarios/test_engines.py``), each written into its own block of the README."""
+table per matrix: ``pools`` (``scenarios/test_peers.py``), ``engines``
+(``scenarios/test_engines.py``) and ``network`` (``scenarios/test_network.py``), each written
+into its own block of the README."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ from typing import Any
 from ._errors import ChaosError
 
 BEGIN, END = "<!-- comparison:begin -->", "<!-- comparison:end -->"
-BLOCKS = {"pools": (BEGIN, END), "engines": ("<!-- engines:begin -->", "<!-- engines:end -->")}
+BLOCKS = {
+    "pools": (BEGIN, END),
+    "engines": ("<!-- engines:begin -->", "<!-- engines:end -->"),
+    "network": ("<!-- network:begin -->", "<!-- network:end -->"),
+}
 VERDICT = {
     "recovered": "recovered",
     "recycled": "recycled",

@@ -37,6 +37,9 @@ worker's connections to it shut down from outside), ``broker_freeze`` (it SIGSTO
 ``BROKER_FROZEN`` s). For what never came back, such a target says where it is by the
 broker's own lists (``where_left``: queued, unacknowledged, started, running...), shown in the
 cell's line; what is nowhere is lost.
+
+A target across test hosts (``"hosts"``: Dask, Celery with a worker per host) has the network's
+six (``chaos._network_cells``): partitions between hosts, a host killed whole, a host frozen.
 """
 
 from __future__ import annotations
@@ -478,6 +481,15 @@ ENGINE_FAMILIES: dict[str, Family] = {
     "broker_link": broker_link,
     "broker_freeze": broker_freeze,
 }
+
+
+def family_of(name: str) -> Family:
+    """The family called ``name``: the pools', the task queues' or the network's."""
+    from ._network_cells import NETWORK_FAMILIES
+
+    return {**FAMILIES, **ENGINE_FAMILIES, **NETWORK_FAMILIES}[name]
+
+
 SERVED = {
     "exhaustion",
     "sigterm",
@@ -496,7 +508,7 @@ async def run_cell(chaos: Any, target: Any, family: str, tmp: Path, workers: int
         cell.last_read = await target.committed()
         cell.pids = await chaos.workers(workers)
         try:
-            fault_at = await (FAMILIES.get(family) or ENGINE_FAMILIES[family])(cell)
+            fault_at = await family_of(family)(cell)
         except TargetRefused as e:  # broken by the fault before all of its work was in
             cell.seen["refused"] = _refusal(e)
         except Ended:
@@ -613,6 +625,8 @@ def classify(
         "outcome": outcome,
         **({"not_applicable": moot} if moot else {}),
         "lost": lost,
+        # which messages ran twice: a message's id says what it was (warm-up, busy, queued...)
+        "duplicated": sorted(set(verdict.duplicated)) if verdict is not None else [],
         "outstanding": len(outstanding),
         "stop_blocked": stop_blocked,
         "errors": errors,
@@ -647,6 +661,8 @@ def describe(seen: dict[str, Any]) -> str:
             )
     if seen.get("lost"):
         parts.append(f"{seen['lost']} lost")
+    if twice := seen.get("duplicated"):
+        parts.append(f"{len(twice)} done twice ({_kinds(twice)})")
     if seen.get("outstanding"):
         parts.append(f"{seen['outstanding']} never returned (py-spy dumps taken)")
     parts += _placed(seen.get("left") or {}, seen.get("visibility_timeout"))
@@ -671,6 +687,15 @@ def describe(seen: dict[str, Any]) -> str:
     if seen.get("stop_error"):
         parts.append(f"its stop failed ({seen['stop_error'].split(':')[0]})")
     return "; ".join(parts)
+
+
+def _kinds(ids: list[str]) -> str:
+    """Message ids by what they were sent as (``warm-3`` -> warm): "4 warm, 1 busy"."""
+    kinds: dict[str, int] = {}
+    for mid in ids:
+        kind = mid.rstrip("0123456789-_") or mid
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return ", ".join(f"{n} {kind}" for kind, n in kinds.items())
 
 
 def _placed(left: dict[str, int], visibility_timeout: float | None) -> list[str]:

@@ -1,4 +1,4 @@
-"""Run reports: one JSON document per run (schema ``chaosgate-report/2``), rendered to Markdown
+"""Run reports: one JSON document per run (schema ``chaosgate-report/3``), rendered to Markdown
 and HTML, in ``<dir>/<run id>/`` with ``<dir>/latest`` pointing at the newest run.
 
 The pytest plugin builds one entry per scenario (a test using the ``chaos`` fixture) from its
@@ -28,7 +28,7 @@ from typing import Any
 from ._errors import ChaosError
 from ._failure import cut
 
-SCHEMA = "chaosgate-report/2"
+SCHEMA = "chaosgate-report/3"
 KEEP_RUNS = 20  # run directories kept; older ones are removed
 MARKED = (
     "fault",

@@ -95,7 +95,7 @@ ERRORS = {
     "report of another schema": (
         ["report", "other.json"],
         EXIT_CONFIG,
-        ["is not a chaosgate-report/2 report (schema: 'someone-else/1')", "give a report.json"],
+        ["is not a chaosgate-report/3 report (schema: 'someone-else/1')", "give a report.json"],
     ),
     "report edited": (
         ["report", "edited.json"],

@@ -470,3 +470,22 @@ def test_a_site_configured_twice_is_not_an_unfired_fault(pytester: pytest.Pytest
         """
     )
     pytester.runpytest_subprocess().assert_outcomes(passed=1)
+
+
+def test_a_fault_that_lasts_is_a_shaded_span_on_the_timeline() -> None:
+    """A partition (or a freeze) has a start and a heal: the timeline keeps both, and the
+    chart shades the span between them."""
+    from chaos._render import timeline_svg
+    from chaos._report import timeline
+
+    faults = [
+        {"kind": "partition", "target": "w1 | scheduler", "detail": "nftables DROP",
+         "mono": 100.0, "until": 110.0, "pid": None},
+        {"kind": "kill", "target": "pid 7", "detail": "SIGKILL", "mono": 112.0, "pid": 7},
+    ]  # fmt: skip
+    line = timeline([], faults)
+    span, point = line["events"]
+    assert (span["t"], span["until"]) == (0.0, 10.0) and "until" not in point
+    assert line["span_s"] == 12.0
+    svg = str(timeline_svg({"timeline": line, "nodeid": "t::span"}, "x-"))
+    assert "fault span" in svg  # the legend names the shaded span

@@ -151,7 +151,11 @@ async def test_the_adapter_example_resubmits_work_stranded_in_a_broken_pool(
 
 @pytest.mark.parametrize(
     ("scenario_file", "block", "families"),
-    [("test_peers.py", "comparison", "FAMILIES"), ("test_engines.py", "engines", "ALL")],
+    [
+        ("test_peers.py", "comparison", "FAMILIES"),
+        ("test_engines.py", "engines", "ALL"),
+        ("test_network.py", "network", "FAMILIES"),
+    ],
 )
 def test_the_comparison_table_agrees_with_the_strict_expectations(
     scenario_file: str, block: str, families: str

@@ -61,7 +61,8 @@ def commit(store: Any, key: str, message_id: str, payload: Any) -> Any:
 
 class QueueTarget:
     name = "queue"
-    capabilities = frozenset({"leak", "unordered", "broker"})
+    kinds = frozenset({"leak", "unordered", "broker"})  # what it can take (+ "hosts" across)
+    coordinator = "broker"  # across hosts: the host every worker depends on
     ready_marker = b""  # what the worker's log says once it takes work
     config = "defaults"  # the engine's configuration (each engine names its own)
     not_applicable: dict[str, str] = {}  # the matrix families it cannot take, and why
@@ -145,6 +146,18 @@ class QueueTarget:
             )
             for host in self.worker_hosts()
         ]
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return self.kinds | ({"hosts"} if self.across_hosts else set())
+
+    def host_of(self, pid: int) -> str:
+        """The worker host whose namespace ``pid`` is in (the kernel's word)."""
+        assert self.hosts is not None, "not across hosts, or not started"
+        for host in self.worker_hosts():
+            if pid in self.hosts.pids(host):
+                return host
+        raise ChaosError(f"pid {pid} is in none of the worker hosts")
 
     def host_names(self) -> list[str]:
         """The test hosts across hosts: the broker's, then each worker's."""
@@ -278,7 +291,7 @@ class QueueTarget:
             self.where_left = {m: w for m, w in self.where_left.items() if m not in done}
         stuck = [m for m, w in self.where_left.items() if w.split()[0] in STUCK]
         if stuck and not self.outstanding:  # newly stuck: where is everyone waiting?
-            pids = self.worker_pids() + [service.pid for service in self.services]
+            pids = self.worker_pids() + [s.pid for s in self.services if not is_gone(s.pid)]
             self.dumps += [await asyncio.to_thread(dump_stacks, p, timeout=10.0) for p in pids]
         self.outstanding = stuck
         return state

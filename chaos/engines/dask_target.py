@@ -12,12 +12,17 @@ pure=False)``), acknowledged when ``submit`` returns; the task is the list-appen
 The evidence is the harness's own (``chaos.engines._queue``): the store; and for what never
 came back, the client's own futures: ``pending`` (the scheduler still holds it: waiting, not
 lost), or nowhere -- erred (``KilledWorker`` once ``allowed-failures`` workers died running it;
-its error recorded), lost or cancelled. Configurations (``CONFIGS``, set in every process's
-environment as ``DASK_*`` variables):
+its error recorded), lost or cancelled. Configurations (``CONFIGS``; settings are set in every
+process's environment as ``DASK_*`` variables):
 
-- ``defaults``: Dask's own;
-- ``fast``: a team's choice to notice a lost worker in seconds rather than minutes
-  (``distributed.comm.timeouts.tcp`` 5 s, ``distributed.scheduler.worker-ttl`` 5 s).
+- ``defaults``: Dask's own, the client holding every future until the run is read back (as a
+  program that gathers its results at the end does);
+- ``release``: each future dropped as soon as its task finished (its effect is in the store;
+  its result is not wanted), as a pipeline of side effects should use Dask: a finished task's
+  result is then not recomputed when the worker holding it dies;
+- ``fast+release``: and a lost worker noticed in seconds rather than minutes
+  (``distributed.scheduler.worker-ttl`` 5 s; ``distributed.comm.timeouts.tcp`` 12 s, the least
+  Dask takes: 10 keepalive probes).
 """
 
 from __future__ import annotations
@@ -33,19 +38,21 @@ from ._queue import QueueTarget
 from ._service import Service
 
 PORT = 8786  # the scheduler's, inside its own host
-CONFIGS: dict[str, dict[str, str]] = {
-    "defaults": {},
-    "fast": {
-        "DASK_DISTRIBUTED__COMM__TIMEOUTS__TCP": "5s",
-        "DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL": "5s",
-    },
+FAST = {  # noticed in seconds: the least TCP timeout Dask takes (10 keepalive probes), a short ttl
+    "DASK_DISTRIBUTED__COMM__TIMEOUTS__TCP": "12s",
+    "DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL": "5s",
+}
+CONFIGS: dict[str, dict[str, Any]] = {
+    "defaults": {"env": {}, "release": False},
+    "release": {"env": {}, "release": True},
+    "fast+release": {"env": FAST, "release": True},
 }
 TASK = "chaos.engines.dask_tasks.append"
 
 
 class DaskTarget(QueueTarget):
     name = "dask"
-    capabilities = frozenset({"leak", "unordered", "hosts"})
+    kinds = frozenset({"leak", "unordered"})
     coordinator = "scheduler"  # the host the workers depend on
     not_applicable = {
         "pipe_outside": "a worker talks to its nanny and the scheduler over TCP: see the "
@@ -67,7 +74,7 @@ class DaskTarget(QueueTarget):
         return ["scheduler", *self.worker_hosts()]
 
     def _environment(self) -> dict[str, str]:
-        return dict(CONFIGS[self.config])
+        return dict(CONFIGS[self.config]["env"])
 
     @property
     def scheduler_address(self) -> str:
@@ -137,9 +144,17 @@ class DaskTarget(QueueTarget):
     def _publish(self, key: str, message_id: str, payload: Any) -> None:
         from .dask_tasks import append
 
-        self._futures[message_id] = self.client.submit(
+        future = self.client.submit(
             append, key, message_id, payload, self.store.url, key=message_id, pure=False
         )
+        self._futures[message_id] = future
+        if CONFIGS[self.config]["release"]:
+            future.add_done_callback(self._release)
+
+    def _release(self, future: Any) -> None:
+        """A finished task's future dropped (an erred one is kept: its error is evidence)."""
+        if future.status == "finished":
+            self._futures.pop(future.key, None)
 
     def _placed(self) -> dict[str, str]:
         """Each missing message by its future, as the client sees it: ``pending`` (the
@@ -167,14 +182,6 @@ class DaskTarget(QueueTarget):
                     service.note(child.pid)
                     pids.append(child.pid)
         return pids
-
-    def host_of(self, pid: int) -> str:
-        """The worker host whose namespace ``pid`` is in (the kernel's word)."""
-        assert self.hosts is not None
-        for host in self.worker_hosts():
-            if pid in self.hosts.pids(host):
-                return host
-        raise ChaosError(f"pid {pid} is in none of the worker hosts")
 
     async def stop(self) -> None:
         if self.client is not None:

@@ -1,0 +1,105 @@
+"""The network's fault families: for a target across test hosts (``"hosts"``: ``chaos.hosts``).
+
+Each runs as a cell of the matrix (``chaos._matrix.run_cell``): every worker busy with more work
+queued, then one fault between hosts (``chaos._network``), healed after ``PARTITION`` s, then
+more work and a probe, judged on what the harness read back:
+
+- ``partition_worker``: a busy worker's host cut off from the coordinator (the scheduler, or
+  the broker) -- it still reaches the store, as a worker cut from its scheduler still reaches
+  its database;
+- ``partition_isolated``: a busy worker's host cut off from every other host, the harness's
+  end (and the store there) included;
+- ``partition_coordinator``: the coordinator's host cut off from every worker host (the
+  harness still reaches it: work goes on being submitted);
+- ``partition_one_way``: what the coordinator sends to a busy worker's host is dropped, what it
+  sends arrives (an asymmetric partition);
+- ``host_kill``: a busy worker's host killed whole -- every process in it SIGKILLed at once, as
+  a machine that lost its power (it does not come back within the cell);
+- ``host_freeze``: every process of a busy worker's host stopped for ``FROZEN`` s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+# How long a partition or a freeze holds: past what a lost peer takes to be noticed where a
+# team shortened the timers (Dask: TCP timeout 12 s; Celery: visibility timeout 5 s), short of
+# what it takes with the engines' own (Dask's TCP timeout, 30 s: measured 25 s; an hour) -- so
+# that each cell's outcome is one, not a race with a timer.
+PARTITION = 20.0
+FROZEN = 20.0
+
+
+def _hosts(cell: Any) -> Any:
+    from ._matrix import NotApplicable
+
+    hosts = getattr(cell.target, "hosts", None)
+    if "hosts" not in cell.target.capabilities or hosts is None:
+        raise NotApplicable("it does not run across test hosts")
+    return hosts
+
+
+async def _busy_host(cell: Any) -> str:
+    """Every worker busy; the host of one running a task now (the victim)."""
+    await cell.busy()
+    return str(cell.target.host_of(cell.pids[0]))
+
+
+async def partition_worker(cell: Any) -> float:
+    hosts = _hosts(cell)
+    host = await _busy_host(cell)
+    with cell.chaos.partitioned(hosts, host, cell.target.coordinator) as fault:
+        await asyncio.sleep(PARTITION)
+    return float(fault.mono)
+
+
+async def partition_isolated(cell: Any) -> float:
+    hosts = _hosts(cell)
+    host = await _busy_host(cell)
+    with cell.chaos.partitioned(hosts, host) as fault:
+        await asyncio.sleep(PARTITION)
+    return float(fault.mono)
+
+
+async def partition_coordinator(cell: Any) -> float:
+    hosts = _hosts(cell)
+    await cell.busy()
+    with cell.chaos.partitioned(
+        hosts, cell.target.coordinator, cell.target.worker_hosts()
+    ) as fault:
+        await asyncio.sleep(PARTITION)
+    return float(fault.mono)
+
+
+async def partition_one_way(cell: Any) -> float:
+    hosts = _hosts(cell)
+    host = await _busy_host(cell)
+    with cell.chaos.partitioned(hosts, host, cell.target.coordinator, one_way=True) as fault:
+        await asyncio.sleep(PARTITION)
+    return float(fault.mono)
+
+
+async def host_kill(cell: Any) -> float:
+    hosts = _hosts(cell)
+    host = await _busy_host(cell)
+    fault = await asyncio.to_thread(cell.chaos.host_killed, hosts, host)
+    return float(fault.mono)
+
+
+async def host_freeze(cell: Any) -> float:
+    hosts = _hosts(cell)
+    host = await _busy_host(cell)
+    with cell.chaos.host_frozen(hosts, host) as fault:
+        await asyncio.sleep(FROZEN)
+    return float(fault.mono)
+
+
+NETWORK_FAMILIES = {
+    "partition_worker": partition_worker,
+    "partition_isolated": partition_isolated,
+    "partition_coordinator": partition_coordinator,
+    "partition_one_way": partition_one_way,
+    "host_kill": host_kill,
+    "host_freeze": host_freeze,
+}
