@@ -24,6 +24,7 @@ from ._guard import TargetHung
 from ._matrix import GOOD, NOT_APPLICABLE, SERVED, classify, describe, records, run_cell
 from ._scenario import unfired_message
 from ._served import ServedTarget
+from .hosts import LeftBehind
 
 GOOD_OR_NA = GOOD | {NOT_APPLICABLE}
 
@@ -85,6 +86,8 @@ async def judge_cell(
             await target.stop()
         except TargetHung as e:  # a stop past its bound: hung, with the stacks
             seen["hung"] = seen.get("hung") or e
+        except LeftBehind:  # the test's own hosts not removed: a failure, whatever the verdict
+            raise
         except Exception as e:  # the pool's processes were killed: seen, not a test error
             seen["stop_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
         target.close()

@@ -711,6 +711,8 @@ def _placed(left: dict[str, int], visibility_timeout: float | None) -> list[str]
         "failed or retried only by the engine's maintenance)",
         "scheduled": "scheduled to run again later",
         "unknown": "not placed: the broker could not be read",
+        "pending": "still pending in the scheduler",
+        "erred": "erred in the engine, not retried (its error below; lost)",
     }  # (the rest is nowhere: lost, and counted so)
     return [f"{n} {said[place]}" for place, n in left.items() if n and place in said]
 

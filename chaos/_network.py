@@ -45,7 +45,9 @@ from .hosts import Host, Hosts
 
 TABLE = "chaosgate"
 STOP_WAIT = 5.0
+STILL = (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE)  # a frozen host's processes: each one
 KILL_WAIT = 10.0
+EMPTY_FOR = 0.5  # seconds a killed host must stay empty (past a supervisor's 0.1 s restart)
 
 
 def _nft(netns: str, script: str) -> str:
@@ -126,18 +128,25 @@ def partitioned(
         fault.fire()
         yield fault
     finally:
-        dropped = 0
-        for netns in tables:
-            with contextlib.suppress(ChaosError):
+        dropped, failed = 0, []
+        for netns in tables:  # every one healed, whatever another did
+            try:
                 listing = _nft(netns, f"list table inet {TABLE}\n")
                 dropped += sum(int(n) for n in re.findall(r"counter packets (\d+)", listing))
-            _nft(netns, f"delete table inet {TABLE}\n")
+            except ChaosError:
+                pass  # (its count unknown: the heal is what matters)
+            try:
+                _nft(netns, f"delete table inet {TABLE}\n")
+            except ChaosError as e:
+                failed.append(str(e))
         fault.until = time.clock_gettime(time.CLOCK_MONOTONIC)
         if fault.fired:
             if dropped:
                 fault.effect = f"{dropped} packets dropped; healed after {_held(fault)}"
             else:
                 fault.no_effect = "no packet tried to cross the partition (0 dropped)"
+        if failed:
+            raise ChaosError("the partition could not be healed: " + "; ".join(failed))
 
 
 @contextlib.contextmanager
@@ -151,11 +160,13 @@ def host_frozen(scenario: Any, hosts: Hosts, host: str | Host) -> Iterator[Any]:
             fault.pid = hit[0].pid
         else:
             fault.fire()
-        stopped = _until_stopped([h.pid for h in hit])
-        if hit and stopped == len(hit):
-            fault.effect = f"{stopped} process(es) stopped (state T)"
+        running = _until_stopped(hosts, target)
+        if hit and not running:
+            fault.effect = f"every process of the host stopped (state T): {len(hit)} signalled"
         else:
-            fault.no_effect = f"{stopped} of {len(hit)} process(es) seen stopped after SIGSTOP"
+            fault.no_effect = (
+                f"not every process of the host was seen stopped: {running or 'none there'}"
+            )
         yield fault
     finally:
         hosts.signal(target, signal.SIGCONT, "host_thaw")
@@ -176,13 +187,27 @@ def host_killed(scenario: Any, hosts: Hosts, host: str | Host) -> Any:
         return fault
     fault.fire(hit[0].mono, hit[0].ts)
     fault.pid = hit[0].pid
-    scenario.killed.update(h.pid for h in hit)
-    left = wait_gone([h.pid for h in hit], KILL_WAIT)
+    killed = [h.pid for h in hit]
+    left = wait_gone(killed, KILL_WAIT)
+    # A start under way as the power went (a supervisor's restart) is killed too, once it
+    # shows: the host is empty only when it has stayed empty a while.
+    deadline, empty_since = time.monotonic() + KILL_WAIT, None
+    while time.monotonic() < deadline:
+        if late := hosts.signal(target, signal.SIGKILL, "host_kill"):
+            killed += [h.pid for h in late]
+            left |= wait_gone([h.pid for h in late], KILL_WAIT)
+            empty_since = None
+        elif empty_since is None:
+            empty_since = time.monotonic()
+        elif time.monotonic() - empty_since >= EMPTY_FOR:
+            break
+        time.sleep(0.02)
+    scenario.killed.update(killed)
     now_there = hosts.pids(target)
     if left or now_there:
         fault.no_effect = f"alive after SIGKILL: {sorted(left)}; in the host now: {now_there}"
     else:
-        fault.effect = f"all {len(hit)} process(es) gone (pids {' '.join(str(h.pid) for h in hit)})"
+        fault.effect = f"all {len(killed)} process(es) gone (pids {' '.join(map(str, killed))})"
     return fault
 
 
@@ -219,16 +244,22 @@ def bandwidth_limited(
             fault.no_effect = f"the bucket never held a packet back at {rate} (overlimits 0)"
 
 
-def _until_stopped(pids: list[int]) -> int:
+def _until_stopped(hosts: Hosts, host: Host) -> list[int]:
+    """Every process in ``host`` in state T, each one forked meanwhile stopped too; the pids
+    still running after ``STOP_WAIT`` s (none: frozen whole)."""
     deadline = time.monotonic() + STOP_WAIT
     while True:
-        stopped = 0
-        for pid in pids:
+        running = []
+        for pid in hosts.pids(host):
             with contextlib.suppress(psutil.Error):
-                if psutil.Process(pid).status() == psutil.STATUS_STOPPED:
-                    stopped += 1
-        if stopped == len(pids) or time.monotonic() > deadline:
-            return stopped
+                if psutil.Process(pid).status() not in (
+                    psutil.STATUS_STOPPED,
+                    psutil.STATUS_ZOMBIE,
+                ):
+                    running.append(pid)
+        if not running or time.monotonic() > deadline:
+            return running
+        hosts.signal(host, signal.SIGSTOP, "host_freeze")  # (a stopped one takes it again)
         time.sleep(0.005)
 
 

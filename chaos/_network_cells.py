@@ -11,8 +11,8 @@ more work and a probe, judged on what the harness read back:
   end (and the store there) included;
 - ``partition_coordinator``: the coordinator's host cut off from every worker host (the
   harness still reaches it: work goes on being submitted);
-- ``partition_one_way``: what the coordinator sends to a busy worker's host is dropped, what it
-  sends arrives (an asymmetric partition);
+- ``partition_one_way``: what the coordinator sends to a busy worker's host is dropped, what
+  that host sends to the coordinator arrives (an asymmetric partition);
 - ``host_kill``: a busy worker's host killed whole -- every process in it SIGKILLed at once, as
   a machine that lost its power (it does not come back within the cell);
 - ``host_freeze``: every process of a busy worker's host stopped for ``FROZEN`` s.

@@ -29,6 +29,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -83,7 +84,8 @@ def unavailable() -> str | None:
 def _free_subnet() -> ipaddress.IPv4Network:
     """A /24 in 10.200.0.0-10.250.255.0 that no interface or route of this machine touches."""
     used = []
-    for line in ip("-4", "-o", "addr", "show").splitlines() + ip("-4", "route").splitlines():
+    routes = ip("-4", "route", "show", "table", "all").splitlines()
+    for line in ip("-4", "-o", "addr", "show").splitlines() + routes:
         for word in line.split():
             with contextlib.suppress(ValueError):
                 used.append(ipaddress.ip_network(word, strict=False))
@@ -107,17 +109,20 @@ class Hosts:
             raise ChaosError("at most 250 hosts on one bridge")
         self.tag = secrets.token_hex(3)  # in every name made: cg<tag>... (IFNAMSIZ: 15)
         self.bridge = f"cg{self.tag}br"
-        self.subnet = _free_subnet()
-        base = self.subnet.network_address
-        self.harness = Host("harness", str(base + 254), None)
-        self.hosts = {
-            name: Host(name, str(base + 1 + i), f"{PREFIX}{self.tag}-{name}")
-            for i, name in enumerate(names)
-        }
         self._procs: list[subprocess.Popen[Any]] = []
         self.down: set[str] = set()  # hosts killed whole: a service there is not restarted
         self._made: list[str] = []  # what close() removes: "netns:NAME", "link:NAME"
+        self.hosts: dict[str, Host] = {}
         try:
+            with _subnet_lock():  # chosen and taken (the bridge's address) before another looks
+                self.subnet = _free_subnet()
+                base = self.subnet.network_address
+                self.harness = Host("harness", str(base + 254), None)
+                self.hosts = {
+                    name: Host(name, str(base + 1 + i), f"{PREFIX}{self.tag}-{name}")
+                    for i, name in enumerate(names)
+                }
+                self._bridge()
             self._create()
         except BaseException:
             self.close()
@@ -140,11 +145,13 @@ class Hosts:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _create(self) -> None:
+    def _bridge(self) -> None:
         ip("link", "add", self.bridge, "type", "bridge")
         self._made.append(f"link:{self.bridge}")
         ip("addr", "add", f"{self.harness.address}/24", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
+
+    def _create(self) -> None:
         for i, host in enumerate(self.hosts.values()):
             assert host.netns is not None
             ip("netns", "add", host.netns)
@@ -213,7 +220,7 @@ class Hosts:
         pids: list[int] = []
         for host in hosts if hosts is not None else self:
             pids += [hit.pid for hit in self.signal(host, signal.SIGKILL, "host_kill")]
-        for proc in self._procs:  # reap our own children among them
+        for proc in list(self._procs):  # reap our own children among them
             with contextlib.suppress(subprocess.TimeoutExpired):
                 if proc.pid in pids:
                     proc.wait(KILL_WAIT)
@@ -226,8 +233,16 @@ class Hosts:
         that nothing is left (``LeftBehind``)."""
         if not self._made:
             return
-        survivors = self.kill_all([h for h in self if f"netns:{h.netns}" in self._made])
-        for proc in self._procs:  # reap them (no zombie of ours is left)
+        self.down.update(self.hosts)  # no service is started again in a host from here on
+        made = [h for h in self if f"netns:{h.netns}" in self._made]
+        deadline = time.monotonic() + KILL_WAIT
+        while True:  # until no process is in any of them (one started meanwhile: killed too)
+            survivors = self.kill_all(made)
+            inside = {pid for host in made for pid in self.pids(host)}
+            if not inside or time.monotonic() > deadline:
+                break
+        survivors |= inside
+        for proc in list(self._procs):  # reap them (no zombie of ours is left)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(KILL_WAIT)
         for item in reversed(self._made):
@@ -255,6 +270,20 @@ class Hosts:
             if (kind == "netns" and name in namespaces) or (kind == "link" and name in links):
                 left.append(item)
         return left
+
+
+@contextlib.contextmanager
+def _subnet_lock() -> Any:
+    """Held while a /24 is chosen and while it is taken (an address on the bridge): two test
+    runs making hosts at once never choose the same one."""
+    import fcntl
+
+    with open(os.path.join(tempfile.gettempdir(), "chaosgate-hosts.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def leaked_namespaces() -> list[str]:

@@ -73,7 +73,7 @@ UNNOTICED = (
     "connections resume as TCP retransmits once it heals"
 )
 STORE_TIMEOUT = (
-    "the cut-off task's write to its store times out (redis-py: 5 s, retried 3 times): the "
+    "the cut-off task's write to its store times out (redis-py's socket timeout, 5 s): the "
     "task errs, and Dask does not retry a task that raised (retries=0): lost"
 )
 FAST_DUP = (
@@ -97,9 +97,10 @@ def _dask_expected(release: bool, fast: bool) -> dict[str, tuple[str, str]]:
                                   "times out (12 s): the scheduler runs their tasks again on "
                                   "the workers that come back, while the first runs commit")
         if fast else unnoticed,
-        "partition_one_way": ("recovered", "the worker whose answers are lost is dropped and "
-                              "started again; what it held had committed before it ran "
-                              "elsewhere, in every run here") if fast else unnoticed,
+        "partition_one_way": ("recovered", "the worker that hears nothing from the scheduler "
+                              "(what it sends arrives) is dropped and started again; what it "
+                              "held had committed before it ran elsewhere, in every run here")
+        if fast else unnoticed,
         "host_freeze": ("duplicated", "worker-ttl 5 s: the frozen worker is dropped and its "
                         "task runs on the other; thawed, it finishes it and commits it too")
         if fast else ("recovered", "a frozen worker is noticed only by its missing heartbeats "

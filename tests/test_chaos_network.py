@@ -199,3 +199,63 @@ def test_a_bandwidth_limit_holds_packets_back_while_it_lasts(hosts) -> None:
     assert got == 200_000
     assert took > 0.8, f"200 kB at 1 Mbit/s took {took:.2f} s"  # 1.6 s unshaped: ~1 ms
     assert fault.effective and "held back" in fault.effect
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("engine", ["dask", "celery"])
+async def test_a_target_across_hosts_serves_and_leaves_nothing_once_stopped(
+    tmp_path, engine: str
+) -> None:
+    """The scheduler or broker on a host of its own, a worker on each of two others, the store
+    at the harness's end: a message goes through, and the stop removes every process, host and
+    link (the hosts' own check, and ip's listing)."""
+    if subprocess.run(["which", "redis-server"], capture_output=True).returncode != 0:
+        pytest.skip("apt-get install redis-server")
+    pytest.importorskip("distributed" if engine == "dask" else "celery")
+    if engine == "dask":
+        from chaos.engines.dask_target import DaskTarget
+
+        target = DaskTarget(tmp_path, workers=2)
+    else:
+        from chaos.engines.celery_target import CeleryTarget
+
+        target = CeleryTarget(tmp_path, workers=2, across_hosts=True)
+    await target.start()
+    try:
+        hosts = target.hosts
+        pids = [pid for host in hosts for pid in hosts.pids(host)]
+        workers = target.worker_pids()
+        assert len(workers) == 2 and {target.host_of(p) for p in workers} == {"w1", "w2"}
+        assert target.store.address == hosts.harness.address
+        await target.submit("k", None, "m1")
+        assert (await target.committed()) == {"k": ["m1"]}
+    finally:
+        await target.stop()
+    assert not [p for p in pids if _alive(p)], "a process outlived the stop"
+    assert not [n for n in leaked_namespaces() if hosts.tag in n]
+    assert hosts.tag not in ip("-o", "link", "show")
+
+
+@pytest.mark.asyncio
+async def test_a_failed_teardown_step_does_not_skip_the_hosts_removal() -> None:
+    from chaos._errors import ChaosError
+    from chaos.engines._queue import _each
+
+    ran = []
+
+    def fails() -> None:
+        ran.append("kill")
+        raise ChaosError("a process survived SIGKILL")
+
+    with pytest.raises(ChaosError, match="survived"):
+        await _each([fails, lambda: ran.append("store"), lambda: ran.append("hosts")])
+    assert ran == ["kill", "store", "hosts"]

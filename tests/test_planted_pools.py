@@ -112,11 +112,12 @@ def test_a_target_that_hangs_after_its_first_fault_ends_the_suite_in_bounded_tim
 ) -> None:
     """Every scenario (the matrices of the peers, engines and network aside: they never touch
     the target) against a pool that wedges at its first worker death -- committed() never
-    returns, stop() blocks its thread: each scenario ends as a verdict within a few target_timeouts, the run within
-    HANG_BOUND, exit 10, with the report written and the stacks of each hang in it."""
+    returns, stop() blocks its thread: each scenario ends as a verdict within a few
+    target_timeouts, the run within HANG_BOUND, exit 10, with the report written and the stacks
+    of each hang in it (two xdist workers: the hangs wait out their bounds side by side)."""
     ignore = ("--ignore", "scenarios/test_peers.py", "--ignore", "scenarios/test_engines.py")
     ignore += ("--ignore", "scenarios/test_network.py")
-    timeout = ("--chaos-target-timeout", str(HANG_TIMEOUT), "-n", "2")  # hangs wait: in parallel
+    timeout = ("--chaos-target-timeout", str(HANG_TIMEOUT), "-n", "2")
     seen = gate("HangsAfterFault", ("scenarios/",), tmp_path / "reports", extra=ignore + timeout)
     print(f"\nHangsAfterFault: exit {seen['exit']} {seen['categories']} in {seen['seconds']} s")
     assert seen["exit"] == 10, seen["tail"]

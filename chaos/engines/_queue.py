@@ -41,6 +41,7 @@ QUEUE = "chaosgate"
 # children every 5 s: a killed one may be noticed only then), a redelivery, and a 1 s task.
 COLLECT_TIMEOUT = 10.0
 NOWHERE_GRACE = 1.0  # seconds all missing work must be nowhere before collection gives up
+FINAL = ("erred",)  # where the engine has given up on a message: nothing brings it back
 # Where work may wait, still somewhere (what is nowhere else is lost):
 STUCK = (
     "queued", "intermediate", "unacknowledged", "started", "scheduled", "running", "unknown",
@@ -311,7 +312,9 @@ class QueueTarget:
         running = {k.decode(): int(v) for k, v in self._store.hgetall(RUNNING).items()}
         found = {}
         for mid in ids:
-            if mid in running and not is_gone(running[mid]):
+            if placed.get(mid) in FINAL:  # the engine gave up on it, whatever mark was left
+                found[mid] = placed[mid]
+            elif mid in running and not is_gone(running[mid]):
                 found[mid] = f"running in pid {running[mid]}"
             else:
                 found[mid] = placed.get(mid, elsewhere)
@@ -326,24 +329,22 @@ class QueueTarget:
         """Warm shutdown (SIGTERM) within ``stop_timeout``, else a dump and SIGKILL of every
         process the worker ever had; then the broker and the store, whatever happened."""
         try:
-            for service in self.services:
+            for service in self._stop_order():
                 if not await asyncio.to_thread(service.terminate, self.stop_timeout):
                     self.stop_blocked = True
                     dump = await asyncio.to_thread(dump_stacks, service.pid, timeout=10.0)
                     self.dumps.append(dump)
-        finally:
-            await asyncio.to_thread(self._kill_tree)
-            for service in self.services:
-                await asyncio.to_thread(service.join, 5.0)
-            self._publisher.shutdown(wait=False, cancel_futures=True)
+        finally:  # each step whatever the one before did; the hosts last, always
+            steps: list[Any] = [self._kill_tree, *(lambda s=s: s.join(5.0) for s in self.services)]
+            steps.append(lambda: self._publisher.shutdown(wait=False, cancel_futures=True))
             if self._owns_servers:
-                try:
-                    if self.broker is not None:
-                        await asyncio.to_thread(self.broker.stop)
-                    await asyncio.to_thread(self.store.stop)
-                finally:
-                    if self.hosts is not None:  # every namespace, link, process: proven gone
-                        await asyncio.to_thread(self.hosts.close)
+                steps += [self.broker.stop] if self.broker is not None else []
+                steps.append(self.store.stop)
+                steps += [self.hosts.close] if self.hosts is not None else []  # (LeftBehind)
+            await _each(steps)
+
+    def _stop_order(self) -> list[Service]:
+        return list(self.services)
 
     def _kill_tree(self) -> None:
         """SIGKILL every process every worker service ever had (none is started again)."""
@@ -370,3 +371,16 @@ class QueueTarget:
         first = hits[0]
         detail = {**first.detail, "pids": pids}
         return Injected("kill_whole", first.pid, first.mono, first.ts, detail)
+
+
+async def _each(steps: list[Any]) -> None:
+    """Run every step (each in a thread), whatever the ones before raised; then raise the
+    first error."""
+    first: BaseException | None = None
+    for step in steps:
+        try:
+            await asyncio.to_thread(step)
+        except BaseException as e:
+            first = first or e
+    if first is not None:
+        raise first

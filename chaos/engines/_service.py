@@ -100,7 +100,8 @@ class Service:
                 f.seek(start)
                 if self.ready_marker in f.read():
                     return
-            if self.proc.poll() is not None or time.monotonic() > deadline or self.stopping:
+            late = self.stopping or self._host_down()  # a stop, or its host killed, meanwhile
+            if self.proc.poll() is not None or time.monotonic() > deadline or late:
                 tail = self.log.read_text(errors="replace").splitlines()[-8:]
                 self.kill_tree()
                 raise ChaosError(
@@ -169,10 +170,11 @@ class Service:
         wait (``ChaosError`` naming any that survived 10 s)."""
         if self.proc is None:
             return
-        for proc in descendants(self.proc.pid):  # (some leave the group: RQ's horses)
-            self.note(proc.pid)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # its own group (start_new_session)
+        if self.proc.poll() is None:  # (reaped, its pid and group may be another's now)
+            for proc in descendants(self.proc.pid):  # (some leave the group: RQ's horses)
+                self.note(proc.pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # its own group (start_new_session)
         for proc in self.seen.values():
             with contextlib.suppress(psutil.Error):
                 proc.kill()

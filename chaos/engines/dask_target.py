@@ -82,8 +82,7 @@ class DaskTarget(QueueTarget):
         return f"tcp://{self.hosts['scheduler'].address}:{PORT}"
 
     def _services(self) -> list[Service]:
-        """Each worker host's ``dask worker`` (nanny and worker), then the scheduler: a stop
-        takes the workers down before the scheduler they report to."""
+        """The scheduler, then each worker host's ``dask worker`` (nanny and worker)."""
         assert self.hosts is not None
         env = self._environment()
         address = self.hosts["scheduler"].address
@@ -94,39 +93,35 @@ class DaskTarget(QueueTarget):
             self.data_dir / "scheduler.log", b"Scheduler at:", env=env,
             hosts=self.hosts, host="scheduler",
         )  # fmt: skip
-        scheduler.start()  # (the workers need it up)
         workers = [
             Service(
                 f"the dask worker on {host}",
-                [
-                    "distributed.cli.dask_worker",
-                    self.scheduler_address,
-                    "--nthreads",
-                    "1",
-                    "--nworkers",
-                    "1",
-                    "--host",
-                    self.hosts[host].address,
-                    "--no-dashboard",
-                    "--name",
-                    host,
-                ],
-                self.data_dir / f"worker-{host}.log",
-                b"Registered to:",
-                env=env,
-                hosts=self.hosts,
-                host=host,
+                ["distributed.cli.dask_worker", self.scheduler_address, "--nthreads", "1",
+                 "--nworkers", "1", "--host", self.hosts[host].address, "--no-dashboard",
+                 "--name", host],
+                self.data_dir / f"worker-{host}.log", b"Registered to:", env=env,
+                hosts=self.hosts, host=host,
             )
             for host in self.worker_hosts()
-        ]
-        return [*workers, scheduler]
+        ]  # fmt: skip
+        return [scheduler, *workers]
 
     def _spawn(self) -> None:
-        self.services = []
-        for service in self._services():
-            self.services.append(service)
-            if service.proc is None:
-                service.start()
+        """Every service known before any starts (a start that fails stops them all); the
+        scheduler first, which the workers register with."""
+        self.services = self._services()
+        for service in self.services:
+            service.start()
+
+    async def stop(self) -> None:
+        """The client, then the workers before the scheduler they report to, then the rest."""
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.to_thread(self.client.close, 5), 10)
+        await super().stop()
+
+    def _stop_order(self) -> list[Service]:
+        return [*self.services[1:], *self.services[:1]]  # the scheduler last
 
     def _connect(self) -> None:
         """The client connects once the workers are up (``start`` calls ``_spawn`` first)."""
@@ -158,33 +153,31 @@ class DaskTarget(QueueTarget):
 
     def _placed(self) -> dict[str, str]:
         """Each missing message by its future, as the client sees it: ``pending`` (the
-        scheduler holds it) or gone -- an erred one's error is recorded (``failures``)."""
+        scheduler holds it), ``erred`` (its error recorded, in ``failures``: no retry brings it
+        back) or gone (lost, cancelled)."""
         placed = {}
         for mid, future in list(self._futures.items()):
             status = future.status
             if status == "pending":
                 placed[mid] = "pending"
-            elif status == "error" and mid not in self.failures:
-                with contextlib.suppress(Exception):
-                    error = future.exception(timeout=1)
-                    self.failures[mid] = f"{type(error).__name__}: {str(error)[:200]}"
-                    self.first_failure = self.first_failure or time.clock_gettime(
-                        time.CLOCK_MONOTONIC
-                    )
+            elif status == "error":
+                placed[mid] = "erred"
+                if mid not in self.failures:  # asked once (bounded: a second at most)
+                    self.failures[mid] = "unknown: its error could not be fetched"
+                    self.first_failure = time.clock_gettime(time.CLOCK_MONOTONIC)
+                    with contextlib.suppress(Exception):
+                        error = future.exception(timeout=1)
+                        self.failures[mid] = f"{type(error).__name__}: {str(error)[:200]}"
         return placed
 
     def worker_pids(self) -> list[int]:
         """Each nanny's worker process (not its helpers)."""
         pids = []
-        for service in self.services[:-1]:  # (the last is the scheduler)
+        for service in self.services:
+            if service.host == "scheduler":
+                continue
             for child in service.children():
                 if not is_helper(child):
                     service.note(child.pid)
                     pids.append(child.pid)
         return pids
-
-    async def stop(self) -> None:
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.to_thread(self.client.close, 5), 10)
-        await super().stop()
