@@ -712,7 +712,7 @@ def _placed(left: dict[str, int], visibility_timeout: float | None) -> list[str]
         "scheduled": "scheduled to run again later",
         "unknown": "not placed: the broker could not be read",
         "pending": "still pending in the scheduler",
-        "erred": "erred in the engine, not retried (its error below; lost)",
+        "erred": "erred in the engine, not retried (lost; its error follows)",
     }  # (the rest is nowhere: lost, and counted so)
     return [f"{n} {said[place]}" for place, n in left.items() if n and place in said]
 
