@@ -15,6 +15,8 @@ the outcome, and then:
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +157,44 @@ def strict_params(
                 marks.append(pytest.mark.xfail(raises=Weakness, strict=True, reason=reason))
             found.append(pytest.param(target, family, marks=marks, id=f"{target}-{family}"))
     return found
+
+
+def parametrize_matrix(
+    metafunc: pytest.Metafunc,
+    *,
+    marker: str,
+    whose: str,
+    targets: Any,
+    families: Callable[[str], list[str]],
+    expected: dict[tuple[str, str], tuple[str, str]],
+    core: set[tuple[str, str]],
+    unstable: dict[tuple[str, str], str],
+    versions: Callable[[str], str],
+) -> None:
+    """Parametrize a matrix of chaosgate's own targets (``target_name``, ``family``): its
+    ``core`` cells under ``-m MARKER``, every cell under ``-m MARKER_full``; each strict
+    (``strict_params``), those in ``unstable`` skipped with their reason; against a user's own
+    target (``--chaos-target``), one skip that says why (``whose``: what it runs instead)."""
+    from .pytest_plugin import chosen_target
+
+    if "family" not in metafunc.fixturenames:
+        return
+    if chosen_target(metafunc.config) is not None:  # a run about the user's own target
+        why = (
+            f"the {marker} matrix runs chaosgate's own {whose}, not --chaos-target's: run it "
+            f"without --chaos-target (pytest -m {marker})"
+        )
+        skipped = pytest.param("-", "-", marks=pytest.mark.skip(reason=why), id=marker)
+        metafunc.parametrize(("target_name", "family"), [skipped])
+        return
+    full = re.search(rf"(?<!not )\b{marker}_full\b", metafunc.config.option.markexpr or "")
+    mark, mark_full = getattr(pytest.mark, marker), getattr(pytest.mark, f"{marker}_full")
+    found = []
+    for target in targets:
+        for param in strict_params([target], families(target), expected, versions(target)):
+            if full or (target, param.values[1]) in core:
+                marks = [*param.marks, mark, *([mark_full] if full else [])]
+                if why := unstable.get((target, param.values[1])):
+                    marks = [mark, pytest.mark.skip(reason=f"not strict: {why}")]
+                found.append(pytest.param(*param.values, marks=marks, id=param.id))
+    metafunc.parametrize(("target_name", "family"), found)

@@ -46,38 +46,32 @@ async def _busy_host(cell: Any) -> str:
     return str(cell.target.host_of(cell.pids[0]))
 
 
-async def partition_worker(cell: Any) -> float:
-    hosts = _hosts(cell)
-    host = await _busy_host(cell)
-    with cell.chaos.partitioned(hosts, host, cell.target.coordinator) as fault:
+async def _held(cell: Any, a: Any, b: Any = None, *, one_way: bool = False) -> float:
+    """``a`` cut off from ``b`` (see ``chaos.partitioned``) for ``PARTITION`` s, then healed."""
+    with cell.chaos.partitioned(_hosts(cell), a, b, one_way=one_way) as fault:
         await asyncio.sleep(PARTITION)
     return float(fault.mono)
+
+
+async def partition_worker(cell: Any) -> float:
+    _hosts(cell)
+    return await _held(cell, await _busy_host(cell), cell.target.coordinator)
 
 
 async def partition_isolated(cell: Any) -> float:
-    hosts = _hosts(cell)
-    host = await _busy_host(cell)
-    with cell.chaos.partitioned(hosts, host) as fault:
-        await asyncio.sleep(PARTITION)
-    return float(fault.mono)
+    _hosts(cell)
+    return await _held(cell, await _busy_host(cell))
 
 
 async def partition_coordinator(cell: Any) -> float:
-    hosts = _hosts(cell)
+    _hosts(cell)
     await cell.busy()
-    with cell.chaos.partitioned(
-        hosts, cell.target.coordinator, cell.target.worker_hosts()
-    ) as fault:
-        await asyncio.sleep(PARTITION)
-    return float(fault.mono)
+    return await _held(cell, cell.target.coordinator, cell.target.worker_hosts())
 
 
 async def partition_one_way(cell: Any) -> float:
-    hosts = _hosts(cell)
-    host = await _busy_host(cell)
-    with cell.chaos.partitioned(hosts, host, cell.target.coordinator, one_way=True) as fault:
-        await asyncio.sleep(PARTITION)
-    return float(fault.mono)
+    _hosts(cell)
+    return await _held(cell, await _busy_host(cell), cell.target.coordinator, one_way=True)
 
 
 async def host_kill(cell: Any) -> float:

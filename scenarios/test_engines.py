@@ -18,16 +18,14 @@ targets, not yours. Without ``redis-server`` every cell skips, saying how to get
 from __future__ import annotations
 
 import functools
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from chaos._cells import judge_cell, strict_params
+from chaos._cells import judge_cell, parametrize_matrix
 from chaos._matrix import ENGINE_FAMILIES, FAMILIES
-from chaos.pytest_plugin import chosen_target
 
 pytestmark = pytest.mark.asyncio  # async tests run whatever the project's asyncio_mode
 
@@ -264,27 +262,10 @@ def _versions(target: str) -> str:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "family" not in metafunc.fixturenames:
-        return
-    if chosen_target(metafunc.config) is not None:  # a run about the user's own target
-        why = (
-            "the engines' matrix runs chaosgate's own Celery and RQ targets, not "
-            "--chaos-target's: run it without --chaos-target (pytest -m engines)"
-        )
-        skipped = pytest.param("-", "-", marks=pytest.mark.skip(reason=why), id="engines")
-        metafunc.parametrize(("target_name", "family"), [skipped])
-        return
-    full = re.search(r"(?<!not )\bengines_full\b", metafunc.config.option.markexpr or "")
-    found = []
-    for target in TARGETS:
-        for param in strict_params([target], families(target), EXPECTED, _versions(target)):
-            if full or (target, param.values[1]) in CORE:
-                marks = [*param.marks, pytest.mark.engines]
-                marks += [pytest.mark.engines_full] if full else []
-                if why := UNSTABLE.get((target, param.values[1])):
-                    marks = [pytest.mark.engines, pytest.mark.skip(reason=f"not strict: {why}")]
-                found.append(pytest.param(*param.values, marks=marks, id=param.id))
-    metafunc.parametrize(("target_name", "family"), found)
+    parametrize_matrix(
+        metafunc, marker="engines", whose="Celery and RQ targets", targets=TARGETS,
+        families=families, expected=EXPECTED, core=CORE, unstable=UNSTABLE, versions=_versions,
+    )  # fmt: skip
 
 
 async def test_a_fault_against_each_engine(

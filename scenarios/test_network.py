@@ -19,17 +19,15 @@ nftables as root); without them every cell skips, saying why. Pointed at a targe
 from __future__ import annotations
 
 import functools
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from chaos._cells import judge_cell, strict_params
+from chaos._cells import judge_cell, parametrize_matrix
 from chaos._network_cells import NETWORK_FAMILIES
 from chaos.hosts import leaked_namespaces, unavailable
-from chaos.pytest_plugin import chosen_target
 
 pytestmark = pytest.mark.asyncio  # async tests run whatever the project's asyncio_mode
 
@@ -198,27 +196,11 @@ def _versions(target: str) -> str:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "family" not in metafunc.fixturenames:
-        return
-    if chosen_target(metafunc.config) is not None:  # a run about the user's own target
-        why = (
-            "the network matrix runs chaosgate's own Dask and Celery targets across test "
-            "hosts, not --chaos-target's: run it without --chaos-target (pytest -m network)"
-        )
-        skipped = pytest.param("-", "-", marks=pytest.mark.skip(reason=why), id="network")
-        metafunc.parametrize(("target_name", "family"), [skipped])
-        return
-    full = re.search(r"(?<!not )\bnetwork_full\b", metafunc.config.option.markexpr or "")
-    found = []
-    for target in TARGETS:
-        for param in strict_params([target], FAMILIES, EXPECTED, _versions(target)):
-            if full or (target, param.values[1]) in CORE:
-                marks = [*param.marks, pytest.mark.network]
-                marks += [pytest.mark.network_full] if full else []
-                if why := UNSTABLE.get((target, param.values[1])):
-                    marks = [pytest.mark.network, pytest.mark.skip(reason=f"not strict: {why}")]
-                found.append(pytest.param(*param.values, marks=marks, id=param.id))
-    metafunc.parametrize(("target_name", "family"), found)
+    parametrize_matrix(
+        metafunc, marker="network", whose="Dask and Celery targets across test hosts",
+        targets=TARGETS, families=lambda target: FAMILIES, expected=EXPECTED, core=CORE,
+        unstable=UNSTABLE, versions=_versions,
+    )  # fmt: skip
 
 
 def _missing(target: str) -> str | None:
