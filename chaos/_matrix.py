@@ -38,8 +38,9 @@ worker's connections to it shut down from outside), ``broker_freeze`` (it SIGSTO
 broker's own lists (``where_left``: queued, unacknowledged, started, running...), shown in the
 cell's line; what is nowhere is lost.
 
-A target across test hosts (``"hosts"``: Dask, Celery with a worker per host) has the network's
-six (``chaos._network_cells``): partitions between hosts, a host killed whole, a host frozen.
+A target across test hosts (``"hosts"``: Dask, Celery with a worker per host) has the network
+matrix's seven (``chaos._network_cells``): partitions between hosts, a host killed whole, a
+host frozen, and one task's worker killed each time it begins the task.
 """
 
 from __future__ import annotations

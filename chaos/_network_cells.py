@@ -15,13 +15,17 @@ more work and a probe, judged on what the harness read back:
   that host sends to the coordinator arrives (an asymmetric partition);
 - ``host_kill``: a busy worker's host killed whole -- every process in it SIGKILLed at once, as
   a machine that lost its power (it does not come back within the cell);
-- ``host_freeze``: every process of a busy worker's host stopped for ``FROZEN`` s.
+- ``host_freeze``: every process of a busy worker's host stopped for ``FROZEN`` s;
+- ``kill_again``: one task's worker SIGKILLed each time the task begins, ``KILLS`` times.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
+
+from ._errors import ChaosError
 
 # How long a partition or a freeze holds: past what a lost peer takes to be noticed where a
 # team shortened the timers (Dask: TCP timeout 12 s; Celery: visibility timeout 5 s), short of
@@ -29,6 +33,8 @@ from typing import Any
 # that each cell's outcome is one, not a race with a timer.
 PARTITION = 20.0
 FROZEN = 20.0
+KILLS = 4  # one past Dask's allowed-failures (3)
+AGAIN_WAIT = 15.0  # seconds for a killed task to begin again before it counts as given up
 
 
 def _hosts(cell: Any) -> Any:
@@ -89,6 +95,30 @@ async def host_freeze(cell: Any) -> float:
     return float(fault.mono)
 
 
+async def kill_again(cell: Any) -> float:
+    """One task's worker SIGKILLed each time the task begins -- ``KILLS`` times, as a message
+    that crashes whatever runs it would: does the engine run it again and again, give up on
+    it (Dask: ``KilledWorker`` after ``allowed-failures``), or lose it at the first death?
+    A begin not seen within ``AGAIN_WAIT`` s ends the series (the engine gave up on it)."""
+    chaos, seen, first = cell.chaos, 0, None
+    await chaos.submit("again", chaos.carry("again", fault=False, sleep=3.0), key="again")
+    await chaos.traffic(6, prefix="queued", keys=4)
+    for _ in range(KILLS):
+        deadline = time.monotonic() + AGAIN_WAIT
+        while len(begun := chaos.carried("again", "sleep")) <= seen:
+            if time.monotonic() > deadline:
+                return first if first is not None else cell.now()
+            await asyncio.sleep(0.01)
+        seen = len(begun)
+        pid = begun[-1][0]
+        if pid in cell.target.worker_pids():  # (the task's own process, by its mark)
+            mono = chaos.kill(pid).mono
+            first = mono if first is None else first
+    if first is None:
+        raise ChaosError("the task never ran in one of the target's workers: nothing was killed")
+    return first
+
+
 NETWORK_FAMILIES = {
     "partition_worker": partition_worker,
     "partition_isolated": partition_isolated,
@@ -96,4 +126,5 @@ NETWORK_FAMILIES = {
     "partition_one_way": partition_one_way,
     "host_kill": host_kill,
     "host_freeze": host_freeze,
+    "kill_again": kill_again,
 }

@@ -57,7 +57,7 @@ TARGETS: dict[str, Any] = {
     "celery acks_late": _celery("acks_late"),
     "celery acks_late+reject -vt": _celery("acks_late+reject-vt"),
 }
-FAMILIES = ["kill_busy", *NETWORK_FAMILIES]
+FAMILIES = ["kill_busy", *NETWORK_FAMILIES]  # (kill again: a worker death, four times)
 
 # --- what each engine does with each fault, measured here, and why ------------------------
 
@@ -103,6 +103,8 @@ def _dask_expected(release: bool, fast: bool) -> dict[str, tuple[str, str]]:
                         "task runs on the other; thawed, it finishes it and commits it too")
         if fast else ("recovered", "a frozen worker is noticed only by its missing heartbeats "
                       "(worker-ttl: 5 min): thawed, it goes on"),
+        "kill_again": ("lost", "a task whose worker died while it ran 4 times (more than "
+                       "allowed-failures, 3) is given up on: KilledWorker"),
     }  # fmt: skip
 
 
@@ -139,6 +141,9 @@ def _celery_expected(ack: str) -> dict[str, tuple[str, str]]:
             "partition_one_way": ("duplicated", VT_DUP),
             "host_freeze": ("duplicated", "frozen past the visibility timeout: the other host "
                             "runs what it held, and it runs it again once thawed"),
+            "kill_again": ("recovered", "a task whose process died is given back each time, "
+                           "with no limit: the fifth run finishes (a message that always "
+                           "crashes its worker would be run forever)"),
         }  # fmt: skip
     died = (
         ("lost", "a task is acknowledged as it starts: its process killed, it is lost")
@@ -155,6 +160,7 @@ def _celery_expected(ack: str) -> dict[str, tuple[str, str]]:
         "partition_coordinator": ("recovered", RESUMED),
         "partition_one_way": ("recovered", RESUMED),
         "host_freeze": ("recovered", "thawed, the worker goes on where it stopped"),
+        "kill_again": died,
     }  # fmt: skip
 
 

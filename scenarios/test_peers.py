@@ -224,9 +224,11 @@ EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
         "a worker whose channel breaks dies: the pending futures fail (TerminatedWorkerError)",
     ),
     ("loky", "payload_catalog"): (
-        "lost",
+        "lost|broken",
         "submit() refuses no bad payload: unpicklable ones fail their futures (PicklingError), "
-        "one that raises on unpickle breaks the executor (BrokenProcessPool)",
+        "one that raises on unpickle breaks the executor (BrokenProcessPool); the catalog's "
+        "next submit meets the broken executor or, once loky has seen the break, a new one -- "
+        "a race of its manager thread (broken: 1 of 4 runs under load)",
     ),
     ("loky", "rlimit_as"): (
         "lost",
