@@ -110,8 +110,6 @@ def partitioned(
     )  # fmt: skip
     tables: list[str] = []  # the namespaces a table was written in
     try:
-        # Each pair is cut once, in a namespace of the test's: on side a's hosts; where one of
-        # them is the harness (this machine's own namespace), on the other side instead.
         # Each pair is cut once, in a namespace of the test's: in side a's hosts -- or, where
         # the harness (this machine's own namespace) is on side a, in side b's. One way: what
         # b sends to a is dropped, as a's input or b's output.
