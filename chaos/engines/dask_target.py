@@ -47,7 +47,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "release": {"env": {}, "release": True},
     "fast+release": {"env": FAST, "release": True},
 }
-TASK = "chaos.engines.dask_tasks.append"
 
 
 class DaskTarget(QueueTarget):
@@ -104,14 +103,7 @@ class DaskTarget(QueueTarget):
             )
             for host in self.worker_hosts()
         ]  # fmt: skip
-        return [scheduler, *workers]
-
-    def _spawn(self) -> None:
-        """Every service known before any starts (a start that fails stops them all); the
-        scheduler first, which the workers register with."""
-        self.services = self._services()
-        for service in self.services:
-            service.start()
+        return [scheduler, *workers]  # started in this order: the workers register with it
 
     async def stop(self) -> None:
         """The client, then the workers before the scheduler they report to, then the rest."""
