@@ -23,6 +23,7 @@ to get it, and the scenarios skip with that reason.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import os
 import secrets
@@ -78,6 +79,18 @@ def unavailable() -> str | None:
         return "test hosts are network namespaces: making them needs root (CAP_NET_ADMIN)"
     if not os.path.exists("/proc/self/ns/net"):
         return "this kernel has no network namespaces"
+    return _probe()
+
+
+@functools.cache
+def _probe() -> str | None:
+    """Whether a namespace can be made here (root in a container may lack CAP_SYS_ADMIN)."""
+    name = f"{PREFIX}probe-{os.getpid()}"
+    try:
+        ip("netns", "add", name)
+    except ChaosError as e:
+        return f"network namespaces cannot be made here: {e}"
+    ip("netns", "delete", name, check=False)
     return None
 
 
