@@ -15,7 +15,6 @@ the outcome, and then:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -92,7 +91,8 @@ async def judge_cell(
             raise
         except Exception as e:  # the pool's processes were killed: seen, not a test error
             seen["stop_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
-        target.close()
+        finally:
+            target.close()
     seen.update(classify(family, target, verdict, seen, kept))
     if verdict is not None and seen["outcome"] != NOT_APPLICABLE:  # n/a: nothing judged
         chaos.judge(verdict, events, enforce=False)
@@ -184,17 +184,31 @@ def parametrize_matrix(
             f"the {marker} matrix runs chaosgate's own {whose}, not --chaos-target's: run it "
             f"without --chaos-target (pytest -m {marker})"
         )
-        skipped = pytest.param("-", "-", marks=pytest.mark.skip(reason=why), id=marker)
+        mark = getattr(pytest.mark, marker)  # (shown under -m MARKER too)
+        skipped = pytest.param("-", "-", marks=[mark, pytest.mark.skip(reason=why)], id=marker)
         metafunc.parametrize(("target_name", "family"), [skipped])
         return
-    full = re.search(rf"(?<!not )\b{marker}_full\b", metafunc.config.option.markexpr or "")
+    markexpr = metafunc.config.option.markexpr
+    # every cell when -m asks for the full matrix: it selects a cell marked full, not one
+    # marked only with the matrix's marker (``-m engines``, ``-m "not network_full"``: core)
+    full = _selects(markexpr, {marker, f"{marker}_full"}) and not _selects(markexpr, {marker})
     mark, mark_full = getattr(pytest.mark, marker), getattr(pytest.mark, f"{marker}_full")
     found = []
     for target in targets:
         for param in strict_params([target], families(target), expected, versions(target)):
             if full or (target, param.values[1]) in core:
                 marks = [*param.marks, mark, *([mark_full] if full else [])]
-                if why := unstable.get((target, param.values[1])):
-                    marks = [mark, pytest.mark.skip(reason=f"not strict: {why}")]
+                if why := unstable.get((target, param.values[1])):  # shown, with its reason
+                    skip = pytest.mark.skip(reason=f"not strict: {why}")
+                    marks = [mark, *([mark_full] if full else []), skip]
                 found.append(pytest.param(*param.values, marks=marks, id=param.id))
     metafunc.parametrize(("target_name", "family"), found)
+
+
+def _selects(markexpr: str | None, names: set[str]) -> bool:
+    """Whether ``-m MARKEXPR`` selects a test with the markers ``names`` (pytest's parser)."""
+    if not markexpr:
+        return False
+    from _pytest.mark.expression import Expression
+
+    return bool(Expression.compile(markexpr).evaluate(lambda m, **_: m in names))

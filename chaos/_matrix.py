@@ -636,6 +636,7 @@ def classify(
         "left": places,
         "visibility_timeout": getattr(target, "visibility_timeout", None),
         "restarts": getattr(target, "restarts", 0) or 0,  # by a task queue's supervisor
+        "kills": seen.get("kills"),  # kill again: how many times the task's worker was killed
     }
 
 
@@ -679,6 +680,8 @@ def describe(seen: dict[str, Any]) -> str:
         parts.append(", ".join(f"{n}x {e}" for e, n in seen["errors"].items()))
     if seen.get("restarts"):
         parts.append(f"its worker died and was started again {seen['restarts']}x (supervisor)")
+    if seen.get("kills"):
+        parts.append(f"its worker killed {seen['kills']}x as it began the task")
     if seen.get("forks_refused"):
         parts.append(f"{seen['forks_refused']} fork(s) or thread(s) refused")
     if seen.get("oom_kills"):

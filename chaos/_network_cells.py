@@ -1,8 +1,8 @@
-"""The network's fault families: for a target across test hosts (``"hosts"``: ``chaos.hosts``).
+"""The network matrix's fault families: for a target across test hosts (``"hosts"``).
 
-Each runs as a cell of the matrix (``chaos._matrix.run_cell``): every worker busy with more work
-queued, then one fault between hosts (``chaos._network``), healed after ``PARTITION`` s, then
-more work and a probe, judged on what the harness read back:
+Each runs as a cell of the matrix (``chaos._matrix.run_cell``). All but the last make every
+worker busy with more work queued, then inject one fault between hosts (``chaos._network``),
+healed after ``PARTITION`` s; then more work and a probe, judged on what the harness read back:
 
 - ``partition_worker``: a busy worker's host cut off from the coordinator (the scheduler, or
   the broker) -- it still reaches the store, as a worker cut from its scheduler still reaches
@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from ._errors import ChaosError
+from ._guard import TargetHung
 
 # How long a partition or a freeze holds: past what a lost peer takes to be noticed where a
 # team shortened the timers (Dask: TCP timeout 12 s; Celery: visibility timeout 5 s), short of
@@ -99,24 +100,35 @@ async def kill_again(cell: Any) -> float:
     """One task's worker SIGKILLed each time the task begins -- ``KILLS`` times, as a message
     that crashes whatever runs it would: does the engine run it again and again, give up on
     it (Dask: ``KilledWorker`` after ``allowed-failures``), or lose it at the first death?
-    A begin not seen within ``AGAIN_WAIT`` s ends the series (the engine gave up on it)."""
-    chaos, seen, first = cell.chaos, 0, None
-    await chaos.submit("again", chaos.carry("again", fault=False, sleep=3.0), key="again")
+    The series ends early when the task does not begin again within ``AGAIN_WAIT`` s (the
+    engine gave up on it, or lost it); how many kills there were is in the cell's line. The
+    fault's time is the last kill's."""
+    chaos, kills, last = cell.chaos, 0, None
+    seconds = 3.0
+    await chaos.submit("again", chaos.carry("again", fault=False, sleep=seconds), key="again")
     await chaos.traffic(6, prefix="queued", keys=4)
-    for _ in range(KILLS):
+    seen = 0
+    while kills < KILLS:
         deadline = time.monotonic() + AGAIN_WAIT
         while len(begun := chaos.carried("again", "sleep")) <= seen:
             if time.monotonic() > deadline:
-                return first if first is not None else cell.now()
+                break
             await asyncio.sleep(0.01)
+        if len(begun) <= seen:  # not begun again: given up on, or lost
+            if last is None:
+                raise TargetHung(f"the task never began within {AGAIN_WAIT:g} s")
+            break
         seen = len(begun)
-        pid = begun[-1][0]
-        if pid in cell.target.worker_pids():  # (the task's own process, by its mark)
-            mono = chaos.kill(pid).mono
-            first = mono if first is None else first
-    if first is None:
-        raise ChaosError("the task never ran in one of the target's workers: nothing was killed")
-    return first
+        pid, began = begun[-1]
+        if pid not in cell.target.worker_pids():
+            raise ChaosError(f"the task began in pid {pid}, which is none of the target's workers")
+        fault = chaos.kill(pid)
+        if fault.mono - began > 0.8 * seconds:  # it must die under the task, not after it
+            raise ChaosError(f"the kill came {fault.mono - began:.1f} s after the task began")
+        kills, last = kills + 1, fault.mono
+    cell.seen["kills"] = kills
+    assert last is not None
+    return last
 
 
 NETWORK_FAMILIES = {

@@ -30,10 +30,12 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ._errors import ChaosError, InjectorUnavailable
@@ -42,6 +44,8 @@ from ._processes import wait_gone
 
 PREFIX = "chaosgate-"  # every namespace this module makes is named so
 KILL_WAIT = 10.0
+CLOSE_WAIT = 30.0  # seconds close() goes on killing what is left in the hosts
+LOCK_WAIT = 60.0  # seconds to wait for another run choosing its subnet
 
 
 class HostsUnavailable(InjectorUnavailable):
@@ -85,12 +89,14 @@ def unavailable() -> str | None:
 @functools.cache
 def _probe() -> str | None:
     """Whether a namespace can be made here (root in a container may lack CAP_SYS_ADMIN)."""
-    name = f"{PREFIX}probe-{os.getpid()}"
+    name = f"{PREFIX}probe-{secrets.token_hex(3)}"
     try:
         ip("netns", "add", name)
-    except ChaosError as e:
+    except (ChaosError, subprocess.TimeoutExpired) as e:
         return f"network namespaces cannot be made here: {e}"
     ip("netns", "delete", name, check=False)
+    if name in ip("netns", "list", check=False).split():
+        raise LeftBehind(f"the probe namespace {name} could not be deleted")
     return None
 
 
@@ -137,6 +143,7 @@ class Hosts:
                 }
                 self._bridge()
             self._create()
+            self._check_bridge()
         except BaseException:
             self.close()
             raise
@@ -161,11 +168,6 @@ class Hosts:
     def _bridge(self) -> None:
         ip("link", "add", self.bridge, "type", "bridge")
         self._made.append(f"link:{self.bridge}")
-        # What crosses the bridge between hosts never meets this machine's own firewall (where
-        # br_netfilter is loaded, a FORWARD policy of DROP -- Docker's -- would cut the hosts
-        # off from each other): the partitions are the test's rules, in its namespaces.
-        ip("link", "set", "dev", self.bridge, "type", "bridge", "nf_call_iptables", "0",
-           "nf_call_ip6tables", "0", "nf_call_arptables", "0")  # fmt: skip
         ip("addr", "add", f"{self.harness.address}/24", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
 
@@ -184,6 +186,42 @@ class Hosts:
             ip("link", "set", "lo", "up", netns=host.netns)
             ip("link", "set", outer, "master", self.bridge)
             ip("link", "set", outer, "up")
+
+    def _check_bridge(self) -> None:
+        """Where br_netfilter sends bridged traffic through this machine's own firewall, prove
+        that one host reaches another (a FORWARD policy of DROP -- Docker's -- cuts them off;
+        the partitions must be the test's rules alone)."""
+        sysctl = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+        hosts = list(self)
+        if len(hosts) < 2 or not os.path.exists(sysctl) or Path(sysctl).read_text().strip() == "0":
+            return
+        server, client = hosts[0], hosts[1]
+        listen = (
+            "import socket, sys\n"
+            f"s = socket.create_server(({server.address!r}, 9)); print(flush=True)\n"
+            "s.settimeout(5); s.accept()\n"
+        )
+        proc = self.run(server, [sys.executable, "-c", listen], stdout=subprocess.PIPE)
+        try:
+            assert proc.stdout is not None
+            proc.stdout.readline()  # listening
+            connect = f"import socket; socket.create_connection(({server.address!r}, 9), 3)"
+            done = self.run(client, [sys.executable, "-c", connect], stderr=subprocess.DEVNULL)
+            if done.wait(15) != 0:
+                raise HostsUnavailable(
+                    "traffic between test hosts is dropped by this machine's own firewall: "
+                    "br_netfilter passes bridged traffic to iptables "
+                    "(net.bridge.bridge-nf-call-iptables = 1) and a FORWARD rule or policy "
+                    "drops it (Docker's, say). Run `sysctl -w "
+                    "net.bridge.bridge-nf-call-iptables=0`, or accept what crosses the test "
+                    "bridges (cg*br) in FORWARD"
+                )
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(10)
+            if proc.stdout is not None:
+                proc.stdout.close()
 
     # --- processes -------------------------------------------------------------------------
 
@@ -253,12 +291,13 @@ class Hosts:
             return
         self.down.update(self.hosts)  # no service is started again in a host from here on
         made = [h for h in self if f"netns:{h.netns}" in self._made]
-        deadline = time.monotonic() + KILL_WAIT
+        deadline = time.monotonic() + CLOSE_WAIT
         while True:  # until no process is in any of them (one started meanwhile: killed too)
             survivors = self.kill_all(made)
             inside = {pid for host in made for pid in self.pids(host)}
             if not inside or time.monotonic() > deadline:
                 break
+            time.sleep(0.05)
         survivors |= inside
         for proc in list(self._procs):  # reap them (no zombie of ours is left)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -297,7 +336,17 @@ def _subnet_lock() -> Any:
     import fcntl
 
     with open(os.path.join(tempfile.gettempdir(), "chaosgate-hosts.lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ChaosError(
+                        f"another run held {lock.name} for {LOCK_WAIT:g} s: is one stuck?"
+                    ) from None
+                time.sleep(0.02)
         try:
             yield
         finally:

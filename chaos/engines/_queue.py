@@ -30,7 +30,7 @@ from .._errors import ChaosError
 from .._process_faults import Injected
 from .._processes import is_gone
 from .._stacks import StackDump, dump_stacks
-from ..hosts import Hosts
+from ..hosts import Hosts, LeftBehind
 from ._service import Service
 from .redis_server import RedisServer
 
@@ -374,13 +374,18 @@ class QueueTarget:
 
 
 async def _each(steps: list[Any]) -> None:
-    """Run every step (each in a thread), whatever the ones before raised; then raise the
-    first error."""
-    first: BaseException | None = None
+    """Run every step, in order, in one thread, whatever the ones before raised (shielded: a
+    cancelled stop still tears everything down); then raise what the hosts' removal found
+    left (``LeftBehind``) before any other error."""
+    await asyncio.shield(asyncio.to_thread(_run_each, steps))
+
+
+def _run_each(steps: list[Any]) -> None:
+    errors: list[Exception] = []
     for step in steps:
         try:
-            await asyncio.to_thread(step)
-        except BaseException as e:
-            first = first or e
-    if first is not None:
-        raise first
+            step()
+        except Exception as e:
+            errors.append(e)
+    if errors:
+        raise next((e for e in errors if isinstance(e, LeftBehind)), errors[0])
