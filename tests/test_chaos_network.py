@@ -111,6 +111,19 @@ def test_a_partition_cuts_both_ways_counts_its_drops_and_heals(hosts) -> None:
     assert fault.until is not None and fault.until - fault.mono > 0
 
 
+def test_a_bridge_split_in_two_halves_keeps_each_half_whole(hosts) -> None:
+    from chaos import _network
+
+    chaos = Planner()
+    for name in ("a", "b", "c"):
+        _listening(hosts, name)
+    with _network.partitioned(chaos, hosts, ["a", "b"], ["c"]) as fault:
+        assert _reaches(hosts, "a", "b") and _reaches(hosts, "b", "a")
+        assert not _reaches(hosts, "a", "c") and not _reaches(hosts, "c", "b")
+        assert _reaches(hosts, "harness", "c")  # (the harness is in neither half)
+    assert fault.effective and _reaches(hosts, "a", "c")
+
+
 def test_one_host_from_all_cuts_the_harness_too(hosts) -> None:
     from chaos import _network
 
