@@ -182,9 +182,8 @@ UNSTABLE = {
     ),
 }
 
-# The default selection (make test): what each engine loses or does twice, and the fix, once.
-CORE = {
-    ("dask", "kill_busy"),
+# The default selection (make test): a partition that each engine, tuned, answers twice.
+CORE = {  # (make test under load took 15 min 0 s with Dask's kill busy in it as well)
     ("dask fast+release", "partition_worker"),
     ("celery acks_late+reject -vt", "partition_worker"),
 }
