@@ -188,7 +188,9 @@ def _rq_expected(retry: bool) -> dict[str, tuple[str, str]]:
     return {
         "kill_busy": died,
         "kill_all": died,
-        "kill_idle": ("hung", "a worker killed just after taking a job (BLMOVE) strands it in "
+        "kill_idle": ("hung|recovered", "a worker killed while truly idle loses nothing "
+                      "(recovered: once, under load); one killed just after taking a job "
+                      "(BLMOVE) strands it in "
                       "the intermediate queue: maintenance (every 10 min) fails it, or retries "
                       "it, only on a pass a minute or more after it first saw it there"),
         "freeze": ("hung", RQ_FROZEN),
