@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import timeit
 
-SETUP = "from chaos import _failpoints; from chaos._failpoints import failpoint; x = 0"
+SETUP = "from chaos import failpoints; from chaos.failpoints import failpoint; x = 0"
 CASES = {
     "empty loop body (reference)": "x",
-    "disabled, guarded: `if _failpoints.ACTIVE: failpoint(...)`": (
-        "if _failpoints.ACTIVE: failpoint('worker.before_apply')"
+    "disabled, guarded: `if failpoints.ACTIVE: failpoint(...)`": (
+        "if failpoints.ACTIVE: failpoint('worker.before_apply')"
     ),
     "disabled, bare call: `failpoint(...)`": "failpoint('worker.before_apply')",
     "enabled elsewhere, this site off: `failpoint(...)`": ("failpoint('worker.before_apply')"),
@@ -27,16 +27,16 @@ CONFIG = {
 
 
 def main() -> None:
-    from chaos import _failpoints
+    from chaos import failpoints
 
     results = {}
     for name, stmt in CASES.items():
-        _failpoints.set_failpoints(CONFIG.get(name, ""), replace=True)
+        failpoints.set_failpoints(CONFIG.get(name, ""), replace=True)
         # A configured site updates the run-wide counters (a locked file): far fewer calls.
         n = 2_000 if name in CONFIG and "here" in name else 1_000_000
         best = min(timeit.repeat(stmt, SETUP, number=n, repeat=7))
         results[name] = best / n * 1e9
-    _failpoints.clear()
+    failpoints.clear()
     base = results["empty loop body (reference)"]
     print(f"{'site':62} {'ns/call':>9} {'vs empty':>9}")
     for name, ns in results.items():

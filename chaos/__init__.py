@@ -4,6 +4,8 @@
   guard (``check_target``); pickers ``workers_of`` and ``pick``.
 - failpoints: ``failpoint(name)`` sites configured with ``set_failpoints`` or the environment
   variable ``CHAOSGATE_FAILPOINTS`` (fail-rs grammar); ``failpoint_counts`` of hits and firings.
+  ``chaos.failpoints`` is the module a pool's own sites import (``ACTIVE``: a disabled site's
+  one check; ``environment()`` for the workers it starts).
 - payload faults: ``PAYLOAD_CATALOG`` of bad payloads, ``payloads()`` Hypothesis strategy;
   ``chaos.workload``: the one call a pool's task makes (``apply``), so that faults carried by a
   message (hang, leak, broken channel, bad result) act inside any pool.
@@ -33,14 +35,15 @@ _EXPORTS = {  # name -> (module, attribute): imported when first used (PEP 562),
     "ContractError": ("._errors", "ContractError"),
     "FailpointError": ("._errors", "FailpointError"),
     "InjectorUnavailable": ("._errors", "InjectorUnavailable"),
-    "clear_failpoints": ("._failpoints", "clear"),
+    "clear_failpoints": (".failpoints", "clear"),
     "Guarded": ("._guard", "Guarded"),
     "TargetError": ("._guard", "TargetError"),
     "TargetHung": ("._guard", "TargetHung"),
-    "failpoint": ("._failpoints", "failpoint"),
-    "failpoint_counts": ("._failpoints", "counts"),
-    "failpoint_log": ("._failpoints", "log_path"),
-    "set_failpoints": ("._failpoints", "set_failpoints"),
+    "failpoint": (".failpoints", "failpoint"),
+    "failpoint_counts": (".failpoints", "counts"),
+    "failpoint_log": (".failpoints", "log_path"),
+    "format_plain": ("._tracebacks", "format_plain"),
+    "set_failpoints": (".failpoints", "set_failpoints"),
     "address_space_limit": ("._memory", "address_space_limit"),
     "leaking": ("._memory", "leaking"),
     "memory_cgroup": ("._memory", "memory_cgroup"),
@@ -119,6 +122,7 @@ __all__ = [
     "failpoint",
     "failpoint_counts",
     "failpoint_log",
+    "format_plain",
     "freeze",
     "frozen",
     "hogging_threads",

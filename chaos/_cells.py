@@ -62,7 +62,8 @@ async def judge_cell(
     else:
         target = chaos.guard(factory(tmp_path / "data", workers=workers, **options))
     chaos.target = target
-    verdict, events, kept = None, [], {}
+    verdict, kept = None, {}
+    events: list[dict[str, Any]] = []
     ordered = "unordered" not in target.capabilities
     seen: dict[str, Any] = {}
     try:
@@ -198,8 +199,8 @@ def parametrize_matrix(
         for param in strict_params([target], families(target), expected, versions(target)):
             if full or (target, param.values[1]) in core:
                 marks = [*param.marks, mark, *([mark_full] if full else [])]
-                if why := unstable.get((target, param.values[1])):  # shown, with its reason
-                    skip = pytest.mark.skip(reason=f"not strict: {why}")
+                if reason := unstable.get((target, param.values[1])):  # shown, with its reason
+                    skip = pytest.mark.skip(reason=f"not strict: {reason}")
                     marks = [mark, *([mark_full] if full else []), skip]
                 found.append(pytest.param(*param.values, marks=marks, id=param.id))
     metafunc.parametrize(("target_name", "family"), found)
@@ -211,4 +212,7 @@ def _selects(markexpr: str | None, names: set[str]) -> bool:
         return False
     from _pytest.mark.expression import Expression
 
-    return bool(Expression.compile(markexpr).evaluate(lambda m, **_: m in names))
+    def matches(name: str, /, **_: str | int | bool | None) -> bool:
+        return name in names
+
+    return bool(Expression.compile(markexpr).evaluate(matches))

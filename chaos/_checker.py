@@ -78,7 +78,9 @@ class History:
     def __init__(self) -> None:
         self.submits: list[Submit] = []
 
-    def submitted(self, id: str, key: str, *, acked: bool = True, mono: float | None = None):
+    def submitted(
+        self, id: str, key: str, *, acked: bool = True, mono: float | None = None
+    ) -> None:
         """Record a submit (``mono``: when, on CLOCK_MONOTONIC; by default now)."""
         if mono is None:
             mono = time.clock_gettime(time.CLOCK_MONOTONIC)

@@ -72,6 +72,8 @@ class TargetHung(AssertionError):
 class TargetError(Exception):
     """The target raised: its traceback as text (truncated), the exception in ``original``."""
 
+    original: BaseException | None  # None once it crossed processes (plain text then)
+
     def __init__(self, call: str, error: BaseException):
         self.original = error
         self.call = call
@@ -90,7 +92,7 @@ def _plain_error(call: str, text: str) -> TargetError:
     return error
 
 
-def describe(error: BaseException) -> str:
+def describe(error: object) -> str:
     """``Type: message``, whatever ``__str__`` does."""
     try:
         text = str(error)
@@ -485,7 +487,8 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 
 def _suspended_at(task: asyncio.Task[Any]) -> str | None:
     """The innermost frame of ``task`` that is not asyncio's own, as "name (file:line)"."""
-    obj, frame = task.get_coro(), None
+    obj: object = task.get_coro()
+    frame = None
     for _ in range(200):  # down the chain of awaits to the innermost coroutine
         if obj is None:
             break

@@ -99,7 +99,8 @@ class Cell:
         worker runs one, so that a pool that routes by key gets some on every worker; where
         and when each began comes from the task's own mark (the workload log), never from
         the pool."""
-        chaos, started = self.chaos, []
+        chaos = self.chaos
+        started: list[float] = []  # when each busy task was submitted
         deadline = time.monotonic() + 10.0
         while True:
             now = self.now()
@@ -218,7 +219,8 @@ async def payload_catalog(cell: Cell) -> float:
     nothing acknowledged) is correct; accepted, it must be committed (or dead-lettered, where
     the target reports dead letters)."""
     chaos, first = cell.chaos, None
-    refused, accepted = [], []
+    refused: list[str] = []
+    accepted: list[str] = []
     for i, fault in enumerate(CATALOG):
         key = f"c{i}"
         await cell.chaos.submit(f"good-{i}", "ok", key)
@@ -554,8 +556,9 @@ def _refusal(error: BaseException) -> str:
     if isinstance(error, TargetRefused) and error.__cause__ is not None:
         error = error.__cause__
     error = getattr(error, "original", None) or error
-    if isinstance(getattr(error, "error", None), str):  # a served target's: "ExcType: msg"
-        return error.error
+    text = getattr(error, "error", None)
+    if isinstance(text, str):  # a served target's: "ExcType: msg"
+        return text
     return f"{type(error).__name__}: {error}"
 
 

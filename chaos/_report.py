@@ -183,7 +183,7 @@ def post_mortem_dump(text: str, why: str) -> dict[str, Any]:
 def timeline(events: list[Mapping[str, Any]], faults: list[Mapping[str, Any]]) -> dict[str, Any]:
     """Faults and lifecycle events against time (s from the first), and messages committed per
     interval (from the checkpoints)."""
-    marks = [
+    marks: list[dict[str, Any]] = [
         {
             "mono": float(f["mono"]),
             "kind": "fault",

@@ -18,6 +18,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from ._gate import EXIT_CONFIG
 
@@ -46,7 +47,7 @@ def pythonpath(project: Path) -> list[Path]:
 
         found = locate_config(project, [])
         inifile, config = found[1], found[2]
-        value = config.get("pythonpath")
+        value: Any = config.get("pythonpath")  # a str, a list, or pytest 9's ConfigValue
     except Exception:  # another pytest's internals: no check rather than a wrong one
         return []
     if inifile is None or value is None:

@@ -40,11 +40,11 @@ import signal
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import _broker, _failpoints, _network, _pipes, _process_faults, workload
+from . import _broker, _network, _pipes, _process_faults, failpoints, workload
 from ._checker import History, Verdict, dead_letters_of
 from ._errors import ChaosError, ContractError
 from ._guard import DEFAULT_TIMEOUT, Guarded, TargetHung, target_name
@@ -543,9 +543,9 @@ class Scenario:
     def failpoints(self, spec: str) -> list[Fault]:
         """Configure failpoints (counts afresh) before starting the target; each site with an
         action other than ``off`` is a planned fault, fired when the run-wide log counts it."""
-        parsed = _failpoints.parse(spec)
-        _failpoints.set_failpoints(spec)
-        self._undo.callback(_failpoints.set_failpoints, "", replace=True)
+        parsed = failpoints.parse(spec)
+        failpoints.set_failpoints(spec)
+        self._undo.callback(failpoints.set_failpoints, "", replace=True)
         planned = []
         for site, terms in parsed.items():
             replaced = self._failpoint_sites.pop(site, None)
@@ -581,7 +581,7 @@ class Scenario:
     def refresh(self) -> None:
         """Bring failpoint firings up to date from the run-wide log: how many, and the first
         one's time and process."""
-        fired = _failpoints.fires()
+        fired = failpoints.fires()
         for site, fault in self._failpoint_sites.items():
             times = fired.get(site, [])
             fault.fired = len(times)
@@ -594,15 +594,15 @@ class Scenario:
                 fault.effect = f"fired {len(times)} time(s), first in pid {pid}"
         if self._workload_log is not None:
             for pid, token, what, mono in workload.marks(self._workload_log):
-                fault = self._carried.get(token)
-                if fault is None or fault.fired:
+                carried = self._carried.get(token)
+                if carried is None or carried.fired:
                     continue
                 if workload.refused(what):
-                    fault.no_effect = f"the task refused it: {what}"
+                    carried.no_effect = f"the task refused it: {what}"
                     continue
-                fault.fire(mono, time.time() - (time.clock_gettime(time.CLOCK_MONOTONIC) - mono))
-                fault.pid = pid
-                fault.effect = f"{what} in pid {pid}"
+                carried.fire(mono, time.time() - (time.clock_gettime(time.CLOCK_MONOTONIC) - mono))
+                carried.pid = pid
+                carried.effect = f"{what} in pid {pid}"
 
     def unfired(self) -> list[Fault]:
         self.refresh()
@@ -692,7 +692,7 @@ class Scenario:
         target = target or self.target
         if target is None:
             raise ChaosError("chaos.verify(): no target; start one with chaos_target()")
-        caps = getattr(target, "capabilities", frozenset())
+        caps: Collection[str] = getattr(target, "capabilities", frozenset())
         bound = max(timeout, 2 * self.target_timeout)  # the guard's bound answers first
         committed = await asyncio.wait_for(target.committed(), bound)
         dead = dead_letters_of(target.dead_lettered()) if "dead_letters" in caps else {}
@@ -945,7 +945,10 @@ def _pidfd(pid: int) -> int | None:
         return None
 
 
-def _close(fd: int) -> None:
+def _close(fd: int | None) -> None:
+    """Close a pinned pidfd; None: the process had exited before it could be pinned."""
+    if fd is None:
+        return
     with contextlib.suppress(OSError):
         os.close(fd)
 

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
@@ -89,7 +89,8 @@ LEAK_MB = 48
 MIN_ACKED = 20  # acknowledged messages every example must have
 TOP_UP_TRIES = 3  # closing kills tried for an example whose steps hurt no outstanding work
 MAX_EXAMPLES_KEPT = 300  # examples described in the report (shrinking can run many)
-SHRINK_BUDGET = {"ci": 60, "soak": 300}  # seconds Hypothesis may spend shrinking a failure
+# Seconds Hypothesis may spend shrinking a failure:
+SHRINK_BUDGET: dict[str, float] = {"ci": 60, "soak": 300}
 
 
 class LoopThread:
@@ -179,7 +180,8 @@ async def _waiting() -> list[str]:
             continue
         stack = task.get_stack()
         where = f"{stack[-1].f_code.co_filename}:{stack[-1].f_lineno}" if stack else "?"
-        found.append(f"  {task.get_name()}: {task.get_coro().__qualname__} at {where}")
+        coro: Any = task.get_coro()  # a coroutine (typed as its ABC, without __qualname__)
+        found.append(f"  {task.get_name()}: {coro.__qualname__} at {where}")
     return found
 
 
@@ -276,11 +278,17 @@ def shrink_budget(seconds: float) -> Any:
         yield
         return
     before = engine.MAX_SHRINKING_SECONDS
-    engine.MAX_SHRINKING_SECONDS = seconds
+    engine.MAX_SHRINKING_SECONDS = seconds  # type: ignore[assignment]  # typed int: a float works
     try:
         yield
     finally:
         engine.MAX_SHRINKING_SECONDS = before
+
+
+class _Inject(Protocol):
+    """A fault of the scenario's on one pid (``kill``, ``freeze``, ``break_pipes``)."""
+
+    def __call__(self, pid: int, /, *, harmless: bool) -> object: ...
 
 
 class FaultSchedule(RuleBasedStateMachine):
@@ -410,7 +418,7 @@ class FaultSchedule(RuleBasedStateMachine):
         self._step("drain, then check")
         self.runner.run(self.chaos.verify(), timeout=180)
 
-    def _fault(self, what: str, which: int, inject: Callable[[int], Any]) -> None:
+    def _fault(self, what: str, which: int, inject: _Inject) -> None:
         pid = self._victim(which)
         if pid is None:
             self._step(f"{what} worker #{which}: no worker to hurt")

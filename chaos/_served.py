@@ -86,7 +86,8 @@ _SERVE = (
     "import sys; sys.path.insert(0, sys.argv.pop(1)); import chaos; del sys.path[0]; "
     "from chaos.__main__ import main; sys.exit(main())"
 )
-RECORDS = {  # what a target may record about itself for the harness (chaos.peers), by default
+# What a target may record about itself for the harness (chaos.peers), by default:
+RECORDS: dict[str, Any] = {
     "outstanding": [],
     "failures": {},
     "first_failure": None,
@@ -428,7 +429,9 @@ class ServedTarget:
         self._outbox.put(frame)
         return await self._wait(future, command, timeout, rid)
 
-    async def _wait(self, future: asyncio.Future[Any], command: str, timeout: float, rid: int):
+    async def _wait(
+        self, future: asyncio.Future[Any], command: str, timeout: float, rid: int
+    ) -> Any:
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
@@ -548,7 +551,7 @@ class ServedTarget:
         self._outbox.put(None)
 
     def _settle(self, replies: list[tuple[Any, ...]]) -> None:
-        outcomes = []
+        outcomes: list[tuple[Any, Any, BaseException | None]] = []
         with self._lock:
             for reply in replies:
                 kind, rid = reply[0], (0 if reply[0] == "ready" else reply[1])
@@ -935,7 +938,9 @@ def _records(target: Any) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def serving(spec: str | None, data_dir: str | Path, **options: Any):
+async def serving(
+    spec: str | None, data_dir: str | Path, **options: Any
+) -> AsyncIterator[ServedTarget]:
     """``async with serving(spec, data_dir, **options) as target``: a started ``ServedTarget``,
     stopped on the way out (its processes killed if it will not stop); a failure of the block
     is not hidden by one of the stop."""

@@ -88,7 +88,7 @@ class SystemTarget:
     async def committed(self) -> dict[str, list[Any]]:
         """The committed state, read from the checkpoint store (not from the workers' memory),
         once the pool has processed what it acknowledged -- after ``stop()``, as it is."""
-        if not self.pool._closed:
+        if not self.pool.closed:
             await self.pool.drain()
         return self._read()
 
@@ -196,7 +196,7 @@ async def submit_one(
         raise
     except Exception as e:
         history.submitted(mid, key, acked=False)
-        why = describe(e.original if isinstance(e, TargetError) else e)
+        why = describe(e.original if isinstance(e, TargetError) and e.original is not None else e)
         refused = TargetRefused(
             f"the target refused message {mid} ({why}): it takes no more work after the fault"
         )

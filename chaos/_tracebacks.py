@@ -29,7 +29,9 @@ def format_stack_plain(frames: traceback.StackSummary) -> str:
 
 
 def _plain(stack: traceback.StackSummary) -> traceback.StackSummary:
-    return traceback.StackSummary.from_list([(f.filename, f.lineno, f.name, f.line) for f in stack])
+    return traceback.StackSummary.from_list(
+        [traceback.FrameSummary(f.filename, f.lineno, f.name, line=f.line) for f in stack]
+    )
 
 
 def _strip(te: traceback.TracebackException, seen: set[int]) -> None:

@@ -110,7 +110,7 @@ def _free_subnet() -> ipaddress.IPv4Network:
                 used.append(ipaddress.ip_network(word, strict=False))
     for _ in range(200):
         second, third = 200 + secrets.randbelow(51), secrets.randbelow(256)
-        net = ipaddress.ip_network(f"10.{second}.{third}.0/24")
+        net = ipaddress.IPv4Network(f"10.{second}.{third}.0/24")
         if not any(net.overlaps(u) for u in used if u.prefixlen > 0):
             return net
     raise ChaosError("no free private /24 in 10.200.0.0/16-10.250.255.0 for the test hosts")

@@ -49,7 +49,7 @@ SETTINGS = ("seed", "target", "report", "profile", "baseline", "gate", "target_t
 PROFILES = ("ci", "soak")
 
 
-class ChaosConfigError(pytest.UsageError):
+class ChaosConfigError(pytest.UsageError):  # type: ignore[misc]  # pytest marks it @final
     """A chaosgate setting is bad; the message says where it came from."""
 
 
@@ -505,23 +505,26 @@ def _record(
     entries = item.config.stash[_ENTRIES]
     known = entries.get(item.nodeid)
     if report.when == "setup" and report.passed:
-        report.chaos_scenario = True  # under xdist: if its worker dies now, the scenario errs
+        # under xdist: if its worker dies now, the scenario errs
+        _extra(report, "chaos_scenario", True)
         return
     if report.when == "teardown":
         if report.failed and known is not None and known["outcome"] != "failed":
-            kind = _teardown_kind(call)
-            known["outcome"] = "failed" if kind != "error" else "error"
-            known["failure_kind"] = kind
+            teardown_kind = _teardown_kind(call)
+            known["outcome"] = "failed" if teardown_kind != "error" else "error"
+            known["failure_kind"] = teardown_kind
             known["failure"] = report.longreprtext[-8000:]
-            report.chaos_entry = known
+            _extra(report, "chaos_entry", known)
         if report.failed and known is not None and dumps is not None:  # e.g. stop() hung
             if all(d["text"] != dumps["text"] for d in known["dumps"]):
                 known["dumps"].append(dumps)
-                report.chaos_entry = known
+                _extra(report, "chaos_entry", known)
         return
     scenario = item.stash.get(SCENARIO, None)
     record = scenario.record() if scenario is not None else None
-    outcome = report.outcome if report.when == "call" else ("error" if report.failed else "skipped")
+    outcome: str = (
+        report.outcome if report.when == "call" else ("error" if report.failed else "skipped")
+    )
     skip_reason = None
     if hasattr(report, "wasxfail"):  # an expected weakness, seen (or, xpassed, not seen)
         outcome = "xfailed" if report.skipped else "xpassed"
@@ -548,7 +551,8 @@ def _record(
         post_mortem=dumps,
     )
     entry = json.loads(json.dumps(entry, default=repr))  # plain data, as xdist can send it
-    entries[item.nodeid] = report.chaos_entry = entry
+    entries[item.nodeid] = entry
+    _extra(report, "chaos_entry", entry)
     if report.when == "call":
         checker = entry["checker"] or {}
         for name, value in entry["figures"].items():
@@ -557,6 +561,12 @@ def _record(
             if anomaly in checker:
                 item.user_properties.append((anomaly, len(checker[anomaly])))
         item.user_properties.append(("seed", item.config.stash[_SETTINGS]["seed"]))
+
+
+def _extra(report: pytest.TestReport, name: str, value: Any) -> None:
+    """Put ``name`` on the test report: pytest keeps a report's extra attributes (and xdist
+    sends them to the controller), though its type declares none."""
+    setattr(report, name, value)
 
 
 def _teardown_kind(call: pytest.CallInfo[None]) -> str:

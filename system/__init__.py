@@ -5,6 +5,7 @@ long-lived worker processes (or threads, or inline) that own partitions of the k
 message's state transition is committed exactly once, also across ``kill -9``.
 """
 
+from ._config import PoolConfig
 from ._errors import (
     DataDirError,
     Fenced,
@@ -30,6 +31,7 @@ __all__ = [
     "Pool",
     "PoolBroken",
     "PoolClosed",
+    "PoolConfig",
     "PoolError",
     "RestartPolicy",
     "SyncPool",

@@ -9,8 +9,8 @@ import sys
 from typing import NoReturn
 
 from . import _demo
+from ._config import MODES
 from ._errors import PoolBroken, UsageError
-from ._runners import MODES
 
 
 class _Parser(argparse.ArgumentParser):

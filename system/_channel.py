@@ -14,10 +14,20 @@ import os
 import pickle
 import socket
 import struct
-from typing import Any
+from typing import Any, Protocol
 
 _HEADER = struct.Struct(">I")
 _LIMIT = 2**31 - 1
+
+
+class Channel(Protocol):
+    """One end of a channel: frames in order; ``EOFError`` once the other end is gone."""
+
+    async def recv(self) -> Any: ...
+    def send_nowait(self, obj: Any) -> None: ...
+    async def flush(self) -> None: ...
+    def close(self) -> None: ...
+    def break_(self) -> None: ...
 
 
 class StreamChannel:

@@ -2,7 +2,8 @@
 
 The same core runs under every runner (process, thread, inline); the runner only moves frames
 and calls it. It does no I/O of its own besides the ``store`` it is given (a ``CheckpointStore``,
-or any object with ``claim``/``load_state``/``commit``), so unit tests drive it directly.
+or any object with ``claim``/``load_state``/``commit``), and its time comes from the ``clock``
+and ``sleep`` it is given (a retry's backoff), so unit tests drive it directly, on a fake clock.
 
 Exactly-once: delivery is at-least-once (after a crash the dispatcher resends everything not yet
 acknowledged), and the core skips every message whose offset is at or below what its partition
@@ -18,11 +19,12 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from chaos import _failpoints
-from chaos._failpoints import failpoint
-from chaos._tracebacks import format_plain
+from chaos import failpoints, format_plain
+from chaos.failpoints import failpoint
 
-from ._message import Message, Output, Wire
+from ._config import DEFAULTS
+from ._frames import Ack, Dead, Rewind, Wire
+from ._message import Message, Output
 
 Handler = Callable[[Any, Message], Any]
 
@@ -42,13 +44,14 @@ class WorkerCore:
         partitions: Iterable[int],
         *,
         initial_state: Callable[[], Any] | None = None,
-        checkpoint_every: int = 5000,
-        checkpoint_interval: float = 0.05,
+        checkpoint_every: int = DEFAULTS.checkpoint_every,
+        checkpoint_interval: float = DEFAULTS.checkpoint_interval,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
         progress: Any = None,
         poison: dict[int, str] | None = None,
-        retries: int = 2,
-        retry_backoff: float = 0.01,
+        retries: int = DEFAULTS.retries,
+        retry_backoff: float = DEFAULTS.retry_backoff,
     ):
         self.handler = handler
         self.store = store
@@ -57,6 +60,7 @@ class WorkerCore:
         self.checkpoint_every = checkpoint_every
         self.checkpoint_interval = checkpoint_interval
         self.clock = clock
+        self.sleep = sleep  # a retry's backoff (a fake one in tests)
         self.applied: dict[int, int] = {}
         self.states: dict[str, Any] = {}
         self._dirty: dict[str, int] = {}  # key -> partition
@@ -94,21 +98,21 @@ class WorkerCore:
             self.states[key] = state
             return state
 
-    def apply(self, batch: list[Wire]) -> list[tuple[Any, ...]]:
+    def apply(self, batch: list[Wire]) -> list[Ack | Rewind]:
         """Apply a batch in order; return frames for the supervisor (acks, or a rewind request).
 
         A handler that raises may have changed the key's state in place before raising. If that
         state holds uncommitted work of earlier messages, it cannot be told apart from the damage:
         the core then drops everything uncommitted, marks the message suspect, and asks the
-        supervisor to resend from its last acknowledged position (``("rewind", position)``); it
-        ignores batches until the supervisor answers ``rewound``. On the replay it checkpoints
+        supervisor to resend from its last acknowledged position (``Rewind(position)``); it
+        ignores batches until the supervisor answers ``Rewound``. On the replay it checkpoints
         just before the suspect message, so the message meets a clean, committed state.
         """
-        out: list[tuple[Any, ...]] = []
+        out: list[Ack | Rewind] = []
         if self.rewinding:
             return out  # sent before the supervisor saw our rewind; it will resend them
         applied = self.applied
-        sites = _failpoints.ACTIVE  # empty (falsy) unless a test configured failpoints
+        sites = failpoints.ACTIVE  # empty (falsy) unless a test configured failpoints
         cell = self.progress
         new = 0
         for offset, mid, key, part, payload, attempt in batch:
@@ -127,14 +131,14 @@ class WorkerCore:
                 if self._suspects and offset in self._suspects and key in self._dirty:
                     ack = self.checkpoint()
                     if ack is not None:
-                        out.append(("ack", *ack))
+                        out.append(ack)
                 if sites:
                     failpoint("worker.before_apply", id=mid, offset=offset)
                 if not self._apply_one(offset, mid, key, part, payload, attempt):
                     self._suspects.add(offset)
                     self.reset()
                     self.rewinding = True
-                    out.append(("rewind", self.acked))
+                    out.append(Rewind(self.acked))
                     return out
                 self._suspects.discard(offset)
                 applied[part] = offset
@@ -180,7 +184,7 @@ class WorkerCore:
             outcome = self._call(offset, mid, key, part, value, attempt + retry, last)
             if outcome is not _RETRY:
                 return outcome
-            time.sleep(self.retry_backoff * 2**retry)  # backoff: 1x, 2x, 4x ...
+            self.sleep(self.retry_backoff * 2**retry)  # backoff: 1x, 2x, 4x ...
             retry += 1
 
     def _call(
@@ -232,8 +236,8 @@ class WorkerCore:
             return 0.0
         return max(0.0, self._first_uncommitted_at + self.checkpoint_interval - self.clock())
 
-    def checkpoint(self) -> tuple[int, dict[int, int], list[tuple[str, int, str]]] | None:
-        """Commit everything applied; ``(position, offsets, dead letters)`` to ack, or None.
+    def checkpoint(self) -> Ack | None:
+        """Commit everything applied; the ``Ack`` to send, or None when there is nothing new.
 
         ``position`` is the highest offset this worker has applied: every message at or below it
         that was sent to this worker is now committed (a replayed duplicate was committed before).
@@ -241,7 +245,7 @@ class WorkerCore:
         self._first_uncommitted_at = None
         self.uncommitted = 0
         offsets: dict[int, int] = {}
-        dead = [(mid, offset, reason) for mid, _, offset, _, reason, _ in self._dead]
+        dead: list[Dead] = [(mid, offset, reason) for mid, _, offset, _, reason, _ in self._dead]
         if self._touched:
             dumps = pickle.dumps
             states = [
@@ -249,11 +253,11 @@ class WorkerCore:
                 for key, part in self._dirty.items()
             ]
             offsets = {p: self.applied[p] for p in self._touched}
-            if _failpoints.ACTIVE:
+            if failpoints.ACTIVE:
                 failpoint("worker.before_commit", offsets=offsets)
             self.store.commit(offsets, states, self._results, self._dead)
             self.committed.update(offsets)
-            if _failpoints.ACTIVE:
+            if failpoints.ACTIVE:
                 failpoint("worker.after_commit", offsets=offsets)
             self._dirty.clear()
             self._touched.clear()
@@ -262,4 +266,4 @@ class WorkerCore:
         if self.last_applied <= self.acked:
             return None
         self.acked = self.last_applied
-        return self.last_applied, offsets, dead
+        return Ack(self.last_applied, offsets, dead)

@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from chaos._checker import Submit, Verdict
-from chaos._checker import check as check_history
+from chaos import History, Verdict
 
 from ._checkpoint import CheckpointStore
 from ._intake import IntakeLog, check_data_dir
@@ -146,8 +145,10 @@ def check(
         if not isinstance(state, list):
             raise TypeError(f"state of {key!r} is {type(state).__name__}, not the demo's list")
         committed[key] = [ids.get((key, p), f"payload {p!r}") for p in state]
-    history = [Submit(mid, key, acked=True) for _, mid, key, _ in submitted]
-    return check_history(history, committed, dead)
+    history = History()
+    for _, mid, key, _ in submitted:
+        history.submitted(mid, key, acked=True, mono=0.0)
+    return history.check(committed, dead)
 
 
 def dead_letters(data_dir: str, as_json: bool = False) -> int:

@@ -34,8 +34,11 @@ class EventLog:
         self._subscribers: list[asyncio.Queue[dict[str, Any] | None]] = []
         self.counts: dict[str, int] = {}
 
-    def emit(self, kind: str, worker: int | None = None, pid: int | None = None, **detail: Any):
-        event = {"kind": kind, "ts": time.time(), "mono": monotonic(), "worker": worker, "pid": pid}
+    def emit(
+        self, kind: str, worker: int | None = None, pid: int | None = None, **detail: Any
+    ) -> dict[str, Any]:
+        event: dict[str, Any] = {"kind": kind, "ts": time.time(), "mono": monotonic()}
+        event.update(worker=worker, pid=pid)
         event.update(detail)
         self.counts[kind] = self.counts.get(kind, 0) + 1
         if not self._file.closed:

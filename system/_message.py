@@ -11,10 +11,6 @@ from typing import Any, NamedTuple
 
 from ._errors import UsageError
 
-#: Wire form of a message between the dispatcher and a worker:
-#: ``(offset, id, key, partition, payload_bytes, attempt)``.
-Wire = tuple[int, str, str, int, bytes, int]
-
 
 class Message(NamedTuple):
     """What a handler sees: ``handler(state, message) -> state`` (or ``Output(state, value)``)."""

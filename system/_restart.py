@@ -58,3 +58,21 @@ class RestartPolicy:
 
     def restarts_in_window(self) -> int:
         return len(self._recent)
+
+    def why_give_up(self, worker: int, last_exit: str) -> str:
+        return (
+            f"worker {worker} died ({last_exit}) and the restart intensity is exceeded: "
+            f"{self.restarts_in_window()} restarts within {self.window}s "
+            f"(RestartPolicy(max_restarts={self.max_restarts}, window={self.window})). Every "
+            "acknowledged message is in the intake log: fix the cause and reopen the data dir"
+        )
+
+
+def not_starting(worker: int, times: int, last_exit: str) -> str:
+    """Why a rung is given up when its workers die before they are ready."""
+    return (
+        f"worker {worker} died before it was ready {times} times in a row (last exit: "
+        f"{last_exit}); its traceback is on the pool's stderr. Is the handler importable in a "
+        "fresh process (not defined in __main__ of `python -c` or a notebook)? Can the data dir "
+        "be written? Nothing acknowledged is lost: fix the cause and reopen the data dir"
+    )

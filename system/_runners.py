@@ -16,24 +16,24 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._channel import MemoryChannel, StreamChannel
+from ._channel import Channel, MemoryChannel, StreamChannel
+from ._frames import Exit
 from ._worker import WorkerSpec, process_main, serve, thread_main
 
 log = logging.getLogger("system")
-
-MODES = ("process", "thread", "inline")
 
 
 @dataclass
 class WorkerHandle:
     mode: str
     pid: int
-    channel: Any
-    exited: asyncio.Future[dict[str, Any]]
-    _kill: Any = field(repr=False, default=None)
+    channel: Channel
+    exited: asyncio.Future[Exit]
+    _kill: Callable[[], Any] = field(repr=False, default=lambda: None)
 
     def kill(self) -> None:
         """Stop the worker at once (SIGKILL for a process; close the channel otherwise)."""
@@ -47,26 +47,12 @@ class WorkerHandle:
         """
         self._kill()
         if not self.exited.done():
-            self.exited.set_result({"exitcode": None, "signal": None, "error": "abandoned (hung)"})
+            self.exited.set_result(Exit.failed("abandoned (hung)"))
 
 
-def describe_exit(code: int | None) -> dict[str, Any]:
-    """``{"exitcode": -9, "signal": "SIGKILL(-9)"}``-style detail for an exit status."""
-    if code is not None and code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return {"exitcode": code, "signal": f"{name}({code})"}
-    return {"exitcode": code, "signal": None}
-
-
-def exit_text(detail: dict[str, Any]) -> str:
-    """A person's words for an exit detail: ``SIGKILL(-9)``, ``exit code 1``, ``abandoned``."""
-    text = detail.get("signal") or (
-        f"exit code {detail['exitcode']}" if detail.get("exitcode") is not None else "no exit code"
-    )
-    return f"{text} ({detail['error']})" if detail.get("error") else text
+def _settle(exited: asyncio.Future[Exit], detail: Exit) -> None:
+    if not exited.done():
+        exited.set_result(detail)
 
 
 async def launch(mode: str, spec: WorkerSpec, ctx: Any = None) -> WorkerHandle:
@@ -103,14 +89,14 @@ async def _launch_process(spec: WorkerSpec, ctx: Any) -> WorkerHandle:
     assert pid is not None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(parent_conn.fileno()))
     parent_conn.close()
-    exited: asyncio.Future[dict[str, Any]] = loop.create_future()
+    exited: asyncio.Future[Exit] = loop.create_future()
     sentinel = proc.sentinel
 
     def on_exit() -> None:  # may run before this function returns: use nothing but pid after
         loop.remove_reader(sentinel)
         proc.join(0)
         if not exited.done():
-            exited.set_result(describe_exit(proc.exitcode))
+            exited.set_result(Exit.of_status(proc.exitcode))
         proc.close()
 
     loop.add_reader(sentinel, on_exit)
@@ -129,17 +115,17 @@ async def _launch_process(spec: WorkerSpec, ctx: Any) -> WorkerHandle:
 async def _launch_thread(spec: WorkerSpec) -> WorkerHandle:
     loop = asyncio.get_running_loop()
     ours, theirs = socket.socketpair()
-    exited: asyncio.Future[dict[str, Any]] = loop.create_future()
+    exited: asyncio.Future[Exit] = loop.create_future()
 
     def target() -> None:
-        detail: dict[str, Any] = {"exitcode": 0, "signal": None}
+        detail = Exit(0)
         try:
             thread_main(theirs, spec)
         except BaseException as e:  # the thread is the worker: its failure is its exit status
-            detail = {"exitcode": 1, "signal": None, "error": repr(e)}
+            detail = Exit.failed(repr(e), exitcode=1)
             log.exception("worker thread %s failed", spec.worker)
         finally:
-            loop.call_soon_threadsafe(lambda: exited.done() or exited.set_result(detail))
+            loop.call_soon_threadsafe(_settle, exited, detail)
 
     thread = threading.Thread(target=target, name=f"chaosgate-worker-{spec.worker}", daemon=True)
     thread.start()
@@ -150,18 +136,18 @@ async def _launch_thread(spec: WorkerSpec) -> WorkerHandle:
 def _launch_inline(spec: WorkerSpec) -> WorkerHandle:
     loop = asyncio.get_running_loop()
     ours, theirs = MemoryChannel.pair()
-    exited: asyncio.Future[dict[str, Any]] = loop.create_future()
+    exited: asyncio.Future[Exit] = loop.create_future()
     task = loop.create_task(
-        serve(theirs, spec.make_core(), spec.heartbeat_interval),
+        serve(theirs, spec.make_core(), spec.config.heartbeat_interval),
         name=f"chaosgate-worker-{spec.worker}",
     )
 
     def done(t: asyncio.Task[None]) -> None:
-        detail: dict[str, Any] = {"exitcode": 0, "signal": None}
+        detail = Exit(0)
         if t.cancelled():
-            detail = {"exitcode": None, "signal": None, "error": "cancelled"}
+            detail = Exit.failed("cancelled")
         elif t.exception() is not None:
-            detail = {"exitcode": 1, "signal": None, "error": repr(t.exception())}
+            detail = Exit.failed(repr(t.exception()), exitcode=1)
         if not exited.done():
             exited.set_result(detail)
 

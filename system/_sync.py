@@ -30,6 +30,7 @@ class SyncPool:
         ready = threading.Event()
 
         def run() -> None:
+            loop: asyncio.AbstractEventLoop
             try:
                 import uvloop
 

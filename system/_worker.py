@@ -1,11 +1,6 @@
 """The worker side: one event loop that feeds frames to the core and checkpoints on time.
 
-``serve`` is the same coroutine under every runner. Frames from the supervisor:
-``("batch", [wire, ...])``, ``("query", rid, key)``, ``("flush",)``, ``("rewound",)``,
-``("stop",)``. Frames to it: ``("ready", pid, committed)``, ``("ack", position, offsets)`` after
-each checkpoint (every message at or below ``position`` that this worker was sent is committed),
-``("rewind", position)`` (resend everything after ``position``; see ``WorkerCore.apply``),
-``("state", rid, pickle)``.
+``serve`` is the same coroutine under every runner; its frames are in ``_frames``.
 
 A checkpoint is taken every ``checkpoint_every`` messages or ``checkpoint_interval`` seconds after
 the first uncommitted one, on ``flush``, and on the way out (stop, SIGTERM, end of channel).
@@ -29,12 +24,16 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from chaos import _failpoints
-from chaos._failpoints import failpoint
+from chaos import failpoints
+from chaos.failpoints import failpoint
 
+from ._channel import Channel, StreamChannel
 from ._checkpoint import CheckpointStore
+from ._config import DEFAULTS, PoolConfig
 from ._core import Handler, WorkerCore
+from ._frames import Ack, Batch, Flush, Query, Ready, Rewound, State, Stop
 from ._progress import ProgressCell
+from ._router import Lane
 
 
 @dataclass(frozen=True)
@@ -46,21 +45,44 @@ class WorkerSpec:
     worker: int
     partitions: tuple[int, ...]
     initial_state: Any = None
-    checkpoint_every: int = 5000
-    checkpoint_interval: float = 0.05
-    durability: str = "fsync"
+    config: PoolConfig = DEFAULTS
     environment: tuple[tuple[str, str], ...] = ()  # CHAOSGATE_* settings (failpoints) to apply
     progress_path: str | None = None  # the progress cell (see _progress)
-    heartbeat_interval: float = 0.2
     poison: tuple[tuple[int, str], ...] = ()  # offsets to dead-letter without applying
-    retries: int = 2
-    retry_backoff: float = 0.01
-    memory_hard_limit: int | None = None  # RLIMIT_AS in bytes, process workers only
+
+    @classmethod
+    def build(
+        cls,
+        handler: Handler,
+        initial_state: Any,
+        data_dir: str,
+        config: PoolConfig,
+        mode: str,
+        lane: Lane,
+        cell: str,
+        poison: dict[int, str],
+    ) -> WorkerSpec:
+        """The spec of ``lane``'s worker; a process gets this process's failpoints."""
+        env = failpoints.environment()
+        env[failpoints.ENV_SCOPE] = f"worker-{lane.index}"
+        environment = tuple(sorted(env.items())) if mode == "process" else ()
+        return cls(
+            handler,
+            data_dir,
+            lane.index,
+            lane.partitions,
+            initial_state,
+            config,
+            environment,
+            cell,
+            tuple(poison.items()),
+        )
 
     def make_core(self) -> WorkerCore:
         from pathlib import Path
 
-        store = CheckpointStore(Path(self.data_dir), durability=self.durability)
+        c = self.config
+        store = CheckpointStore(Path(self.data_dir), durability=c.durability)
         cell = ProgressCell(self.progress_path) if self.progress_path else None
         if cell is not None:
             cell.cells[3] = os.getpid()
@@ -69,19 +91,21 @@ class WorkerSpec:
             store,
             self.partitions,
             initial_state=self.initial_state,
-            checkpoint_every=self.checkpoint_every,
-            checkpoint_interval=self.checkpoint_interval,
+            checkpoint_every=c.checkpoint_every,
+            checkpoint_interval=c.checkpoint_interval,
             progress=cell,
             poison=dict(self.poison),
-            retries=self.retries,
-            retry_backoff=self.retry_backoff,
+            retries=c.retries,
+            retry_backoff=c.retry_backoff,
         )
 
 
 EXIT_MEMORY = 3  # a worker process that met MemoryError exits with this code, to be recycled
 
 
-async def serve(channel: Any, core: WorkerCore, heartbeat_interval: float = 0.2) -> None:
+async def serve(
+    channel: Channel, core: WorkerCore, heartbeat_interval: float = DEFAULTS.heartbeat_interval
+) -> None:
     """Run a worker until ``stop``, end of channel, or cancellation; always checkpoint on exit.
 
     While the event loop runs it ticks the progress cell every ``heartbeat_interval``; while a
@@ -93,6 +117,7 @@ async def serve(channel: Any, core: WorkerCore, heartbeat_interval: float = 0.2)
     cell = core.progress
 
     me = asyncio.current_task()
+    ticker: asyncio.TimerHandle
 
     def tick() -> None:
         nonlocal ticker
@@ -105,14 +130,14 @@ async def serve(channel: Any, core: WorkerCore, heartbeat_interval: float = 0.2)
     ticker = loop.call_later(heartbeat_interval, tick)
 
     def checkpoint() -> None:
-        ack = core.checkpoint()
+        ack: Ack | None = core.checkpoint()
         if ack is not None:
             with contextlib.suppress(EOFError):
-                channel.send_nowait(("ack", *ack))
+                channel.send_nowait(ack)
 
     try:
         committed = core.start()
-        channel.send_nowait(("ready", os.getpid(), committed))
+        channel.send_nowait(Ready(os.getpid(), committed))
         recv: asyncio.Task[Any] | None = None
         while True:
             due = core.checkpoint_due()
@@ -129,13 +154,12 @@ async def serve(channel: Any, core: WorkerCore, heartbeat_interval: float = 0.2)
             except EOFError:
                 return  # the supervisor is gone: checkpoint (finally) and leave
             recv = None
-            if _failpoints.ACTIVE:
-                failpoint("worker.recv", pipe=channel.break_, kind=frame[0])
+            if failpoints.ACTIVE:
+                failpoint("worker.recv", pipe=channel.break_, kind=type(frame).__name__.lower())
             try:
-                kind = frame[0]
-                if kind == "batch":
+                if type(frame) is Batch:
                     try:
-                        replies = core.apply(frame[1])
+                        replies = core.apply(frame.messages)
                     except MemoryError:
                         core.reset()  # the state may be damaged, and memory is short: start over
                         raise
@@ -143,14 +167,14 @@ async def serve(channel: Any, core: WorkerCore, heartbeat_interval: float = 0.2)
                         channel.send_nowait(reply)
                     if core.stop_requested:
                         return  # recycled: what was not applied is resent to the replacement
-                elif kind == "rewound":
+                elif type(frame) is Rewound:
                     core.rewound()
-                elif kind == "query":
-                    state = pickle.dumps(core.state_of(frame[2]), protocol=pickle.HIGHEST_PROTOCOL)
-                    channel.send_nowait(("state", frame[1], state))
-                elif kind == "flush":
+                elif type(frame) is Query:
+                    state = pickle.dumps(core.state_of(frame.key), protocol=pickle.HIGHEST_PROTOCOL)
+                    channel.send_nowait(State(frame.rid, state))
+                elif type(frame) is Flush:
                     checkpoint()
-                elif kind == "stop":
+                elif type(frame) is Stop:
                     return
                 await channel.flush()
             except EOFError:
@@ -180,39 +204,34 @@ def process_main(conn: Any, spec: WorkerSpec, parent: int) -> None:
         os._exit(1)  # the pool died before we set PDEATHSIG
     # A forkserver started before the test set its failpoints would not pass them on: take
     # them from the spec, captured when this worker was launched.
-    _failpoints.apply_environment(dict(spec.environment))
+    failpoints.apply_environment(dict(spec.environment))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(conn.fileno()))
     conn.close()
 
-    if spec.memory_hard_limit is not None:
+    limit = spec.config.memory_hard_limit
+    if limit is not None:
         hard = resource.getrlimit(resource.RLIMIT_AS)[1]
-        resource.setrlimit(resource.RLIMIT_AS, (spec.memory_hard_limit, hard))
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
     async def main() -> None:
         task = asyncio.current_task()
         assert task is not None
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        if _failpoints.ACTIVE:
+        if failpoints.ACTIVE:
             failpoint("worker.start")  # before the worker is ready: start_timeout applies
-        channel = await _open(sock)
+        channel = await StreamChannel.open(sock)
         core = spec.make_core()
         # Recycle request: stop after the current message. A plain handler, not the loop's:
         # it must run while a batch is being applied (between bytecodes), not after.
         signal.signal(signal.SIGUSR1, lambda *_: setattr(core, "stop_requested", True))
         with contextlib.suppress(asyncio.CancelledError):
-            await serve(channel, core, spec.heartbeat_interval)
+            await serve(channel, core, spec.config.heartbeat_interval)
 
     try:
         run_loop(main())
     except MemoryError:
         os._exit(EXIT_MEMORY)
-
-
-async def _open(sock: socket.socket) -> Any:
-    from ._channel import StreamChannel
-
-    return await StreamChannel.open(sock)
 
 
 def run_loop(coro: Any) -> None:
@@ -240,7 +259,7 @@ def thread_main(sock: socket.socket, spec: WorkerSpec) -> None:
     """Entry point of a worker thread: the same ``serve`` on the thread's own event loop."""
 
     async def main() -> None:
-        channel = await _open(sock)
-        await serve(channel, spec.make_core(), spec.heartbeat_interval)
+        channel = await StreamChannel.open(sock)
+        await serve(channel, spec.make_core(), spec.config.heartbeat_interval)
 
     run_loop(main())

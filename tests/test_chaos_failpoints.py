@@ -20,7 +20,7 @@ from chaos import (
     set_failpoints,
     wait_until,
 )
-from chaos import _failpoints as fp
+from chaos import failpoints as fp
 from system import Pool
 from system._demo import append_payload
 
@@ -150,8 +150,8 @@ async def test_pool_sites_fire_in_worker_processes_once_per_run(
 def test_a_disabled_site_costs_next_to_nothing() -> None:
     import timeit
 
-    setup = "from chaos import _failpoints; from chaos._failpoints import failpoint"
-    guarded = "if _failpoints.ACTIVE: failpoint('worker.before_apply')"
+    setup = "from chaos import failpoints; from chaos.failpoints import failpoint"
+    guarded = "if failpoints.ACTIVE: failpoint('worker.before_apply')"
     n = 200_000
     per_call = min(timeit.repeat(guarded, setup, number=n, repeat=5)) / n
     assert per_call < 500e-9  # generous for a loaded machine; see bench/failpoints.py (~9 ns)

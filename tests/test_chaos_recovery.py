@@ -13,7 +13,7 @@ async def test_detection_restart_and_recovery_of_a_kill(tmp_path: Path) -> None:
         append_payload, tmp_path, workers=2, partitions=4, checkpoint_interval=0.5
     ) as pool:
         await pool.submit_many([(f"k{i % 8}", i) for i in range(4000)])
-        slot = pool._slot_of("k0")
+        slot = pool._crew.supervisor_of("k0")
         await asyncio.to_thread(wait_until, slot.ready.is_set, 30, "the worker")
         await pool.query("k0")  # applied, not committed yet (checkpoint every 0.5 s)
         fault = kill(slot.handle.pid)

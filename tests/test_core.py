@@ -9,6 +9,7 @@ from system import Message, Output
 from system._checkpoint import CheckpointStore
 from system._core import WorkerCore
 from system._demo import append_payload
+from system._frames import Ack, Rewind
 
 
 class Clock:
@@ -108,12 +109,12 @@ def test_a_handler_that_damages_a_dirty_state_and_raises_is_replayed_clean(
     assert c.checkpoint() == (0, {0: 0}, [])
     batch = [wire(1, payload=2), wire(2, payload="bad"), wire(3, payload=4)]
     # m2 raised after appending to a state holding m1's uncommitted append: ask for a replay.
-    assert c.apply(batch) == [("rewind", 0)]
+    assert c.apply(batch) == [Rewind(0)]
     assert c.apply([wire(4, payload=5)]) == []  # stale frames are ignored until "rewound"
     c.rewound()
     replay = [(o, i, k, p, b, a + 1) for o, i, k, p, b, a in [*batch, wire(4, payload=5)]]
     frames = c.apply(replay)
-    assert frames == [("ack", 1, {0: 1}, [])]  # checkpointed just before the suspect message
+    assert frames == [Ack(1, {0: 1}, [])]  # checkpointed just before the suspect message
     c.checkpoint()
     store = CheckpointStore(tmp_path)
     assert store.load_state("k") == (True, [1, 2, 4, 5])  # no trace of "bad"

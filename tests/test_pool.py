@@ -251,9 +251,13 @@ async def test_a_worker_that_cannot_start_steps_down_with_the_likely_cause(
 async def test_close_kills_a_worker_that_does_not_stop_within_grace(tmp_path: Path) -> None:
     pool = Pool(hang_on_request, tmp_path, workers=2, partitions=4)
     await pool.start()
-    other = next(k for k in map(str, range(99)) if pool._slot_of(k) is not pool._slot_of("a"))
+    other = next(
+        k
+        for k in map(str, range(99))
+        if pool._crew.supervisor_of(k) is not pool._crew.supervisor_of("a")
+    )
     await pool.submit_many([("a", 1), ("a", "hang"), (other, 2)])
-    slot = pool._slot_of("a")
+    slot = pool._crew.supervisor_of("a")
     hung = (await asyncio.to_thread(wait_until, lambda: slot.handle, 30, "the worker")).pid
     await asyncio.to_thread(
         wait_until, lambda: pool.stats()["committed"] >= 1, 30, "the other messages committed"
@@ -290,7 +294,7 @@ async def test_close_answers_every_waiter(tmp_path: Path) -> None:
     await pool.start()
     await pool.submit("a", 0)
     await pool.drain(timeout=30)
-    slot = pool._slot_of("a")
+    slot = pool._crew.supervisor_of("a")
     os.kill(slot.handle.pid, signal.SIGKILL)
     await asyncio.to_thread(wait_until, lambda: not slot.ready.is_set(), 30, "the death seen")
     big = asyncio.create_task(pool.submit_many([(f"k{i}", i) for i in range(100_000)]))

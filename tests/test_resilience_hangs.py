@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from chaos import _failpoints as fp
 from chaos import failpoint_counts, freeze, set_failpoints, wait_until
+from chaos import failpoints as fp
 from handlers import hang_on_request
 from system import Pool, read_events
 from system._demo import append_payload
@@ -64,7 +64,7 @@ async def test_a_hung_handler_is_dumped_killed_and_replaced(
 async def test_a_frozen_worker_is_detected_from_its_silence(tmp_path: Path) -> None:
     d = tmp_path / "d"
     async with Pool(append_payload, d, workers=2, partitions=4, **FAST) as pool:
-        slot = pool._slot_of("k0")
+        slot = pool._crew.supervisor_of("k0")
         await asyncio.to_thread(wait_until, slot.ready.is_set, 30, "the worker ready")
         victim = slot.handle.pid
         fault = freeze(victim)

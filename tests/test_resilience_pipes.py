@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from chaos import _failpoints as fp
 from chaos import break_sockets, failpoint_counts, set_failpoints, wait_until
+from chaos import failpoints as fp
 from system import Pool, read_events
 from system._demo import append_payload
 

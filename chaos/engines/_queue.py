@@ -60,6 +60,11 @@ def commit(store: Any, key: str, message_id: str, payload: Any) -> Any:
     return result
 
 
+def _text(reply: bytes | str) -> str:
+    """A Redis reply as text (bytes: the harness's clients decode none; typed ``bytes | str``)."""
+    return reply.decode() if isinstance(reply, bytes) else reply
+
+
 class QueueTarget:
     name = "queue"
     kinds = frozenset({"leak", "unordered", "broker"})  # what it can take (+ "hosts" across)
@@ -255,7 +260,7 @@ class QueueTarget:
         found = {}
         for name in self._store.scan_iter(match=COMMITTED + "*", count=1000):
             key = name.decode()[len(COMMITTED) :]
-            found[key] = [m.decode() for m in self._store.lrange(name, 0, -1)]
+            found[key] = [_text(m) for m in self._store.lrange(name, 0, -1)]
         return found
 
     async def committed(self) -> dict[str, list[Any]]:
@@ -309,7 +314,7 @@ class QueueTarget:
             elsewhere = "nowhere"
         except (redis.ConnectionError, redis.TimeoutError):  # down or frozen: not known
             placed, elsewhere = {}, "unknown"
-        running = {k.decode(): int(v) for k, v in self._store.hgetall(RUNNING).items()}
+        running = {_text(k): int(v) for k, v in self._store.hgetall(RUNNING).items()}
         found = {}
         for mid in ids:
             if placed.get(mid) in FINAL:  # the engine gave up on it, whatever mark was left

@@ -50,7 +50,9 @@ class CeleryTarget(QueueTarget):
         "worker's broker connection: broker_link)",
     }
 
-    def __init__(self, data_dir: Any, workers: int = 2, *, config: str = "defaults", **options):
+    def __init__(
+        self, data_dir: Any, workers: int = 2, *, config: str = "defaults", **options: Any
+    ):
         if config not in CONFIGS:
             raise ChaosError(
                 f"unknown Celery configuration {config!r}: one of {', '.join(CONFIGS)}"
@@ -98,7 +100,10 @@ class CeleryTarget(QueueTarget):
     def _placed(self) -> dict[str, str]:
         """The queue and kombu's unacknowledged set, read in one transaction (a message
         moving from one to the other is seen in one of them)."""
-        queued, unacked = self._broker.pipeline().lrange(QUEUE, 0, -1).hvals("unacked").execute()
+        pipe = self._broker.pipeline()
+        pipe.lrange(QUEUE, 0, -1)
+        pipe.hvals("unacked")
+        queued, unacked = pipe.execute()
         placed = {}
         for raw in queued:
             placed[_task_id(json.loads(raw))] = "queued"

@@ -59,7 +59,9 @@ class DaskTarget(QueueTarget):
         "worker_kill": "a worker's host killed whole: see host_kill",
     }
 
-    def __init__(self, data_dir: Any, workers: int = 2, *, config: str = "defaults", **options):
+    def __init__(
+        self, data_dir: Any, workers: int = 2, *, config: str = "defaults", **options: Any
+    ):
         if config not in CONFIGS:
             raise ChaosError(f"unknown Dask configuration {config!r}: one of {', '.join(CONFIGS)}")
         self.config = config

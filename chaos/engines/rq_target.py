@@ -36,7 +36,9 @@ class RQTarget(QueueTarget):
         "and its exit",
     }
 
-    def __init__(self, data_dir: Any, workers: int = 2, *, config: str = "defaults", **options):
+    def __init__(
+        self, data_dir: Any, workers: int = 2, *, config: str = "defaults", **options: Any
+    ):
         if config not in CONFIGS:
             raise ChaosError(f"unknown RQ configuration {config!r}: one of {', '.join(CONFIGS)}")
         if options.get("across_hosts"):

@@ -1,0 +1,181 @@
+"""The intake writer: submits wait here until they are durable in the intake log.
+
+``submit`` prepares each message (pickled, checked, given its partition), waits while
+``max_outstanding`` messages are not committed (backpressure), and parks a future. The writer
+task takes every parked submit at once (group commit), appends them in a thread of its own
+(in the event loop if the system refuses a thread), drops ids already in the log (a resubmitted
+id answers with the first offset), hands the new rows to the router, and answers each future
+with its offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import pickle
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from chaos import failpoints
+from chaos.failpoints import failpoint
+
+from ._errors import PayloadError, PoolBroken, UsageError
+from ._events import EventLog
+from ._fallback import is_refusal
+from ._frames import Row
+from ._intake import IntakeLog
+from ._message import check_key, partition_of
+from ._router import Router
+
+#: A prepared submit: ``(id, key, partition, payload, id_was_generated)``.
+Entry = tuple[str, str, int, bytes, bool]
+Parked = tuple[list[Entry], asyncio.Future[list[int]]]
+
+
+class IntakeWriter:
+    def __init__(self, intake: IntakeLog, router: Router, events: EventLog, max_payload: int):
+        self.intake = intake
+        self.router = router
+        self.tally = router.tally
+        self.events = events
+        self.max_payload = max_payload
+        self._pending: list[Parked] = []
+        self._writing: list[Parked] | None = None
+        self._has_pending = asyncio.Event()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="chaosgate-intake")
+        self._inline = False  # no thread could be had: write in the loop
+        self._ids = itertools.count()
+        self._id_prefix = os.urandom(6).hex()
+
+    @property
+    def writing(self) -> bool:
+        return self._writing is not None
+
+    def prepare(self, key: str, payload: Any, mid: str | None) -> Entry:
+        check_key(key)
+        kind = f"{type(payload).__module__}.{type(payload).__qualname__}"
+        try:
+            blob = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as e:
+            raise PayloadError(
+                f"payload of type {kind} for key {key!r} cannot be pickled "
+                f"({type(e).__name__}: {e}); nothing was written. Submit plain data (or an "
+                "importable class) instead"
+            ) from e
+        if len(blob) > self.max_payload:
+            raise PayloadError(
+                f"payload of type {kind} for key {key!r} is {len(blob):,} bytes pickled, over "
+                f"max_payload_bytes={self.max_payload:,}; nothing was written. Store it "
+                "elsewhere and submit a reference, or raise max_payload_bytes"
+            )
+        part = partition_of(key, self.router.partitions)
+        if mid is None:
+            return (f"{self._id_prefix}-{next(self._ids)}", key, part, blob, True)
+        if type(mid) is not str:
+            raise UsageError(f"id must be a str or None; got {type(mid).__name__} {mid!r:.60}")
+        return (mid, key, part, blob, False)
+
+    async def submit(self, entries: list[Entry], check_open: Callable[[], None]) -> list[int]:
+        """Wait for room, then until ``entries`` are durable; their offsets."""
+        while self.tally.outstanding >= self.tally.max_outstanding:
+            self.tally.room.clear()
+            await self.tally.room.wait()
+            check_open()
+        fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._pending.append((entries, fut))
+        self._set_busy()
+        self._has_pending.set()
+        return await fut
+
+    def _set_busy(self) -> None:
+        self.tally.writing = bool(self._pending) or self._writing is not None
+        self.tally.update()
+
+    async def run(self) -> None:
+        while True:
+            await self._has_pending.wait()
+            self._has_pending.clear()
+            batch, self._pending = self._pending, []
+            self._writing = batch
+            try:
+                rows, offsets = await self._write(batch)
+            except Exception as e:
+                err = PoolBroken(
+                    f"the intake log could not be written ({e!r}); nothing was lost "
+                    "that was acknowledged, but these submits were not logged"
+                )
+                err.__cause__ = e
+                self._answer(batch, err)
+                self._writing = None
+                self._set_busy()
+                continue
+            self._writing = None
+            self.tally.submitted += len(rows)
+            self.router.route(rows)
+            i = 0
+            for entries, fut in batch:
+                if not fut.done():
+                    fut.set_result(offsets[i : i + len(entries)])
+                i += len(entries)
+            self._set_busy()
+
+    async def _write(self, batch: list[Parked]) -> tuple[list[Row], list[int]]:
+        """Append in the writer thread; in the event loop itself if no thread can be had."""
+        if not self._inline:
+            try:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._thread, self._append, batch)
+            except RuntimeError as e:
+                if not is_refusal(e):
+                    raise
+                self._inline = True
+                self.events.emit(
+                    "degraded",
+                    None,
+                    None,
+                    component="intake writer",
+                    reason=repr(e),
+                    detail="appending to the intake log in the event loop: slower, never lost",
+                )
+        return self._append(batch)
+
+    def _append(self, batch: list[Parked]) -> tuple[list[Row], list[int]]:
+        intake = self.intake
+        entries = [e for group, _ in batch for e in group]
+        if failpoints.ACTIVE:
+            failpoint("intake.append", messages=len(entries))
+        seen = intake.existing([e[0] for e in entries if not e[4]])
+        rows: list[Row] = []
+        offsets: list[int] = []
+        nxt = intake.next_offset
+        for mid, key, part, blob, auto in entries:
+            if not auto:
+                known = seen.get(mid)
+                if known is not None:
+                    offsets.append(known)
+                    continue
+                seen[mid] = nxt
+            rows.append((nxt, mid, key, part, blob))
+            offsets.append(nxt)
+            nxt += 1
+        if rows:
+            intake.append(rows)
+            intake.next_offset = nxt
+        return rows, offsets
+
+    def _answer(self, batch: list[Parked], err: Exception) -> None:
+        for _, fut in batch:
+            if not fut.done():
+                fut.set_exception(err)
+
+    def fail(self, err: Exception) -> None:
+        """The pool ended: every submit not yet answered gets ``err``."""
+        if self._writing is not None:
+            self._answer(self._writing, err)
+        self._answer(self._pending, err)
+        self._pending.clear()
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
