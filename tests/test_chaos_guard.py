@@ -199,30 +199,44 @@ def test_a_traceback_is_readable_and_bounded() -> None:
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("target", ["Recursive", "BadStr", "NotAnException", "DeepRecursion"])
-def test_schedules_against_a_target_raising_pathological_exceptions(target, tmp_path) -> None:
-    """No INTERNALERROR, no crash: the gate names the target's error (exit 10)."""
-    run = subprocess.run(
-        [
-            *(sys.executable, "-m", "pytest", "scenarios/test_fault_schedules.py"),
-            *("--chaos-target", f"pathological:{target}", "--chaos-gate", "--chaos-seed", "1"),
-            *("--chaos-report", str(tmp_path), "-p", "no:cacheprovider", "-q"),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
-    out = run.stdout + run.stderr
-    assert "INTERNALERROR" not in out, out[-3000:]
-    assert run.returncode == 10, out[-3000:]
-    gate = json.loads((tmp_path / "latest" / "report.json").read_text())["run"]["gate"]
-    (finding,) = gate["findings"]
-    assert finding["category"] == "target_error", finding
-    assert f"{target if target != 'DeepRecursion' else 'RecursionError'}" in finding["text"]
-    assert "gate: WEAKNESS (exit 10)" in out
+PATHOLOGICAL = ("Recursive", "BadStr", "NotAnException", "DeepRecursion")
+
+
+def test_schedules_against_targets_raising_pathological_exceptions(tmp_path) -> None:
+    """No INTERNALERROR, no crash: the gate names the target's error (exit 10). The four runs
+    go side by side (each is a pytest of its own, mostly waiting on its schedule)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
+    runs = {
+        target: subprocess.Popen(
+            [
+                *(sys.executable, "-m", "pytest", "scenarios/test_fault_schedules.py"),
+                *("--chaos-target", f"pathological:{target}", "--chaos-gate", "--chaos-seed", "1"),
+                *("--chaos-report", str(tmp_path / target), "-p", "no:cacheprovider", "-q"),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        for target in PATHOLOGICAL
+    }
+    try:
+        for target, run in runs.items():
+            out = run.communicate(timeout=300)[0]
+            assert "INTERNALERROR" not in out, out[-3000:]
+            assert run.returncode == 10, out[-3000:]
+            report = tmp_path / target / "latest" / "report.json"
+            (finding,) = json.loads(report.read_text())["run"]["gate"]["findings"]
+            assert finding["category"] == "target_error", finding
+            assert f"{target if target != 'DeepRecursion' else 'RecursionError'}" in finding["text"]
+            assert "gate: WEAKNESS (exit 10)" in out
+    finally:
+        for run in runs.values():
+            if run.poll() is None:
+                run.kill()
+                run.wait(timeout=30)
 
 
 class Unsafe:
