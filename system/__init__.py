@@ -3,6 +3,25 @@
 Submit ``(key, payload, id)`` messages; a handler ``handler(state, message) -> state`` runs in
 long-lived worker processes (or threads, or inline) that own partitions of the keys; each
 message's state transition is committed exactly once, also across ``kill -9``.
+
+The parts (``Pool`` in ``_pool`` is the facade that wires them; dependencies go one way, down)::
+
+    submit(key, payload, id) ──► IntakeWriter (_intake_writer): group commit to the IntakeLog
+          ▲ returns the offset once durable         │  ids deduplicated; backpressure (Tally)
+          │                                         ▼ new rows, in offset order
+                                        Router (_router): lane.unsent  (lane = partition % workers)
+                                                  │  dispatcher: at most max_inflight per lane,
+                                                  ▼  max_batch messages per channel write
+                                          lane.inflight ──Batch──► worker (_worker: WorkerCore)
+                                                  ▲                         │ checkpoint (N msgs,
+                                                  └──────── Ack(position) ──┘ T seconds, flush)
+
+    Crew (_crew): a Supervisor (_supervisor) per lane: launch ─► Ready ─► ... ─► exit seen on
+        the sentinel fd ─► read the acks it sent before dying ─► rewind inflight to the front of
+        unsent ─► RestartPolicy: backoff delay, or StepDown ─► relaunch; the replacement claims
+        the partitions (fencing) and skips what was already committed.
+    Watch (_watch): hung and memory checks every heartbeat. Ladder (_ladder): the rung to step
+        down to (Crew.reconfigure), and when to climb back.
 """
 
 from ._config import PoolConfig

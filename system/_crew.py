@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ._config import PoolConfig
+from ._crewing import Crewing, StepDown
 from ._errors import PoolBroken
 from ._events import EventLog, monotonic
 from ._frames import OFFSET, PARTITION
@@ -30,7 +31,7 @@ from ._ladder import Ladder
 from ._restart import RestartPolicy
 from ._router import Lane, Router
 from ._runners import WorkerHandle
-from ._supervisor import Crewing, StepDown, Supervisor
+from ._supervisor import Supervisor
 from ._worker import WorkerSpec
 
 log = logging.getLogger("system")
@@ -89,16 +90,16 @@ class Crew:
             for sup in self.supervisors
         ]
 
-    def _ended(self, sup: Supervisor, outcome: StepDown | PoolBroken) -> None:
+    def _ended(self, worker: int, outcome: StepDown | PoolBroken) -> None:
         if isinstance(outcome, PoolBroken):
-            log.error("supervisor of worker %s failed", sup.index, exc_info=outcome)
+            log.error("supervisor of worker %s failed", worker, exc_info=outcome)
             self._broke(outcome)
             return
         rung = self.ladder.below((self.mode, self.router.workers))
         if rung is None:
             err = PoolBroken(outcome.reason)
             err.__cause__ = outcome.error
-            self.events.emit("gave_up", sup.index, None, reason=outcome.reason)
+            self.events.emit("gave_up", worker, None, reason=outcome.reason)
             self._broke(err)
         elif not self.reconfiguring:
             self.ladder.stepped_down((self.mode, self.router.workers))
@@ -144,8 +145,14 @@ class Crew:
     def supervisor_of(self, key: str) -> Supervisor:
         return self.supervisors[self.router.lane_of_key(key).index]
 
-    async def stop(self, timeout: float, kill_reason: str | None = None) -> None:
-        """Ask every worker to leave; kill the ones still there after ``timeout`` seconds."""
+    async def stop(
+        self, timeout: float, kill_reason: str | None = None, *, closing: bool = False
+    ) -> None:
+        """Ask every worker to leave; kill the ones still there after ``timeout`` seconds.
+
+        A supervisor between workers (a restart backoff, or a launch under way) is cancelled at
+        once when the pool closes, and given 5 s more otherwise (a launch that ends meanwhile
+        sees the rung stopping and stops its worker, rather than orphaning it)."""
         if self._crewing is not None:
             self._crewing.stopping = True
         for sup in self.supervisors:
@@ -158,7 +165,10 @@ class Crew:
         for task in late:
             handle = tasks[task].handle
             if handle is None:
-                task.cancel()  # between workers (a restart backoff): nothing to stop
+                if closing:
+                    task.cancel()  # between workers: nothing to stop
+                else:
+                    dying.add(task)
                 continue
             if kill_reason is not None:
                 self.events.emit("killed", tasks[task].index, handle.pid, reason=kill_reason)
@@ -177,7 +187,7 @@ class Crew:
         if self.reconfigure_task is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self.reconfigure_task), 15.0)
-        await self.stop(max(0.5, deadline - monotonic()), kill_reason="grace expired")
+        await self.stop(max(0.5, deadline - monotonic()), "grace expired", closing=True)
 
     def reconfigure_soon(self, mode: str, workers: int, *, reason: str, kind: str) -> None:
         self.reconfiguring = True  # now, not when the task first runs: no second one,

@@ -10,9 +10,13 @@ waiter gets that error, and so does every later call. ``close()`` ends it too, w
 from __future__ import annotations
 
 import asyncio
+import logging
+import signal
 from enum import Enum
 
 from ._errors import PoolBroken, PoolClosed, UsageError
+
+log = logging.getLogger("system")
 
 
 class State(Enum):
@@ -36,6 +40,21 @@ class Lifecycle:
         self.broken: PoolBroken | None = None
         self.final: Exception | None = None  # what every waiter gets once the pool has ended
         self._ended: asyncio.Event | None = None
+        self.stop_signal: int | None = None  # SIGTERM or SIGINT, once one asked to stop
+
+    def on_signals(self, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+        """On SIGTERM or SIGINT: remember it, say so, and set the returned event."""
+        stopped = asyncio.Event()
+
+        def on_signal(signum: int) -> None:
+            if self.stop_signal is None:
+                self.stop_signal = signum
+                log.warning("received %s: draining and stopping", signal.Signals(signum).name)
+                stopped.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        return stopped
 
     def move(self, to: State) -> None:
         if to not in _NEXT[self.state]:

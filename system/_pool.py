@@ -1,23 +1,7 @@
 """The pool: the facade that opens a data dir, wires the parts, and answers the user.
 
-::
-
-    submit(key, payload, id) ──► IntakeWriter (_intake_writer): group commit to the IntakeLog
-          ▲ returns the offset once durable         │  ids deduplicated; backpressure (Tally)
-          │                                         ▼ new rows, in offset order
-                                        Router (_router): lane.unsent  (lane = partition % workers)
-                                                  │  dispatcher: at most max_inflight per lane,
-                                                  ▼  max_batch messages per channel write
-                                          lane.inflight ──Batch──► worker (_worker: WorkerCore)
-                                                  ▲                         │ checkpoint (N msgs,
-                                                  └──────── Ack(position) ──┘ T seconds, flush)
-
-    Crew (_crew): a Supervisor (_supervisor) per lane: launch ─► Ready ─► ... ─► exit seen on
-        the sentinel fd ─► read the acks it sent before dying ─► rewind inflight to the front of
-        unsent ─► RestartPolicy: backoff delay, or StepDown ─► relaunch; the replacement claims
-        the partitions (fencing) and skips what was already committed.
-    Watch (_watch): hung and memory checks every heartbeat. Ladder (_ladder): the rung to step
-        down to (Crew.reconfigure), and when to climb back.
+The parts, and how a message flows through them, are drawn in the package's docstring
+(``system/__init__.py``).
 
 Every message is in exactly one place until its ack pops it: the intake writer's batch, a
 lane's ``unsent`` or a lane's ``inflight``. An ack means committed, so counts never drift.
@@ -33,7 +17,6 @@ import logging
 import multiprocessing
 import os
 import pickle
-import signal
 import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -86,12 +69,12 @@ class Pool:
         self.data_dir = Path(data_dir)
         self.restart = restart or RestartPolicy()
         self.mode_reason = "asked for"
-        self.stop_signal: int | None = None  # set by the handlers of add_signal_handlers()
         self._mode = config.mode
         self._partitions = config.partitions
         self._life = Lifecycle()
         self._rids = itertools.count()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._closing: asyncio.Future[None] | None = None
 
     # -- what it is now ----------------------------------------------------------------------
     @property
@@ -171,10 +154,19 @@ class Pool:
         self._life.move(State.OPEN)
 
     async def close(self, grace: float = 10.0) -> None:
-        """Stop intake, drain, checkpoint, stop the workers; SIGKILL stragglers at ``grace``."""
-        if self._life.state is not State.OPEN:
+        """Stop intake, drain, checkpoint, stop the workers; SIGKILL stragglers at ``grace``.
+
+        Once begun, a close goes on to the end even if its caller is cancelled; a second call
+        waits for the same one, and a call after one that failed tries again."""
+        if not self._life.started or self.closed:
             return
-        self._life.move(State.CLOSING)
+        if self._closing is None or self._closing.done():
+            self._closing = asyncio.ensure_future(self._close(grace))
+        await asyncio.shield(self._closing)
+
+    async def _close(self, grace: float) -> None:
+        if self._life.state is State.OPEN:
+            self._life.move(State.CLOSING)
         self._crew.halt()
         deadline = monotonic() + grace
         drained = True
@@ -203,17 +195,12 @@ class Pool:
 
     def add_signal_handlers(self) -> asyncio.Event:
         """Close gracefully on SIGTERM or SIGINT; the returned event is set with the signal."""
-        stopped = asyncio.Event()
+        return self._life.on_signals(self._loop)
 
-        def on_signal(signum: int) -> None:
-            if self.stop_signal is None:
-                self.stop_signal = signum
-                log.warning("received %s: draining and stopping", signal.Signals(signum).name)
-                stopped.set()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._loop.add_signal_handler(sig, on_signal, sig)
-        return stopped
+    @property
+    def stop_signal(self) -> int | None:
+        """The signal that asked the pool to stop (see ``add_signal_handlers``), if any."""
+        return self._life.stop_signal
 
     def _fail_waiters(self, err: Exception) -> None:
         """The pool ended (broken, or closed): every waiter gets ``err``."""

@@ -18,52 +18,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from chaos import failpoints
 from chaos.failpoints import failpoint
 
-from ._config import PoolConfig
+from ._crewing import Crewing, StepDown
 from ._errors import PoolBroken, WorkerLost
-from ._events import EventLog, monotonic
+from ._events import monotonic
 from ._fallback import is_refusal
 from ._frames import ID, OFFSET, Ack, Exit, Query, Ready, Rewind, Rewound, State, Stop
 from ._progress import ProgressCell
-from ._restart import RestartPolicy, not_starting
-from ._router import Lane, Router
+from ._restart import not_starting
+from ._router import Lane
 from ._runners import WorkerHandle
 from ._watchdog import Liveness, MemoryTrend, PoisonStreak
-from ._worker import EXIT_MEMORY, WorkerSpec
+from ._worker import EXIT_MEMORY
 
 MAX_FAILED_STARTS = 5  # consecutive deaths before "ready": a worker that cannot start at all
-
-
-@dataclass
-class StepDown:
-    """This rung cannot go on: take the next one."""
-
-    reason: str
-    error: BaseException | None = None
-
-
-@dataclass
-class Crewing:
-    """What the supervisors of one configuration (mode, workers) share."""
-
-    config: PoolConfig
-    mode: str
-    router: Router
-    events: EventLog
-    restart: RestartPolicy
-    data_dir: Path
-    spec: Callable[[Lane, str, dict[int, str]], WorkerSpec]  # lane, progress cell, poison
-    launch: Callable[[WorkerSpec], Awaitable[WorkerHandle]]
-    ended: Callable[[Supervisor, StepDown | PoolBroken], None]
-    stopping: bool = False  # closing or reconfiguring: a worker that ends is not replaced
-    side_tasks: set[asyncio.Task[Any]] = field(default_factory=set)  # hang handlers
 
 
 class Supervisor:
@@ -87,13 +59,21 @@ class Supervisor:
         self.queries: dict[int, asyncio.Future[bytes]] = {}
 
     async def run(self) -> None:
+        outcome: StepDown | PoolBroken | None
         try:
-            step = await self._supervise()
+            outcome = await self._supervise()
         except PoolBroken as e:
-            self.crew.ended(self, e)
+            outcome = e
+        if outcome is None:
             return
-        if step is not None:
-            self.crew.ended(self, step)
+        try:
+            self.crew.ended(self.index, outcome)
+        except Exception as e:  # e.g. the event log cannot be written: the pool is broken
+            if isinstance(outcome, PoolBroken):
+                raise
+            err = PoolBroken(f"the supervisor of worker {self.index} failed: {e!r}")
+            err.__cause__ = e
+            self.crew.ended(self.index, err)
 
     async def _supervise(self) -> StepDown | None:
         crew, i = self.crew, self.index

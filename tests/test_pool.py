@@ -316,3 +316,16 @@ async def test_a_failed_start_holds_nothing(tmp_path: Path) -> None:
     for _ in range(2):  # the second attempt is not refused as "in use": nothing was held
         with pytest.raises(DataDirError, match="not a usable checkpoint store"):
             await Pool(append_payload, tmp_path, workers=1, mode="inline").start()
+
+
+async def test_a_close_whose_caller_is_cancelled_still_closes(tmp_path: Path) -> None:
+    pool = Pool(append_payload, tmp_path, workers=1, mode="inline", partitions=4)
+    await pool.start()
+    await pool.submit("k", 1)
+    first = asyncio.create_task(pool.close())
+    await asyncio.sleep(0)
+    first.cancel()  # as a harness's timeout would: the close goes on
+    second = asyncio.create_task(pool.close())  # waits for the same close
+    await asyncio.wait_for(second, 30)
+    assert pool.closed and read_events(tmp_path)[-1]["kind"] == "stopped"
+    assert [e["kind"] for e in read_events(tmp_path)].count("stopped") == 2  # worker, pool

@@ -12,18 +12,21 @@ from typing import Any
 
 import pytest
 
-from system import PoolBroken, PoolClosed, RestartPolicy, UsageError
+from system import PayloadError, PoolBroken, PoolClosed, RestartPolicy, UsageError
 from system._channel import MemoryChannel
 from system._config import DEFAULTS, PoolConfig
 from system._core import WorkerCore
+from system._crew import Crew
+from system._crewing import Crewing, StepDown
 from system._demo import append_payload
 from system._events import EventLog, read_events
 from system._frames import Ack, Batch, Exit, Flush, Ready
+from system._intake_writer import IntakeWriter
 from system._ladder import Ladder
 from system._lifecycle import Lifecycle, State
 from system._router import Router
 from system._runners import WorkerHandle
-from system._supervisor import MAX_FAILED_STARTS, Crewing, StepDown, Supervisor
+from system._supervisor import MAX_FAILED_STARTS, Supervisor
 from system._tally import Tally
 from system._worker import WorkerSpec
 
@@ -289,3 +292,118 @@ async def test_an_ack_pops_the_work_and_clears_its_poison_mark(crews, tmp_path: 
     await asyncio.wait_for(running, 5)
     dispatcher.cancel()
     assert [e["id"] for e in read_events(tmp_path) if e["kind"] == "dead_lettered"] == ["m0"]
+
+
+# -- intake writer -----------------------------------------------------------------------------
+@pytest.fixture
+def intake(tmp_path: Path):
+    from system._intake import IntakeLog
+
+    log = IntakeLog(tmp_path, 4, durability="process")
+    yield log
+    log.close()
+
+
+async def test_the_intake_writer_logs_once_per_id_in_one_group_commit(intake, tmp_path) -> None:
+    r = router(max_outstanding=100)
+    events = EventLog(tmp_path / "events.jsonl")
+    writer = IntakeWriter(intake, r, events, max_payload=2**20)
+    running = asyncio.create_task(writer.run())
+
+    def never_closed() -> None:
+        pass
+
+    first, again = await asyncio.gather(
+        writer.submit([writer.prepare("a", 1, "x"), writer.prepare("b", 2, None)], never_closed),
+        writer.submit([writer.prepare("a", 1, "x")], never_closed),  # the same id: a no-op
+    )
+    assert first == [0, 1] and again == [0]
+    assert sum(len(lane.unsent) for lane in r.lanes) == 2 and r.tally.submitted == 2
+    assert r.tally.outstanding == 2 and not r.tally.idle.is_set()
+    with pytest.raises(PayloadError, match="over max_payload_bytes"):
+        IntakeWriter(intake, r, events, max_payload=4).prepare("a", "x" * 10, None)
+    running.cancel()
+    writer.close()
+    events.close()
+
+
+async def test_a_submit_waits_while_max_outstanding_are_not_committed(intake, tmp_path) -> None:
+    r = router(max_outstanding=1)
+    events = EventLog(tmp_path / "events.jsonl")
+    writer = IntakeWriter(intake, r, events, max_payload=2**20)
+    running = asyncio.create_task(writer.run())
+    await writer.submit([writer.prepare("a", 1, None)], lambda: None)
+    second = asyncio.create_task(writer.submit([writer.prepare("a", 2, None)], lambda: None))
+    await asyncio.sleep(0.05)
+    assert not second.done()  # backpressure: one outstanding, none committed
+    r.lanes[r.lane_of_key("a").index].inflight.append(r.lane_of_key("a").unsent.popleft())
+    r.ack(r.lane_of_key("a"), 0)
+    assert await asyncio.wait_for(second, 5) == [1]
+    running.cancel()
+    writer.close()
+    events.close()
+
+
+# -- crew: a new rung, poison marks following their messages -----------------------------------
+async def test_a_reconfiguration_moves_every_message_and_its_poison_mark(tmp_path: Path) -> None:
+    config = PoolConfig(workers=2, partitions=4, mode="inline")
+    r = Router(config, 2, 4, Tally(config.max_outstanding))
+    events = EventLog(tmp_path / "events.jsonl")
+    launch, broken = FakeWorker(), []
+    crew = Crew(
+        config=config,
+        router=r,
+        events=events,
+        restart=RestartPolicy(base=0.001, cap=0.001),
+        data_dir=tmp_path,
+        spec=lambda mode, lane, cell, poison: WorkerSpec(append_payload, str(tmp_path), 0, (0,)),
+        launch=lambda mode, spec: launch(spec),
+        ladder=Ladder(cooldown=None),
+        on_broken=broken.append,
+    )
+    r.route([row(0, 1), row(1, 3), row(2, 0)])  # offsets 0 and 1 on lane 1
+    crew.start("inline")
+    crew.supervisors[1].poison[1] = "in flight during 3 deaths"
+    await crew.reconfigure("thread", 1, reason="test", kind="degraded")
+    assert crew.mode == "thread" and len(crew.supervisors) == 1
+    assert [m[0] for m in r.lanes[0].unsent] == [0, 1, 2]
+    assert crew.supervisors[0].poison == {1: "in flight during 3 deaths"}
+    (step,) = [e for e in read_events(tmp_path) if e["kind"] == "degraded"]
+    assert (step["was_workers"], step["workers"], step["replaying"]) == (2, 1, 3)
+    crew.halt()
+    for handle in launch.handles:
+        handle.kill()
+    await crew.stop(5.0)
+    await crew.cancel()
+    events.close()
+    assert broken == []
+
+
+# -- watch: hung by silence, on a fake clock -----------------------------------------------------
+async def test_a_worker_silent_for_hang_timeout_is_hung_once(crews, monkeypatch) -> None:
+    from system import _watch
+
+    stopped: list[dict[str, Any]] = []
+
+    async def stop_hung(handle: WorkerHandle, index: int, **how: Any) -> None:
+        stopped.append(how)
+
+    monkeypatch.setattr(_watch, "stop_hung", stop_hung)
+    launch, ended = FakeWorker(), []
+    crew = crews(launch, ended)
+    sup = crews.supervisor(crew)
+    running = asyncio.create_task(sup.run())
+    await asyncio.wait_for(sup.ready.wait(), 5)
+    timeout = crew.config.hang_timeout
+    _watch.check(sup, now=100.0)  # first sight of its progress cell
+    sup.cell.cells[2] += 1  # its loop ticked: alive
+    _watch.check(sup, now=100.0 + timeout)
+    assert not sup.hanging
+    _watch.check(sup, now=100.0 + 2 * timeout + 0.1)  # silent for longer than hang_timeout
+    _watch.check(sup, now=100.0 + 3 * timeout)  # told once, not again
+    await asyncio.sleep(0)
+    assert sup.hanging and len(stopped) == 1
+    assert stopped[0]["silence"] > timeout and stopped[0]["hang_timeout"] == timeout
+    crew.stopping = True
+    launch.handles[0].kill()
+    await asyncio.wait_for(running, 5)
