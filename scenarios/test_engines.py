@@ -248,8 +248,7 @@ CORE = {
     ("celery", "memory_growth"),
     ("rq", "kill_busy"),
     ("rq retry", "kill_busy"),
-    ("rq", "kill_idle"),
-}
+}  # not rq kill_idle: an engine's race (hung or recovered) proves little in 13 s of make test
 
 
 assert all(cell in EXPECTED for cell in CORE), sorted(set(CORE) - set(EXPECTED))

@@ -183,9 +183,9 @@ UNSTABLE = {
 }
 
 # The default selection (make test): a partition that each engine, tuned, answers twice.
-CORE = {  # (make test under load took 15 min 0 s with Dask's kill busy in it as well)
+CORE = {  # one cell in make test (a partition Dask answers twice); the Celery target across
+    # hosts is proven in tests/test_chaos_network.py, its matrix under -m network_full
     ("dask fast+release", "partition_worker"),
-    ("celery acks_late+reject -vt", "partition_worker"),
 }
 assert all(cell in EXPECTED for cell in CORE), sorted(set(CORE) - set(EXPECTED))
 

@@ -199,7 +199,7 @@ def test_a_traceback_is_readable_and_bounded() -> None:
 ROOT = Path(__file__).resolve().parent.parent
 
 
-PATHOLOGICAL = ("Recursive", "BadStr", "NotAnException", "DeepRecursion")
+PATHOLOGICAL_TARGETS = ("Recursive", "BadStr", "NotAnException", "DeepRecursion")
 
 
 def test_schedules_against_targets_raising_pathological_exceptions(tmp_path) -> None:
@@ -220,7 +220,7 @@ def test_schedules_against_targets_raising_pathological_exceptions(tmp_path) -> 
             stdin=subprocess.DEVNULL,
             text=True,
         )
-        for target in PATHOLOGICAL
+        for target in PATHOLOGICAL_TARGETS
     }
     try:
         for target, run in runs.items():
