@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -40,10 +41,10 @@ def trivial(i: int) -> int:
     return i + 1
 
 
-async def _pool_run(n: int, mode: str) -> float:
+async def _pool_run(n: int, mode: str, settings: dict[str, Any]) -> float:
     data = Path(tempfile.mkdtemp(prefix="chaosgate-bench-", dir=Path.cwd()))
     try:
-        async with Pool(count, data, workers=2, mode=mode) as pool:
+        async with Pool(count, data, workers=2, mode=mode, **settings) as pool:
             await pool.submit("warm", 0)
             await pool.drain()
             items = [(f"k{i % 100}", i) for i in range(n)]
@@ -61,8 +62,8 @@ async def _pool_run(n: int, mode: str) -> float:
         shutil.rmtree(data)
 
 
-def pool(mode: str):
-    return lambda n: asyncio.run(_pool_run(n, mode))
+def pool(mode: str, **settings: Any):
+    return lambda n: asyncio.run(_pool_run(n, mode, settings))
 
 
 def peer(open_pool, map_name: str, chunksize: int):
@@ -111,6 +112,9 @@ def mp_imap(chunksize: int):
 CONTENDERS = {
     "system.Pool process, 2 workers (durable, exactly-once)": pool("process"),
     "system.Pool thread, 2 workers (durable, exactly-once)": pool("thread"),
+    "system.Pool process, rare checkpoints (every 100,000 or 10 s)": pool(
+        "process", checkpoint_every=100_000, checkpoint_interval=10.0
+    ),
     "ProcessPoolExecutor.map (chunksize=1, default)": executor_map(1),
     "ProcessPoolExecutor.map (chunksize=100)": executor_map(100),
     "multiprocessing.Pool.imap (chunksize=1, default)": mp_imap(1),

@@ -102,6 +102,22 @@ class CheckpointStore:
         row = self._db.execute(q, (message_id,)).fetchone()
         return (False, None) if row is None else (True, pickle.loads(row[0]))
 
+    def forget(self, message_ids: Iterable[str]) -> int:
+        """Drop the results of ``message_ids``; how many there were."""
+        ids = list(message_ids)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            n = 0
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                q = f"DELETE FROM results WHERE id IN ({','.join('?' * len(chunk))})"
+                n += self._db.execute(q, chunk).rowcount
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        return n
+
     def dead_letters(self) -> list[dict[str, Any]]:
         cols = ("id", "partition", "offset", "key", "reason", "traceback", "ts")
         rows = self._db.execute("SELECT * FROM dead_letters ORDER BY seq")

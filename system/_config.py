@@ -30,7 +30,7 @@ class PoolConfig:
     checkpoint_every: int = 5000  # messages ...
     checkpoint_interval: float = 0.05  # ... or seconds after the first uncommitted one
     durability: str = "fsync"  # or "process": survives a crash of the process, not of the machine
-    max_inflight: int = 10_000  # sent to one worker and not acknowledged
+    max_inflight: int = 10_000  # sent to one worker and not yet applied (its credits)
     max_batch: int = 1_000  # messages in one channel write
     max_outstanding: int = 200_000  # submitted and not committed: submit() waits beyond it
     max_batch_bytes: int = 16 * 2**20
@@ -49,6 +49,11 @@ class PoolConfig:
     start_method: str = "forkserver"
     fallback_cooldown: float | None = 60.0  # climb back a rung after this long without trouble
     worker_memory: int = WORKER_MEMORY  # assumed per worker process, for mode="auto"
+    dedup_window: int | None = 1_000_000  # a resubmitted id is a no-op within the last this
+    # many messages; beyond it, committed messages leave the intake log (None: keep them all)
+    compact_every: int = 50_000  # messages logged between two compactions of the intake log
+    events_max_bytes: int = 64 * 2**20  # events.jsonl rotates past this size ...
+    events_keep: int = 4  # ... keeping this many old files (events.jsonl.1 the newest)
     where: str = field(default="PoolConfig()", compare=False, repr=False)
 
     @classmethod
@@ -104,6 +109,8 @@ _POSITIVE_INTS = (
     "max_outstanding",
     "max_batch_bytes",
     "max_payload_bytes",
+    "events_max_bytes",
+    "compact_every",
 )
 _RULES: tuple[tuple[str, str, Callable[[PoolConfig], bool]], ...] = (
     (
@@ -116,6 +123,12 @@ _RULES: tuple[tuple[str, str, Callable[[PoolConfig], bool]], ...] = (
     ("retries", ">= 0", lambda c: c.retries >= 0),
     ("retry_backoff", ">= 0 seconds", lambda c: c.retry_backoff >= 0),
     ("checkpoint_interval", "> 0 seconds", lambda c: c.checkpoint_interval > 0),
+    ("events_keep", ">= 0", lambda c: c.events_keep >= 0),
+    (
+        "dedup_window",
+        "None or an int >= 0",
+        lambda c: c.dedup_window is None or (type(c.dedup_window) is int and c.dedup_window >= 0),
+    ),
 )
 
 DEFAULTS = PoolConfig(where="defaults")

@@ -134,7 +134,8 @@ class Crew:
                     "worker": s.index,
                     "pid": s.handle.pid if s.handle else None,
                     "ready": s.ready.is_set(),
-                    "inflight": len(s.lane.inflight),
+                    "inflight": len(s.lane.inflight),  # sent, not yet applied
+                    "applied": len(s.lane.applied),  # applied, not yet committed
                     "unsent": len(s.lane.unsent),
                     "restarts": s.restarts,
                 }

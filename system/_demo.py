@@ -52,6 +52,7 @@ async def run(
         mode=mode,
         partitions=partitions,
         durability=durability,
+        dedup_window=None,  # a rerun resubmits every id: all must stay known
     )
     await pool.start()
     stop = pool.add_signal_handlers()

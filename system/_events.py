@@ -28,8 +28,11 @@ def monotonic() -> float:
 
 
 class EventLog:
-    def __init__(self, path: Path):
-        self.path = path
+    """``events.jsonl``, rotated by size: past ``max_bytes`` it becomes ``events.jsonl.1`` (the
+    one before ``.2``, and so on); the ``keep`` newest old files are kept, older ones removed."""
+
+    def __init__(self, path: Path, max_bytes: int = 64 * 2**20, keep: int = 4):
+        self.path, self.max_bytes, self.keep = path, max_bytes, keep
         self._file = open(path, "a", encoding="utf-8")  # closed in close()
         self._subscribers: list[asyncio.Queue[dict[str, Any] | None]] = []
         self.counts: dict[str, int] = {}
@@ -44,11 +47,27 @@ class EventLog:
         if not self._file.closed:
             self._file.write(json.dumps(event, default=repr) + "\n")
             self._file.flush()
+            if self._file.tell() > self.max_bytes:
+                self._rotate()
         for q in self._subscribers:
             q.put_nowait(event)
         if kind in _TOLD:
             log.warning("%s", _describe(event))
         return event
+
+    def _rotate(self) -> None:
+        self._file.close()
+        old = _rotated(self.path)
+        for n, path in sorted(old.items(), reverse=True):
+            if n >= self.keep:
+                path.unlink(missing_ok=True)
+            else:
+                path.replace(self.path.with_name(f"{self.path.name}.{n + 1}"))
+        if self.keep > 0:
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink(missing_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
 
     async def stream(self) -> AsyncIterator[dict[str, Any]]:
         """Every event from now on, until the pool stops."""
@@ -66,17 +85,32 @@ class EventLog:
         self._file.close()
 
 
+def _rotated(path: Path) -> dict[int, Path]:
+    """The rotated files of ``path``: ``{1: events.jsonl.1, 2: ...}`` (1 the newest)."""
+    found = {}
+    for p in path.parent.glob(f"{path.name}.*"):
+        suffix = p.name[len(path.name) + 1 :]
+        if suffix.isdigit():
+            found[int(suffix)] = p
+    return found
+
+
 def read_events(data_dir: str | Path) -> list[dict[str, Any]]:
-    """The events in ``<data dir>/events.jsonl`` (a line torn by a crash mid-write is skipped)."""
+    """The events in ``<data dir>/events.jsonl`` and the rotated files kept, oldest first (a line
+    torn by a crash mid-write is skipped)."""
     path = Path(data_dir) / "events.jsonl"
-    if not path.exists():
-        return []
+    files = [p for _, p in sorted(_rotated(path).items(), reverse=True)]
     found = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for f in [*files, path]:
         try:
-            found.append(json.loads(line))
-        except json.JSONDecodeError:
+            text = f.read_text(encoding="utf-8")
+        except FileNotFoundError:  # rotated away meanwhile
             continue
+        for line in text.splitlines():
+            try:
+                found.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
     return found
 
 

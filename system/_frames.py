@@ -1,9 +1,10 @@
 """Every frame on the channel between the supervisor and a worker, and how a worker exited.
 
 To a worker: ``Batch``, ``Query``, ``Flush``, ``Rewound``, ``Stop``. From a worker: ``Ready``
-once it has claimed its partitions, ``Ack`` after each checkpoint (every message at or below
-``position`` that this worker was sent is committed), ``Rewind`` (resend everything after
-``position``; see ``WorkerCore.apply``), ``State`` (a query's answer).
+once it has claimed its partitions, ``Applied`` after each batch (every message at or below
+``position`` that it was sent is applied: credits come back), ``Ack`` after each checkpoint
+(... is committed), ``Rewind`` (resend everything after ``position``; see
+``WorkerCore.apply``), ``State`` (a query's answer).
 
 The messages inside a ``Batch`` stay plain tuples (``Wire``, read through the ``OFFSET`` ...
 ``ATTEMPT`` indices): a named tuple per message costs 4x more to pickle, on the hot path.
@@ -63,6 +64,10 @@ class Ack(NamedTuple):
     dead: list[Dead]
 
 
+class Applied(NamedTuple):
+    position: int
+
+
 class Rewind(NamedTuple):
     position: int
 
@@ -73,7 +78,7 @@ class State(NamedTuple):
 
 
 ToWorker = Batch | Query | Flush | Rewound | Stop
-FromWorker = Ready | Ack | Rewind | State
+FromWorker = Ready | Applied | Ack | Rewind | State
 
 
 @dataclass(frozen=True)

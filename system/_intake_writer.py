@@ -5,7 +5,8 @@
 task takes every parked submit at once (group commit), appends them in a thread of its own
 (in the event loop if the system refuses a thread), drops ids already in the log (a resubmitted
 id answers with the first offset), hands the new rows to the router, and answers each future
-with its offsets.
+with its offsets. Every ``compact_every`` messages it also compacts the log (in the same
+thread, so never beside an append): what is committed and older than ``dedup_window`` goes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from chaos import failpoints
 from chaos.failpoints import failpoint
 
+from ._config import PoolConfig
 from ._errors import PayloadError, PoolBroken, UsageError
 from ._events import EventLog
 from ._fallback import is_refusal
@@ -32,15 +34,19 @@ from ._router import Router
 #: A prepared submit: ``(id, key, partition, payload, id_was_generated)``.
 Entry = tuple[str, str, int, bytes, bool]
 Parked = tuple[list[Entry], asyncio.Future[list[int]]]
+#: What a write did: the new rows, each submit's offsets, and a compaction (removed, below).
+Written = tuple[list[Row], list[int], tuple[int, int] | None]
 
 
 class IntakeWriter:
-    def __init__(self, intake: IntakeLog, router: Router, events: EventLog, max_payload: int):
+    def __init__(self, intake: IntakeLog, router: Router, events: EventLog, config: PoolConfig):
         self.intake = intake
         self.router = router
         self.tally = router.tally
         self.events = events
-        self.max_payload = max_payload
+        self.max_payload = config.max_payload_bytes
+        self.window, self.compact_every = config.dedup_window, config.compact_every
+        self._since_compact = 0
         self._pending: list[Parked] = []
         self._writing: list[Parked] | None = None
         self._has_pending = asyncio.Event()
@@ -100,7 +106,7 @@ class IntakeWriter:
             batch, self._pending = self._pending, []
             self._writing = batch
             try:
-                rows, offsets = await self._write(batch)
+                rows, offsets, compacted = await self._write(batch)
             except Exception as e:
                 err = PoolBroken(
                     f"the intake log could not be written ({e!r}); nothing was lost "
@@ -112,6 +118,8 @@ class IntakeWriter:
                 self._set_busy()
                 continue
             self._writing = None
+            if compacted is not None and compacted[0] > 0:
+                self.events.emit("compacted", removed=compacted[0], below=compacted[1])
             self.tally.submitted += len(rows)
             self.router.route(rows)
             i = 0
@@ -121,12 +129,13 @@ class IntakeWriter:
                 i += len(entries)
             self._set_busy()
 
-    async def _write(self, batch: list[Parked]) -> tuple[list[Row], list[int]]:
+    async def _write(self, batch: list[Parked]) -> Written:
         """Append in the writer thread; in the event loop itself if no thread can be had."""
+        committed = dict(self.tally.offsets)  # a snapshot, for the thread
         if not self._inline:
             try:
                 loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._thread, self._append, batch)
+                return await loop.run_in_executor(self._thread, self._append, batch, committed)
             except RuntimeError as e:
                 if not is_refusal(e):
                     raise
@@ -139,9 +148,9 @@ class IntakeWriter:
                     reason=repr(e),
                     detail="appending to the intake log in the event loop: slower, never lost",
                 )
-        return self._append(batch)
+        return self._append(batch, committed)
 
-    def _append(self, batch: list[Parked]) -> tuple[list[Row], list[int]]:
+    def _append(self, batch: list[Parked], committed: dict[int, int]) -> Written:
         intake = self.intake
         entries = [e for group, _ in batch for e in group]
         if failpoints.ACTIVE:
@@ -163,7 +172,13 @@ class IntakeWriter:
         if rows:
             intake.append(rows)
             intake.next_offset = nxt
-        return rows, offsets
+        self._since_compact += len(rows)
+        compacted = None
+        if self.window is not None and self._since_compact >= self.compact_every:
+            self._since_compact = 0
+            below = nxt - self.window
+            compacted = (intake.compact(committed, below), below)
+        return rows, offsets, compacted
 
     def _answer(self, batch: list[Parked], err: Exception) -> None:
         for _, fut in batch:

@@ -61,7 +61,9 @@ def open_data_dir(data_dir: Path, config: PoolConfig) -> Opened:
                 "restore it from a backup, or use another data dir"
             ) from e
         opened.append(store)
-        events = EventLog(data_dir / "events.jsonl")
+        events = EventLog(
+            data_dir / "events.jsonl", max_bytes=config.events_max_bytes, keep=config.events_keep
+        )
         opened.append(events)
         committed = store.committed()
     except BaseException:

@@ -119,6 +119,7 @@ class Pool:
         self._router = Router(c, c.workers, partitions, tally)
         rows = intake.read_after(self._opened.committed, partitions)
         tally.recovered = self._router.route(rows)
+        tally.offsets.update(self._opened.committed)
         events.emit(
             "opened",
             mode=self._mode,
@@ -128,7 +129,7 @@ class Pool:
             pid_pool=os.getpid(),
             mode_reason=self.mode_reason,
         )
-        self._writer = IntakeWriter(intake, self._router, events, c.max_payload_bytes)
+        self._writer = IntakeWriter(intake, self._router, events, c)
         self._crew = Crew(
             config=c,
             router=self._router,
@@ -280,6 +281,11 @@ class Pool:
     def result(self, id: str) -> tuple[bool, Any]:
         """``(True, value)`` once message ``id``'s output is committed, else ``(False, None)``."""
         return self._opened.store.result(id)
+
+    def forget(self, *ids: str) -> int:
+        """Drop the stored results of ``ids`` (read them first): the outbox holds only what is
+        not forgotten. A message's result is never stored again: its offset is committed."""
+        return self._opened.store.forget(ids)
 
     def dead_letters(self) -> list[dict[str, Any]]:
         return self._opened.store.dead_letters()

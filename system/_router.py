@@ -1,14 +1,17 @@
 """The router: which worker owns which message, and the dispatcher that sends it there.
 
-Partition ``p`` belongs to lane ``p % workers`` (``lane_of``: the only copy of that rule). Each
-lane holds, in offset order, what is waiting for its worker (``unsent``) and what was sent and
-not acknowledged (``inflight``). Every message is in exactly one place until its ack pops it:
-the intake writer's batch, a lane's ``unsent`` or a lane's ``inflight``.
+Partition ``p`` belongs to lane ``p % workers`` (``lane_of``: the only copy of that rule;
+``route`` inlines it). Each lane holds, in offset order, what is waiting for its worker
+(``unsent``), what was sent and not yet applied (``inflight``), and what its worker applied and
+has not yet committed (``applied``). Every message is in exactly one place until its ack pops it:
+the intake writer's batch, or a lane's ``unsent``, ``inflight`` or ``applied``.
 
 The dispatcher sends to every lane whose worker is ready (``lane.channel``) at most
-``max_inflight`` unacknowledged messages, ``max_batch`` (and ``max_batch_bytes``) per write.
-An ack pops what it covers; a death or a ``Rewind`` puts the in-flight messages back in front,
-to be sent again (``rewind``), with their attempt counted.
+``max_inflight`` messages not yet applied, ``max_batch`` (and ``max_batch_bytes``) per write:
+credits come back as the worker applies (``Applied``), not when it checkpoints, so a rare
+checkpoint does not stall the flow. An ack (after a checkpoint) pops what it covers; a death or
+a ``Rewind`` puts everything not acknowledged back in front, to be sent again (``rewind``),
+with its attempt counted. What waits for a checkpoint is bounded by ``max_outstanding``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class Lane:
     partitions: tuple[int, ...]
     unsent: deque[Wire] = field(default_factory=deque)
     inflight: deque[Wire] = field(default_factory=deque)
+    applied: deque[Wire] = field(default_factory=deque)
     channel: Channel | None = None  # set while its worker is ready
     kill: Callable[[], None] = lambda: None  # its worker's
     flush_sent: bool = False
@@ -73,7 +77,9 @@ class Router:
 
     def regroup(self, workers: int) -> list[Wire]:
         """Every message not acknowledged, in offset order, to ``workers`` new lanes."""
-        messages = sorted(m for lane in self.lanes for m in (*lane.inflight, *lane.unsent))
+        messages = sorted(
+            m for lane in self.lanes for m in (*lane.applied, *lane.inflight, *lane.unsent)
+        )
         self.lanes = self._lanes(workers)
         for m in messages:
             self.lane_of(m[PARTITION]).unsent.append(m)
@@ -91,13 +97,23 @@ class Router:
         lane.channel = None
         return self.rewind(lane)
 
-    def ack(self, lane: Lane, position: int) -> int:
-        """Everything in flight up to ``position`` is committed; how many that was."""
-        inflight = lane.inflight
-        n = 0
+    def applied(self, lane: Lane, position: int) -> None:
+        """Everything sent up to ``position`` is applied: its credits come back."""
+        inflight, applied = lane.inflight, lane.applied
         while inflight and inflight[0][OFFSET] <= position:
-            inflight.popleft()
-            n += 1
+            applied.append(inflight.popleft())
+        self.wake.set()
+
+    def ack(self, lane: Lane, position: int, offsets: dict[int, int] | None = None) -> int:
+        """Everything sent up to ``position`` is committed, and each partition of ``offsets`` up
+        to its offset; how many messages that was."""
+        if offsets:
+            self.tally.offsets.update(offsets)
+        n = 0
+        for held in (lane.applied, lane.inflight):  # older first
+            while held and held[0][OFFSET] <= position:
+                held.popleft()
+                n += 1
         lane.flush_sent = False
         self.tally.done(n)
         self.wake.set()
@@ -105,10 +121,12 @@ class Router:
 
     def rewind(self, lane: Lane) -> int:
         """Put the lane's unacknowledged messages back in front, to be sent again; how many."""
-        n = len(lane.inflight)
+        n = len(lane.applied) + len(lane.inflight)
         if n:
-            again = [(*m[:ATTEMPT], m[ATTEMPT] + 1) for m in lane.inflight]
+            held = (*lane.applied, *lane.inflight)
+            again = [(*m[:ATTEMPT], m[ATTEMPT] + 1) for m in held]
             lane.unsent.extendleft(reversed(again))
+            lane.applied.clear()
             lane.inflight.clear()
         lane.flush_sent = False
         self.wake.set()
@@ -132,7 +150,8 @@ class Router:
                         if failpoints.ACTIVE:
                             failpoint("dispatch.send", pipe=channel.break_, worker=lane.index)
                         channel.send_nowait(Batch(batch))
-                    if self.draining and inflight and not unsent and not lane.flush_sent:
+                    held = inflight or lane.applied
+                    if self.draining and held and not unsent and not lane.flush_sent:
                         channel.send_nowait(Flush())
                         lane.flush_sent = True
                 except EOFError:

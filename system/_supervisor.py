@@ -27,7 +27,7 @@ from ._crewing import Crewing, StepDown
 from ._errors import PoolBroken, WorkerLost
 from ._events import monotonic
 from ._fallback import is_refusal
-from ._frames import ID, OFFSET, Ack, Exit, Query, Ready, Rewind, Rewound, State, Stop
+from ._frames import ID, OFFSET, Ack, Applied, Exit, Query, Ready, Rewind, Rewound, State, Stop
 from ._progress import ProgressCell
 from ._restart import not_starting
 from ._router import Lane
@@ -172,8 +172,8 @@ class Supervisor:
         self.ready.clear()
         self.handle = None
         self.fail_queries(WorkerLost(f"worker {self.index} exited: {cause.text()}"))
-        inflight = self.lane.inflight
-        last = inflight[-1][OFFSET] if inflight else None  # the replay must reach this
+        held = self.lane.inflight or self.lane.applied
+        last = held[-1][OFFSET] if held else None  # the replay must reach this
         lost = self.crew.router.close(self.lane)
         in_flight = self.cell.read()[0]
         events = self.crew.events
@@ -224,8 +224,10 @@ class Supervisor:
                 frame = await channel.recv()
             except EOFError:
                 return
-            if type(frame) is Ack:
-                n = router.ack(self.lane, frame.position)
+            if type(frame) is Applied:
+                router.applied(self.lane, frame.position)
+            elif type(frame) is Ack:
+                n = router.ack(self.lane, frame.position, frame.offsets)
                 if self.poison:
                     for offset in [o for o in self.poison if o <= frame.position]:
                         del self.poison[offset]

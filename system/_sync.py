@@ -90,6 +90,9 @@ class SyncPool:
     def result(self, id: str) -> tuple[bool, Any]:
         return self._call(self._in_loop(self._pool.result, id))
 
+    def forget(self, *ids: str) -> int:
+        return self._call(self._in_loop(self._pool.forget, *ids))
+
     def dead_letters(self) -> list[dict[str, Any]]:
         return self._call(self._in_loop(self._pool.dead_letters))
 

@@ -12,6 +12,7 @@ class Tally:
         self.submitted = 0  # logged by this pool
         self.recovered = 0  # found in the log at start, not committed: replayed
         self.committed = 0
+        self.offsets: dict[int, int] = {}  # each partition's committed offset, as acks tell
         self.outstanding = 0  # logged (or recovered) and not yet committed
         self.writing = False  # submits taken by the intake writer and not yet answered
         self.room = asyncio.Event()  # set while outstanding < max_outstanding (backpressure)

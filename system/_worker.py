@@ -31,7 +31,7 @@ from ._channel import Channel, StreamChannel
 from ._checkpoint import CheckpointStore
 from ._config import DEFAULTS, PoolConfig
 from ._core import Handler, WorkerCore
-from ._frames import Ack, Batch, Flush, Query, Ready, Rewound, State, Stop
+from ._frames import Ack, Applied, Batch, Flush, Query, Ready, Rewound, State, Stop
 from ._progress import ProgressCell
 from ._router import Lane
 
@@ -165,6 +165,8 @@ async def serve(
                         raise
                     for reply in replies:
                         channel.send_nowait(reply)
+                    if not core.rewinding:
+                        channel.send_nowait(Applied(core.last_applied))
                     if core.stop_requested:
                         return  # recycled: what was not applied is resent to the replacement
                 elif type(frame) is Rewound:

@@ -159,6 +159,8 @@ def test_a_disabled_site_costs_next_to_nothing() -> None:
 
 SITES = {  # site -> where it runs
     "intake.append": "supervisor",
+    "intake.compact": "supervisor",
+    "intake.compacted": "supervisor",
     "dispatch.send": "supervisor",
     "worker.spawn": "supervisor",
     "worker.start": "worker",
@@ -176,9 +178,19 @@ async def test_every_site_in_the_pool_is_reached(tmp_path: Path, monkeypatch, st
     monkeypatch.setenv(fp.ENV_LOG, str(log))
     # Set after any forkserver started: workers get the settings with their spec, not the env.
     set_failpoints(";".join(f"{site}=sleep(0)" for site in SITES))
-    pool = Pool(append_payload, tmp_path / "d", workers=2, partitions=4, start_method=start_method)
+    pool = Pool(
+        append_payload,
+        tmp_path / "d",
+        workers=2,
+        partitions=4,
+        start_method=start_method,
+        dedup_window=0,  # compact at every write, once something is committed
+        compact_every=1,
+    )
     async with pool:
         await pool.submit_many([(f"k{i}", i) for i in range(100)])
+        await pool.drain(timeout=60)
+        await pool.submit("k0", 100)  # its write compacts what the first ones committed
         await pool.drain(timeout=60)
         workers = set(pool.worker_pids())
     lines = [line.split(" ", 2) for line in log.read_text().splitlines()]

@@ -88,6 +88,28 @@ async def test_the_router_sends_by_partition_and_pops_what_an_ack_covers() -> No
     dispatcher.cancel()
 
 
+async def test_credits_come_back_when_work_is_applied_not_when_it_is_committed() -> None:
+    r = router(workers=1, max_inflight=2, max_batch=2)
+    r.route([row(i, 0) for i in range(6)])
+    lane = r.lanes[0]
+    ours, theirs = MemoryChannel.pair()
+    r.open(lane, ours, lambda: None)
+    dispatcher = asyncio.create_task(r.run())
+    assert [m[0] for m in (await theirs.recv()).messages] == [0, 1]
+    await asyncio.sleep(0.01)
+    assert len(lane.unsent) == 4  # no credit left: nothing more sent
+    r.applied(lane, 1)  # applied, not yet checkpointed: the credits come back
+    assert [m[0] for m in (await theirs.recv()).messages] == [2, 3]
+    assert [m[0] for m in lane.applied] == [0, 1] and r.tally.committed == 0
+    assert r.ack(lane, 2) == 3  # a checkpoint covers the applied ones and one in flight
+    assert [m[0] for m in lane.inflight] == [3] and not lane.applied
+    r.applied(lane, 3)
+    await theirs.recv()
+    assert r.close(lane) == 3  # a death: applied-but-uncommitted ones are sent again too
+    assert [m[0] for m in lane.unsent] == [3, 4, 5] and lane.unsent[0][5] == 2
+    dispatcher.cancel()
+
+
 async def test_a_drain_asks_a_worker_with_work_in_flight_to_flush() -> None:
     r = router()
     r.route([row(0, 0)])
@@ -307,7 +329,7 @@ def intake(tmp_path: Path):
 async def test_the_intake_writer_logs_once_per_id_in_one_group_commit(intake, tmp_path) -> None:
     r = router(max_outstanding=100)
     events = EventLog(tmp_path / "events.jsonl")
-    writer = IntakeWriter(intake, r, events, max_payload=2**20)
+    writer = IntakeWriter(intake, r, events, PoolConfig())
     running = asyncio.create_task(writer.run())
 
     def never_closed() -> None:
@@ -321,7 +343,9 @@ async def test_the_intake_writer_logs_once_per_id_in_one_group_commit(intake, tm
     assert sum(len(lane.unsent) for lane in r.lanes) == 2 and r.tally.submitted == 2
     assert r.tally.outstanding == 2 and not r.tally.idle.is_set()
     with pytest.raises(PayloadError, match="over max_payload_bytes"):
-        IntakeWriter(intake, r, events, max_payload=4).prepare("a", "x" * 10, None)
+        IntakeWriter(intake, r, events, PoolConfig(max_payload_bytes=4)).prepare(
+            "a", "x" * 10, None
+        )
     running.cancel()
     writer.close()
     events.close()
@@ -330,7 +354,7 @@ async def test_the_intake_writer_logs_once_per_id_in_one_group_commit(intake, tm
 async def test_a_submit_waits_while_max_outstanding_are_not_committed(intake, tmp_path) -> None:
     r = router(max_outstanding=1)
     events = EventLog(tmp_path / "events.jsonl")
-    writer = IntakeWriter(intake, r, events, max_payload=2**20)
+    writer = IntakeWriter(intake, r, events, PoolConfig())
     running = asyncio.create_task(writer.run())
     await writer.submit([writer.prepare("a", 1, None)], lambda: None)
     second = asyncio.create_task(writer.submit([writer.prepare("a", 2, None)], lambda: None))
@@ -407,3 +431,26 @@ async def test_a_worker_silent_for_hang_timeout_is_hung_once(crews, monkeypatch)
     crew.stopping = True
     launch.handles[0].kill()
     await asyncio.wait_for(running, 5)
+
+
+# -- events: rotated by size, read back in order -------------------------------------------------
+def test_the_event_log_rotates_by_size_and_reads_back_in_order(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "events.jsonl", max_bytes=600, keep=2)
+    for i in range(200):
+        log.emit("tick", None, None, seq=i)
+    log.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["events.jsonl", "events.jsonl.1", "events.jsonl.2"]
+    assert sum(p.stat().st_size for p in tmp_path.iterdir()) < 3 * (600 + 200)
+    seqs = [e["seq"] for e in read_events(tmp_path)]
+    assert seqs == list(range(seqs[0], 200)) and seqs[0] > 0  # the newest, contiguous, in order
+
+
+def test_compaction_removes_only_what_is_committed_and_out_of_the_window(intake) -> None:
+    intake.append([row(i, i % 4) for i in range(100)])
+    committed = {0: 48, 1: 97, 2: 10}  # partition 3: never committed
+    replay = list(intake.read_after(committed, 4))
+    assert intake.compact(committed, below=80) == 13 + 20 + 3
+    assert list(intake.read_after(committed, 4)) == replay  # a replay misses nothing
+    assert intake.existing(["m96", "m97"]) == {"m96": 96, "m97": 97}  # in the window: known
+    assert intake.existing(["m4", "m3"]) == {"m3": 3}  # m4 is gone; m3 (partition 3) is not
