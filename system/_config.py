@@ -49,6 +49,7 @@ class PoolConfig:
     start_method: str = "forkserver"
     fallback_cooldown: float | None = 60.0  # climb back a rung after this long without trouble
     worker_memory: int = WORKER_MEMORY  # assumed per worker process, for mode="auto"
+    warm_spare: bool = True  # process mode: a worker process started ahead, for a replacement
     dedup_window: int | None = 1_000_000  # a resubmitted id is a no-op within the last this
     # many messages; beyond it, committed messages leave the intake log (None: keep them all)
     compact_every: int = 50_000  # messages logged between two compactions of the intake log
@@ -124,6 +125,7 @@ _RULES: tuple[tuple[str, str, Callable[[PoolConfig], bool]], ...] = (
     ("retry_backoff", ">= 0 seconds", lambda c: c.retry_backoff >= 0),
     ("checkpoint_interval", "> 0 seconds", lambda c: c.checkpoint_interval > 0),
     ("events_keep", ">= 0", lambda c: c.events_keep >= 0),
+    ("warm_spare", "True or False", lambda c: type(c.warm_spare) is bool),
     (
         "dedup_window",
         "None or an int >= 0",

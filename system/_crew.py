@@ -31,8 +31,9 @@ from ._ladder import Ladder
 from ._restart import RestartPolicy
 from ._router import Lane, Router
 from ._runners import WorkerHandle
+from ._spare import Spare
 from ._supervisor import Supervisor
-from ._worker import WorkerSpec
+from ._worker import SPARE, WorkerSpec
 
 log = logging.getLogger("system")
 
@@ -64,6 +65,13 @@ class Crew:
         self.last_switch = 0.0  # when the rung last changed (monotonic)
         self._crewing: Crewing | None = None
         self.side_tasks: set[asyncio.Task[Any]] = set()  # every rung's hang handlers
+        self.spare: Spare | None = None
+        if config.warm_spare:
+            spare_spec = spec("process", Lane(SPARE, ()), "", {})
+            self.spare = Spare(
+                launch=lambda: launch("process", spare_spec),
+                wanted=lambda: self.mode == "process" and not self.closing,
+            )
 
     def start(self, mode: str, poison: dict[int, dict[int, str]] | None = None) -> None:
         """A supervisor, and its task, on every lane of the router."""
@@ -77,6 +85,7 @@ class Crew:
             self.data_dir,
             spec=lambda lane, cell, marks: self._spec(mode, lane, cell, marks),
             launch=lambda spec: self._launch(mode, spec),
+            take_spare=self._take_spare,
             ended=self._ended,
             stopping=self.closing,
             side_tasks=self.side_tasks,
@@ -89,6 +98,13 @@ class Crew:
             asyncio.create_task(sup.run(), name=f"supervise-{sup.index}")
             for sup in self.supervisors
         ]
+        if self.spare is not None and mode == "process":
+            self.spare.start_once(self._all_ready)
+
+    def _take_spare(self, spec: WorkerSpec) -> WorkerHandle | None:
+        if self.spare is None or self.mode != "process":
+            return None
+        return self.spare.take(spec)
 
     def _ended(self, worker: int, outcome: StepDown | PoolBroken) -> None:
         if isinstance(outcome, PoolBroken):
@@ -118,6 +134,15 @@ class Crew:
             why = f"no trouble for {now - self.last_switch:.0f} s (fallback_cooldown)"
             self.reconfigure_soon(*rung, kind="recovered", reason=why)
 
+    async def _all_ready(self) -> None:
+        """Until every worker of the rung is ready (start_timeout at most): the spare waits."""
+        waits = [asyncio.ensure_future(sup.ready.wait()) for sup in self.supervisors]
+        try:
+            await asyncio.wait(waits, timeout=self.config.start_timeout)
+        finally:
+            for w in waits:
+                w.cancel()
+
     def halt(self) -> None:
         """The pool is closing: a worker that ends now is not replaced, on any rung."""
         self.closing = True
@@ -129,6 +154,7 @@ class Crew:
         return {
             "restarts": sum(s.restarts for s in sups),
             "recycles": sum(s.recycles for s in sups),
+            "spare": self.spare.pid if self.spare is not None else None,
             "workers": [
                 {
                     "worker": s.index,
@@ -214,6 +240,8 @@ class Crew:
                 lane = self.router.lane_of(m[PARTITION]).index
                 poison.setdefault(lane, {})[m[OFFSET]] = marks[m[OFFSET]]
         self.restart.forget()  # a new configuration starts with a fresh restart budget
+        if self.spare is not None and mode != "process":
+            self.spare.drop()
         self.last_switch = monotonic()
         self.events.emit(
             kind,
@@ -232,7 +260,10 @@ class Crew:
         self.start(mode, poison)
 
     async def cancel(self) -> None:
-        """Cancel every task left (supervisors, hang handlers, a reconfiguration)."""
+        """Cancel every task left (supervisors, hang handlers, a reconfiguration); the spare
+        is killed."""
+        if self.spare is not None:
+            await self.spare.close()
         tasks = [*self.tasks, *self.side_tasks]
         if self.reconfigure_task is not None:
             tasks.append(self.reconfigure_task)

@@ -37,6 +37,7 @@ class Crewing:
     data_dir: Path
     spec: Callable[[Lane, str, dict[int, str]], WorkerSpec]  # lane, progress cell, poison
     launch: Callable[[WorkerSpec], Awaitable[WorkerHandle]]
+    take_spare: Callable[[WorkerSpec], WorkerHandle | None]  # a warm spare, or None
     ended: Callable[[int, StepDown | PoolBroken], None]  # worker index, why it ended
     stopping: bool = False  # closing or reconfiguring: a worker that ends is not replaced
     side_tasks: set[asyncio.Task[Any]] = field(default_factory=set)  # hang handlers

@@ -1,6 +1,7 @@
 """Every frame on the channel between the supervisor and a worker, and how a worker exited.
 
-To a worker: ``Batch``, ``Query``, ``Flush``, ``Rewound``, ``Stop``. From a worker: ``Ready``
+To a worker: ``Assign`` (a warm spare's lane), ``Batch``, ``Query``, ``Flush``, ``Rewound``,
+``Stop``. From a worker: ``Ready``
 once it has claimed its partitions, ``Applied`` after each batch (every message at or below
 ``position`` that it was sent is applied: credits come back), ``Ack`` after each checkpoint
 (... is committed), ``Rewind`` (resend everything after ``position``; see
@@ -30,6 +31,12 @@ ATTEMPT: Final = 5
 
 class Batch(NamedTuple):
     messages: list[Wire]
+
+
+class Assign(NamedTuple):
+    """To a warm spare: serve this lane (``spec``: its ``WorkerSpec``)."""
+
+    spec: Any
 
 
 class Query(NamedTuple):
@@ -77,7 +84,7 @@ class State(NamedTuple):
     state: bytes  # pickled
 
 
-ToWorker = Batch | Query | Flush | Rewound | Stop
+ToWorker = Assign | Batch | Query | Flush | Rewound | Stop
 FromWorker = Ready | Applied | Ack | Rewind | State
 
 

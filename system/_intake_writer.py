@@ -60,21 +60,22 @@ class IntakeWriter:
         return self._writing is not None
 
     def prepare(self, key: str, payload: Any, mid: str | None) -> Entry:
-        check_key(key)
-        kind = f"{type(payload).__module__}.{type(payload).__qualname__}"
+        """One submit, checked and pickled (the hot path: per message, in the event loop)."""
+        if type(key) is not str:
+            check_key(key)  # raises, naming the fix
         try:
             blob = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as e:
             raise PayloadError(
-                f"payload of type {kind} for key {key!r} cannot be pickled "
+                f"payload of type {_kind(payload)} for key {key!r} cannot be pickled "
                 f"({type(e).__name__}: {e}); nothing was written. Submit plain data (or an "
                 "importable class) instead"
             ) from e
         if len(blob) > self.max_payload:
             raise PayloadError(
-                f"payload of type {kind} for key {key!r} is {len(blob):,} bytes pickled, over "
-                f"max_payload_bytes={self.max_payload:,}; nothing was written. Store it "
-                "elsewhere and submit a reference, or raise max_payload_bytes"
+                f"payload of type {_kind(payload)} for key {key!r} is {len(blob):,} bytes "
+                f"pickled, over max_payload_bytes={self.max_payload:,}; nothing was written. "
+                "Store it elsewhere and submit a reference, or raise max_payload_bytes"
             )
         part = partition_of(key, self.router.partitions)
         if mid is None:
@@ -194,3 +195,7 @@ class IntakeWriter:
 
     def close(self) -> None:
         self._thread.shutdown(wait=True)
+
+
+def _kind(payload: Any) -> str:
+    return f"{type(payload).__module__}.{type(payload).__qualname__}"

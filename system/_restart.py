@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class RestartPolicy:
-    base: float = 0.01
+    base: float = 0.001  # the first restart is all but immediate (a warm spare takes ~ms)
     cap: float = 2.0
     jitter: float = 0.5
     max_restarts: int = 100

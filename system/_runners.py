@@ -70,7 +70,7 @@ async def _launch_process(spec: WorkerSpec, ctx: Any) -> WorkerHandle:
     proc = ctx.Process(
         target=process_main,
         args=(child_conn, spec, os.getpid()),
-        name=f"chaosgate-worker-{spec.worker}",
+        name=f"chaosgate-worker-{spec.worker}" if spec.worker >= 0 else "chaosgate-spare",
         daemon=True,
     )
     try:

@@ -84,9 +84,8 @@ class Supervisor:
                 try:
                     if failpoints.ACTIVE:
                         failpoint("worker.spawn", worker=i)
-                    handle = await crew.launch(
-                        crew.spec(self.lane, str(self.cell.path), self.poison)
-                    )
+                    spec = crew.spec(self.lane, str(self.cell.path), self.poison)
+                    handle = crew.take_spare(spec) or await crew.launch(spec)
                 except Exception as e:
                     if is_refusal(e) or self._failed_start():
                         return StepDown(f"starting worker {i} failed: {e!r}", e)

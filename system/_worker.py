@@ -31,7 +31,7 @@ from ._channel import Channel, StreamChannel
 from ._checkpoint import CheckpointStore
 from ._config import DEFAULTS, PoolConfig
 from ._core import Handler, WorkerCore
-from ._frames import Ack, Applied, Batch, Flush, Query, Ready, Rewound, State, Stop
+from ._frames import Ack, Applied, Assign, Batch, Flush, Query, Ready, Rewound, State, Stop
 from ._progress import ProgressCell
 from ._router import Lane
 
@@ -100,6 +100,7 @@ class WorkerSpec:
         )
 
 
+SPARE = -1  # the worker index of a warm spare, until it is assigned a lane
 EXIT_MEMORY = 3  # a worker process that met MemoryError exits with this code, to be recycled
 
 
@@ -217,12 +218,26 @@ def process_main(conn: Any, spec: WorkerSpec, parent: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
     async def main() -> None:
+        nonlocal spec
         task = asyncio.current_task()
         assert task is not None
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        if failpoints.ACTIVE:
-            failpoint("worker.start")  # before the worker is ready: start_timeout applies
-        channel = await StreamChannel.open(sock)
+        if spec.worker == SPARE:  # a warm spare: wait until a lane needs it
+            channel = await StreamChannel.open(sock)
+            try:
+                frame = await channel.recv()
+            except EOFError:
+                return
+            if type(frame) is not Assign:
+                return  # (Stop)
+            spec = frame.spec
+            failpoints.apply_environment(dict(spec.environment))  # the lane's scope
+            if failpoints.ACTIVE:
+                failpoint("worker.start")
+        else:
+            if failpoints.ACTIVE:
+                failpoint("worker.start")  # before the worker is ready: start_timeout applies
+            channel = await StreamChannel.open(sock)
         core = spec.make_core()
         # Recycle request: stop after the current message. A plain handler, not the loop's:
         # it must run while a batch is being applied (between bytecodes), not after.

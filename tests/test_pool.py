@@ -8,6 +8,7 @@ import time
 import types
 from pathlib import Path
 
+import psutil
 import pytest
 
 from chaos import set_failpoints, wait_until
@@ -331,3 +332,19 @@ async def test_a_close_whose_caller_is_cancelled_still_closes(tmp_path: Path) ->
     await asyncio.wait_for(second, 30)
     assert pool.closed and read_events(tmp_path)[-1]["kind"] == "stopped"
     assert [e["kind"] for e in read_events(tmp_path)].count("stopped") == 2  # worker, pool
+
+
+async def test_a_killed_worker_is_replaced_by_the_warm_spare(tmp_path: Path) -> None:
+    async with Pool(append_payload, tmp_path, workers=2, partitions=4) as pool:
+        spare = await asyncio.to_thread(wait_until, lambda: pool.stats()["spare"], 30, "a spare")
+        assert spare not in pool.worker_pids()  # not a worker until it serves a lane
+        victim = pool.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        await asyncio.to_thread(wait_until, lambda: spare in pool.worker_pids(), 30, "taken")
+        await pool.submit_many([(f"k{i}", i) for i in range(100)])
+        await pool.drain(timeout=30)
+        nxt = await asyncio.to_thread(wait_until, lambda: pool.stats()["spare"], 30, "another")
+        assert nxt not in (spare, victim)
+    ready = [e for e in read_events(tmp_path) if e["kind"] == "ready" and e["pid"] == spare]
+    assert len(ready) == 1 and ready[0]["startup"] < 5.0
+    assert not psutil.pid_exists(nxt) or psutil.Process(nxt).status() == "zombie"

@@ -235,6 +235,7 @@ class Crews:
             d,
             spec=lambda lane, cell, poison: WorkerSpec(append_payload, str(d), 0, (0,)),
             launch=launch,
+            take_spare=lambda spec: None,
             ended=lambda sup, outcome: ended.append(outcome),
         )
         self.made.append(crew)
@@ -454,3 +455,36 @@ def test_compaction_removes_only_what_is_committed_and_out_of_the_window(intake)
     assert list(intake.read_after(committed, 4)) == replay  # a replay misses nothing
     assert intake.existing(["m96", "m97"]) == {"m96": 96, "m97": 97}  # in the window: known
     assert intake.existing(["m4", "m3"]) == {"m3": 3}  # m4 is gone; m3 (partition 3) is not
+
+
+# -- the warm spare --------------------------------------------------------------------------------
+async def test_the_spare_is_handed_a_lane_and_replaced_and_one_that_dies_is_too(
+    monkeypatch,
+) -> None:
+    from system import _spare
+
+    monkeypatch.setattr(_spare, "PAUSE", 0.01)
+    launch = FakeWorker()
+    spare = _spare.Spare(
+        launch=lambda: launch(WorkerSpec(append_payload, "d", -1, ())), wanted=lambda: True
+    )
+
+    async def nothing() -> None:
+        pass
+
+    spare.start_once(nothing)
+    while spare.handle is None:
+        await asyncio.sleep(0.001)
+    first = spare.handle
+    lane_spec = WorkerSpec(append_payload, "d", 3, (3,))
+    assert spare.take(lane_spec) is first and spare.handle is None
+    assign = await launch.theirs[0].recv()
+    assert assign.spec == lane_spec
+    while spare.handle is None:  # another one, at once
+        await asyncio.sleep(0.001)
+    second = spare.handle
+    second.kill()  # dies unused: replaced after a pause
+    while spare.handle in (None, second):
+        await asyncio.sleep(0.001)
+    await spare.close()
+    assert len(launch.handles) == 3 and all(h.exited.done() for h in launch.handles[1:])
