@@ -96,6 +96,7 @@ def one(tree: Path, measure: Path, messages: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", default="HEAD", help="the commit to compare with (git rev)")
+    ap.add_argument("--after", default=None, help="a commit too (default: the working tree)")
     ap.add_argument("--messages", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
@@ -103,12 +104,14 @@ def main() -> None:
         measure = Path(tmp, "measure")
         measure.mkdir()
         (measure / "ab_measure.py").write_text(ONE)
-        trees = {"before": export(args.before, Path(tmp, "before")), "after": HERE}
+        after = HERE if args.after is None else export(args.after, Path(tmp, "after"))
+        trees = {"before": export(args.before, Path(tmp, "before")), "after": after}
         runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
         for _ in range(args.rounds):
             for name, tree in trees.items():
                 runs[name].append(one(tree, measure, args.messages))
-    print(f"{args.before} (before) against the working tree (after), {args.rounds} rounds")
+    against = "the working tree" if args.after is None else args.after
+    print(f"{args.before} (before) against {against} (after), {args.rounds} rounds")
     print(f"{'figure':16} {'before':>10} {'after':>10} {'after/before':>13}")
     for figure in runs["before"][0]:
         b = statistics.median(r[figure] for r in runs["before"])

@@ -164,3 +164,12 @@ class CheckpointStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def forget_results(data_dir: Path, durability: str, message_ids: Iterable[str]) -> int:
+    """``CheckpointStore.forget`` on a connection of its own (for another thread)."""
+    store = CheckpointStore(data_dir, durability=durability)
+    try:
+        return store.forget(message_ids)
+    finally:
+        store.close()

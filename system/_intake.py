@@ -17,6 +17,7 @@ The partition count is fixed for a data dir (state lives per partition), so it i
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -173,10 +174,17 @@ class IntakeLog:
             "AND seq <= (SELECT o FROM c WHERE p = log.partition)"
         )
         args = [x for item in committed.items() for x in item]
+        through = self.compacted_through()
+        for p, o in committed.items():
+            through[p] = max(through.get(p, -1), min(o, below - 1))
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.execute(q, [*args, below])
             n = self._db.execute("SELECT changes()").fetchone()[0]  # (no rowcount after WITH)
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('compacted_through', ?)",
+                (json.dumps(through),),
+            )
             if failpoints.ACTIVE:
                 failpoint("intake.compact", deleted=n)
         except BaseException:
@@ -186,6 +194,27 @@ class IntakeLog:
         if failpoints.ACTIVE:
             failpoint("intake.compacted", deleted=n)
         return n
+
+    def compacted_through(self) -> dict[int, int]:
+        """Per partition, the offset up to which compaction may have deleted its messages."""
+        row = self._db.execute("SELECT v FROM meta WHERE k = 'compacted_through'").fetchone()
+        return {int(p): o for p, o in json.loads(row[0]).items()} if row else {}
+
+    def check_committed(self, committed: dict[int, int]) -> None:
+        """Refuse a checkpoint store older than what compaction deleted as committed."""
+        behind = {
+            p: (committed.get(p, -1), o)
+            for p, o in self.compacted_through().items()
+            if committed.get(p, -1) < o
+        }
+        if behind:
+            p, (c, o) = min(behind.items())
+            raise DataDirError(
+                f"checkpoints.db is older than intake.db: partition {p} is committed up to "
+                f"offset {c}, but the intake log deleted its messages up to {o} as committed "
+                f"({len(behind)} partitions like it); those messages cannot be replayed. Put "
+                "back the checkpoints.db that belongs with this intake.db"
+            )
 
     def read_after(
         self, committed: dict[int, int], partitions: int

@@ -5,7 +5,7 @@
 task takes every parked submit at once (group commit), appends them in a thread of its own
 (in the event loop if the system refuses a thread), drops ids already in the log (a resubmitted
 id answers with the first offset), hands the new rows to the router, and answers each future
-with its offsets. Every ``compact_every`` messages it also compacts the log (in the same
+with its offsets. Every ``compact_every`` messages it then compacts the log (in the same
 thread, so never beside an append): what is committed and older than ``dedup_window`` goes.
 """
 
@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import pickle
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from chaos import failpoints
 from chaos.failpoints import failpoint
@@ -34,8 +35,8 @@ from ._router import Router
 #: A prepared submit: ``(id, key, partition, payload, id_was_generated)``.
 Entry = tuple[str, str, int, bytes, bool]
 Parked = tuple[list[Entry], asyncio.Future[list[int]]]
-#: What a write did: the new rows, each submit's offsets, and a compaction (removed, below).
-Written = tuple[list[Row], list[int], tuple[int, int] | None]
+T = TypeVar("T")
+log = logging.getLogger("system")
 
 
 class IntakeWriter:
@@ -107,7 +108,7 @@ class IntakeWriter:
             batch, self._pending = self._pending, []
             self._writing = batch
             try:
-                rows, offsets, compacted = await self._write(batch)
+                rows, offsets = await self._in_thread(self._append, batch)
             except Exception as e:
                 err = PoolBroken(
                     f"the intake log could not be written ({e!r}); nothing was lost "
@@ -119,8 +120,6 @@ class IntakeWriter:
                 self._set_busy()
                 continue
             self._writing = None
-            if compacted is not None and compacted[0] > 0:
-                self.events.emit("compacted", removed=compacted[0], below=compacted[1])
             self.tally.submitted += len(rows)
             self.router.route(rows)
             i = 0
@@ -129,14 +128,30 @@ class IntakeWriter:
                     fut.set_result(offsets[i : i + len(entries)])
                 i += len(entries)
             self._set_busy()
+            self._since_compact += len(rows)
+            if self.window is not None and self._since_compact >= self.compact_every:
+                self._since_compact = 0
+                await self._compact(self.window)
 
-    async def _write(self, batch: list[Parked]) -> Written:
-        """Append in the writer thread; in the event loop itself if no thread can be had."""
-        committed = dict(self.tally.offsets)  # a snapshot, for the thread
+    async def _compact(self, window: int) -> None:
+        """Compact the log, after the writes it follows are answered: a compaction that fails
+        costs disk, never a message (it is told, and tried again next time)."""
+        below = self.intake.next_offset - window
+        try:
+            removed = await self._in_thread(self.intake.compact, dict(self.tally.offsets), below)
+        except Exception as e:
+            log.warning("compacting the intake log failed (%r); it is tried again later", e)
+            self.events.emit("compacted", removed=0, below=below, error=repr(e))
+            return
+        if removed:
+            self.events.emit("compacted", removed=removed, below=below)
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the writer thread; in the event loop itself if no thread can be had."""
         if not self._inline:
             try:
                 loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._thread, self._append, batch, committed)
+                return await loop.run_in_executor(self._thread, fn, *args)
             except RuntimeError as e:
                 if not is_refusal(e):
                     raise
@@ -149,9 +164,9 @@ class IntakeWriter:
                     reason=repr(e),
                     detail="appending to the intake log in the event loop: slower, never lost",
                 )
-        return self._append(batch, committed)
+        return fn(*args)
 
-    def _append(self, batch: list[Parked], committed: dict[int, int]) -> Written:
+    def _append(self, batch: list[Parked]) -> tuple[list[Row], list[int]]:
         intake = self.intake
         entries = [e for group, _ in batch for e in group]
         if failpoints.ACTIVE:
@@ -173,13 +188,7 @@ class IntakeWriter:
         if rows:
             intake.append(rows)
             intake.next_offset = nxt
-        self._since_compact += len(rows)
-        compacted = None
-        if self.window is not None and self._since_compact >= self.compact_every:
-            self._since_compact = 0
-            below = nxt - self.window
-            compacted = (intake.compact(committed, below), below)
-        return rows, offsets, compacted
+        return rows, offsets
 
     def _answer(self, batch: list[Parked], err: Exception) -> None:
         for _, fut in batch:

@@ -66,6 +66,7 @@ def open_data_dir(data_dir: Path, config: PoolConfig) -> Opened:
         )
         opened.append(events)
         committed = store.committed()
+        intake.check_committed(committed)
     except BaseException:
         for thing in reversed(opened):
             thing.close()

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
+from ._checkpoint import forget_results
 from ._config import PoolConfig
 from ._core import Handler
 from ._crew import Crew
@@ -282,10 +283,12 @@ class Pool:
         """``(True, value)`` once message ``id``'s output is committed, else ``(False, None)``."""
         return self._opened.store.result(id)
 
-    def forget(self, *ids: str) -> int:
+    async def forget(self, *ids: str) -> int:
         """Drop the stored results of ``ids`` (read them first): the outbox holds only what is
-        not forgotten. A message's result is never stored again: its offset is committed."""
-        return self._opened.store.forget(ids)
+        not forgotten. A message's result is never stored again: its offset is committed. (In
+        a thread, on a connection of its own: a worker holding the store's lock never stalls
+        the pool's loop.)"""
+        return await asyncio.to_thread(forget_results, self.data_dir, self.config.durability, ids)
 
     def dead_letters(self) -> list[dict[str, Any]]:
         return self._opened.store.dead_letters()

@@ -22,7 +22,7 @@ from ._worker import WorkerSpec
 
 log = logging.getLogger("system")
 
-PAUSE = 1.0  # after a spare died unused, or could not be started
+PAUSE = 1.0  # after a spare died unused, or could not be started (doubling, to a minute)
 
 
 class Spare:
@@ -61,6 +61,7 @@ class Spare:
         with contextlib.suppress(Exception):
             await after()
         self._need.set()
+        pause = PAUSE
         while True:
             await self._need.wait()
             self._need.clear()
@@ -74,10 +75,12 @@ class Spare:
                     _end(await asyncio.wait_for(launching, 10.0))
                 raise
             except Exception as e:  # refused: the next replacement is forked as before
-                log.info("no warm spare worker for now: %r", e)
-                await asyncio.sleep(PAUSE)
+                log.info("no warm spare worker for now (%r); trying again in %.0f s", e, pause)
+                await asyncio.sleep(pause)
+                pause = min(60.0, pause * 2)
                 self._need.set()
                 continue
+            pause = PAUSE
             if not self._wanted():
                 _end(handle)
                 continue

@@ -91,7 +91,7 @@ class SyncPool:
         return self._call(self._in_loop(self._pool.result, id))
 
     def forget(self, *ids: str) -> int:
-        return self._call(self._in_loop(self._pool.forget, *ids))
+        return self._call(self._pool.forget(*ids))
 
     def dead_letters(self) -> list[dict[str, Any]]:
         return self._call(self._in_loop(self._pool.dead_letters))

@@ -226,7 +226,7 @@ def process_main(conn: Any, spec: WorkerSpec, parent: int) -> None:
             channel = await StreamChannel.open(sock)
             try:
                 frame = await channel.recv()
-            except EOFError:
+            except (EOFError, asyncio.CancelledError):  # closed, or SIGTERM: nothing to do
                 return
             if type(frame) is not Assign:
                 return  # (Stop)

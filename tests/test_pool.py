@@ -47,7 +47,7 @@ async def test_submit_drain_query_exactly_once(tmp_path: Path, mode: str) -> Non
             assert await pool.query(f"k{k}") == list(range(k, 2000, 10))
         assert pool.result("m21") == (True, 42)
         assert pool.result("nope") == (False, None)
-        assert pool.forget("m21", "nope") == 1  # read, then forgotten: the outbox stays small
+        assert await pool.forget("m21", "nope") == 1  # read, then forgotten: the outbox stays small
         assert pool.result("m21") == (False, None)
         stats = pool.stats()
         assert stats["submitted"] == stats["committed"] == 2000

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from chaos import History
+from chaos import History, set_failpoints
 from chaos._target import append_id
-from system import Pool, read_events
+from system import DataDirError, Pool, read_events
 from system._checkpoint import CheckpointStore
 from system._intake import IntakeLog
 
@@ -99,3 +99,37 @@ async def test_a_crash_in_a_compaction_loses_nothing(tmp_path: Path, site: str) 
         store.close()
     verdict = history.check(committed)
     assert verdict.ok, verdict.summary()
+
+
+async def test_a_compaction_that_fails_costs_disk_never_a_message(tmp_path: Path) -> None:
+    set_failpoints("intake.compact=raise(OSError, ENOSPC)")
+    try:
+        async with Pool(
+            append_id, tmp_path, workers=2, partitions=4, dedup_window=0, compact_every=100
+        ) as pool:
+            for chunk in range(5):
+                ids = [f"m{i}" for i in range(chunk * 100, chunk * 100 + 100)]
+                await pool.submit_many([(f"k{i % 4}", 0, mid) for i, mid in enumerate(ids)])
+                await pool.drain(timeout=60)
+            assert pool.stats()["committed"] == 500
+    finally:
+        set_failpoints("", replace=True)
+    failed = [e for e in read_events(tmp_path) if e["kind"] == "compacted" and "error" in e]
+    assert failed and ("ENOSPC" in failed[0]["error"] or "No space" in failed[0]["error"])
+    assert rows_in_log(tmp_path) == 500  # nothing deleted, nothing lost
+
+
+async def test_a_checkpoint_store_older_than_the_compaction_is_refused(tmp_path: Path) -> None:
+    settings = {"workers": 1, "partitions": 4, "dedup_window": 0, "compact_every": 10}
+    async with Pool(append_id, tmp_path / "d", **settings) as pool:
+        await pool.submit_many([(f"k{i % 4}", 0, f"a{i}") for i in range(10)])
+        await pool.drain(timeout=30)
+    old = (tmp_path / "d" / "checkpoints.db").read_bytes()  # (closed: no WAL left)
+    async with Pool(append_id, tmp_path / "d", **settings) as pool:
+        await pool.submit_many([(f"k{i % 4}", 0, f"b{i}") for i in range(10)])
+        await pool.drain(timeout=30)
+        await pool.submit_many([(f"k{i % 4}", 0, f"c{i}") for i in range(10)])  # compacts b*
+        await pool.drain(timeout=30)
+    (tmp_path / "d" / "checkpoints.db").write_bytes(old)  # "restored from a backup"
+    with pytest.raises(DataDirError, match=r"checkpoints\.db is older than intake\.db"):
+        await Pool(append_id, tmp_path / "d", **settings).start()
