@@ -3,7 +3,9 @@
 ``serve`` is the same coroutine under every runner; its frames are in ``_frames``.
 
 A checkpoint is taken every ``checkpoint_every`` messages or ``checkpoint_interval`` seconds after
-the first uncommitted one, on ``flush``, and on the way out (stop, SIGTERM, end of channel).
+the first uncommitted one, on ``flush``, after a batch of messages sent again (the replay after a
+worker died: recovery does not wait for the timer), and on the way out (stop, SIGTERM, end of
+channel).
 
 ``process_main`` is the entry point of a worker process: it asks the kernel to SIGKILL it when its
 parent dies (``PR_SET_PDEATHSIG``; with the forkserver start method the parent is the forkserver,
@@ -31,7 +33,7 @@ from ._channel import Channel, StreamChannel
 from ._checkpoint import CheckpointStore
 from ._config import DEFAULTS, PoolConfig
 from ._core import Handler, WorkerCore
-from ._frames import Ack, Applied, Assign, Batch, Flush, Query, Ready, Rewound, State, Stop
+from ._frames import ATTEMPT, Ack, Applied, Assign, Batch, Flush, Query, Ready, Rewound, State, Stop
 from ._progress import ProgressCell
 from ._router import Lane
 
@@ -78,11 +80,14 @@ class WorkerSpec:
             tuple(poison.items()),
         )
 
-    def make_core(self) -> WorkerCore:
+    def open_store(self) -> CheckpointStore:
         from pathlib import Path
 
+        return CheckpointStore(Path(self.data_dir), durability=self.config.durability)
+
+    def make_core(self, store: CheckpointStore | None = None) -> WorkerCore:
         c = self.config
-        store = CheckpointStore(Path(self.data_dir), durability=c.durability)
+        store = store or self.open_store()
         cell = ProgressCell(self.progress_path) if self.progress_path else None
         if cell is not None:
             cell.cells[3] = os.getpid()
@@ -168,6 +173,8 @@ async def serve(
                         channel.send_nowait(reply)
                     if not core.rewinding:
                         channel.send_nowait(Applied(core.last_applied))
+                        if frame.messages[0][ATTEMPT] > 1:
+                            checkpoint()  # sent again (a worker died): committed at once
                     if core.stop_requested:
                         return  # recycled: what was not applied is resent to the replacement
                 elif type(frame) is Rewound:
@@ -222,13 +229,17 @@ def process_main(conn: Any, spec: WorkerSpec, parent: int) -> None:
         task = asyncio.current_task()
         assert task is not None
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        if spec.worker == SPARE:  # a warm spare: wait until a lane needs it
+        store = None
+        if spec.worker == SPARE:  # a warm spare: wait until a lane needs it, its store open
             channel = await StreamChannel.open(sock)
+            store = spec.open_store()
             try:
                 frame = await channel.recv()
             except (EOFError, asyncio.CancelledError):  # closed, or SIGTERM: nothing to do
+                store.close()
                 return
             if type(frame) is not Assign:
+                store.close()
                 return  # (Stop)
             spec = frame.spec
             failpoints.apply_environment(dict(spec.environment))  # the lane's scope
@@ -238,7 +249,7 @@ def process_main(conn: Any, spec: WorkerSpec, parent: int) -> None:
             if failpoints.ACTIVE:
                 failpoint("worker.start")  # before the worker is ready: start_timeout applies
             channel = await StreamChannel.open(sock)
-        core = spec.make_core()
+        core = spec.make_core(store)
         # Recycle request: stop after the current message. A plain handler, not the loop's:
         # it must run while a batch is being applied (between bytecodes), not after.
         signal.signal(signal.SIGUSR1, lambda *_: setattr(core, "stop_requested", True))
