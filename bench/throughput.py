@@ -112,7 +112,7 @@ def mp_imap(chunksize: int):
 CONTENDERS = {
     "system.Pool process, 2 workers (durable, exactly-once)": pool("process"),
     "system.Pool thread, 2 workers (durable, exactly-once)": pool("thread"),
-    "system.Pool process, rare checkpoints (every 100,000 or 10 s)": pool(
+    "system.Pool process, checkpoints every 100,000 or 10 s": pool(
         "process", checkpoint_every=100_000, checkpoint_interval=10.0
     ),
     "ProcessPoolExecutor.map (chunksize=1, default)": executor_map(1),
