@@ -10,16 +10,19 @@ The parts (``Pool`` in ``_pool`` is the facade that wires them; dependencies go 
           ▲ returns the offset once durable         │  ids deduplicated; backpressure (Tally)
           │                                         ▼ new rows, in offset order
                                         Router (_router): lane.unsent  (lane = partition % workers)
-                                                  │  dispatcher: at most max_inflight per lane,
-                                                  ▼  max_batch messages per channel write
+                                                  │  dispatcher: at most max_inflight per lane
+                                                  ▼  not yet applied, max_batch per write
                                           lane.inflight ──Batch──► worker (_worker: WorkerCore)
-                                                  ▲                         │ checkpoint (N msgs,
+                                                  ▲ ◄── Applied(position) ──┤ (credits back)
+                                          lane.applied                      │ checkpoint (N msgs,
                                                   └──────── Ack(position) ──┘ T seconds, flush)
+    Every compact_every messages, the writer compacts the log past dedup_window.
 
-    Crew (_crew): a Supervisor (_supervisor) per lane: launch ─► Ready ─► ... ─► exit seen on
-        the sentinel fd ─► read the acks it sent before dying ─► rewind inflight to the front of
-        unsent ─► RestartPolicy: backoff delay, or StepDown ─► relaunch; the replacement claims
-        the partitions (fencing) and skips what was already committed.
+    Crew (_crew): a Supervisor (_supervisor) per lane: launch (or take the warm _spare) ─►
+        Ready ─► ... ─► exit seen on the sentinel fd ─► read the acks it sent before dying ─►
+        rewind applied and inflight to the front of unsent ─► RestartPolicy: backoff delay, or
+        StepDown ─► relaunch; the replacement claims the partitions (fencing), skips what was
+        already committed, and checkpoints the replay at once.
     Watch (_watch): hung and memory checks every heartbeat. Ladder (_ladder): the rung to step
         down to (Crew.reconfigure), and when to climb back.
 """

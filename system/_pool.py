@@ -3,8 +3,8 @@
 The parts, and how a message flows through them, are drawn in the package's docstring
 (``system/__init__.py``).
 
-Every message is in exactly one place until its ack pops it: the intake writer's batch, a
-lane's ``unsent`` or a lane's ``inflight``. An ack means committed, so counts never drift.
+Every message is in exactly one place until its ack pops it: the intake writer's batch, or a
+lane's ``unsent``, ``inflight`` or ``applied``. An ack means committed, so counts never drift.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from ._lifecycle import Lifecycle, State
 from ._opening import Opened, open_data_dir, resolve_mode, travels
 from ._restart import RestartPolicy
 from ._router import Router
-from ._runners import WorkerHandle, launch
+from ._runners import launch
 from ._tally import Tally
 from ._watch import watch
 from ._worker import WorkerSpec
@@ -273,21 +273,14 @@ class Pool:
                 finally:
                     sup.queries.pop(rid, None)
 
-    def worker_of(self, key: str) -> int | None:
-        """The pid of the ready worker that owns ``key`` (None while there is none)."""
-        sup = self._crew.supervisor_of(key)
-        handle: WorkerHandle | None = sup.handle
-        return handle.pid if handle is not None and sup.ready.is_set() else None
-
     def result(self, id: str) -> tuple[bool, Any]:
         """``(True, value)`` once message ``id``'s output is committed, else ``(False, None)``."""
         return self._opened.store.result(id)
 
     async def forget(self, *ids: str) -> int:
-        """Drop the stored results of ``ids`` (read them first): the outbox holds only what is
-        not forgotten. A message's result is never stored again: its offset is committed. (In
-        a thread, on a connection of its own: a worker holding the store's lock never stalls
-        the pool's loop.)"""
+        """Drop the stored results of ``ids`` (read them first); never stored again (their
+        offsets are committed). In a thread, so a worker holding the store's lock never
+        stalls the loop."""
         return await asyncio.to_thread(forget_results, self.data_dir, self.config.durability, ids)
 
     def dead_letters(self) -> list[dict[str, Any]]:
