@@ -57,6 +57,7 @@ class Supervisor:
         self.restarts = 0
         self.recycles = 0
         self.queries: dict[int, asyncio.Future[bytes]] = {}
+        self._told_to_stop: WorkerHandle | None = None
 
     async def run(self) -> None:
         outcome: StepDown | PoolBroken | None
@@ -274,10 +275,12 @@ class Supervisor:
 
     # -- asked by the pool -----------------------------------------------------------------------
     def stop(self) -> None:
-        """Ask the worker to checkpoint and leave."""
-        if self.handle is not None:
+        """Ask the worker to checkpoint and leave (once: a second call tells it nothing new)."""
+        handle = self.handle
+        if handle is not None and self._told_to_stop is not handle:
+            self._told_to_stop = handle
             with contextlib.suppress(EOFError):
-                self.handle.channel.send_nowait(Stop())
+                handle.channel.send_nowait(Stop())
 
     def query(self, rid: int, key: str) -> asyncio.Future[bytes]:
         """Ask the ready worker for ``key``'s state (the future fails if the worker dies)."""

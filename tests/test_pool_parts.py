@@ -327,11 +327,22 @@ def intake(tmp_path: Path):
     log.close()
 
 
-async def test_the_intake_writer_logs_once_per_id_in_one_group_commit(intake, tmp_path) -> None:
-    r = router(max_outstanding=100)
+@pytest.fixture
+async def writing(intake, tmp_path: Path, request):
+    """A running intake writer over ``router(**request.param)``: ``(router, writer)``."""
+    r = router(**request.param)
     events = EventLog(tmp_path / "events.jsonl")
     writer = IntakeWriter(intake, r, events, PoolConfig())
     running = asyncio.create_task(writer.run())
+    yield r, writer
+    running.cancel()
+    writer.close()
+    events.close()
+
+
+@pytest.mark.parametrize("writing", [{"max_outstanding": 100}], indirect=True)
+async def test_the_intake_writer_logs_once_per_id_in_one_group_commit(intake, writing) -> None:
+    r, writer = writing
 
     def never_closed() -> None:
         pass
@@ -344,19 +355,14 @@ async def test_the_intake_writer_logs_once_per_id_in_one_group_commit(intake, tm
     assert sum(len(lane.unsent) for lane in r.lanes) == 2 and r.tally.submitted == 2
     assert r.tally.outstanding == 2 and not r.tally.idle.is_set()
     with pytest.raises(PayloadError, match="over max_payload_bytes"):
-        IntakeWriter(intake, r, events, PoolConfig(max_payload_bytes=4)).prepare(
+        IntakeWriter(intake, r, writer.events, PoolConfig(max_payload_bytes=4)).prepare(
             "a", "x" * 10, None
         )
-    running.cancel()
-    writer.close()
-    events.close()
 
 
-async def test_a_submit_waits_while_max_outstanding_are_not_committed(intake, tmp_path) -> None:
-    r = router(max_outstanding=1)
-    events = EventLog(tmp_path / "events.jsonl")
-    writer = IntakeWriter(intake, r, events, PoolConfig())
-    running = asyncio.create_task(writer.run())
+@pytest.mark.parametrize("writing", [{"max_outstanding": 1}], indirect=True)
+async def test_a_submit_waits_while_max_outstanding_are_not_committed(writing) -> None:
+    r, writer = writing
     await writer.submit([writer.prepare("a", 1, None)], lambda: None)
     second = asyncio.create_task(writer.submit([writer.prepare("a", 2, None)], lambda: None))
     await asyncio.sleep(0.05)
@@ -364,9 +370,6 @@ async def test_a_submit_waits_while_max_outstanding_are_not_committed(intake, tm
     r.lanes[r.lane_of_key("a").index].inflight.append(r.lane_of_key("a").unsent.popleft())
     r.ack(r.lane_of_key("a"), 0)
     assert await asyncio.wait_for(second, 5) == [1]
-    running.cancel()
-    writer.close()
-    events.close()
 
 
 # -- crew: a new rung, poison marks following their messages -----------------------------------
