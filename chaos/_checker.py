@@ -191,19 +191,19 @@ def explain(mid: str, submitted_at: float | None, timeline: list[Mapping[str, An
     if not after:
         before = [e for e in timeline if e.get("kind") == "fault"]
         earlier = (
-            f" (the last fault before it: pid {before[-1]['pid']} got {before[-1]['reason']}, "
+            f" (the last fault before it: {_who(before[-1])} got {before[-1]['reason']}, "
             f"{submitted_at - before[-1]['mono']:.3f} s earlier)"
             if before and submitted_at is not None
             else ""
         )
-        return f"{mid}: no worker died, hung or was replaced after it was submitted{earlier}"
+        return (  # what the harness knows: its own faults, and the target's events if any
+            f"{mid}: no fault after it was submitted, and no worker death, hang or replacement "
+            f"reported{earlier}"
+        )
     first = after[0]
     base = submitted_at if submitted_at is not None else first["mono"]
     what = first["kind"]
-    if first.get("worker") is not None:
-        who = f"worker {first['worker']} (pid {first['pid']})"
-    else:
-        who = f"pid {first['pid']}" if first.get("pid") else "the pool"
+    who = _who(first)
     detail = first.get("signal") or first.get("reason") or first.get("error") or ""
     if what == "fault":  # injected by the scenario: "pid 12 got kill (SIGKILL)"
         what, detail = f"got {detail}", ""
@@ -213,3 +213,13 @@ def explain(mid: str, submitted_at: float | None, timeline: list[Mapping[str, An
         f"{mid}: {who} {what} {first['mono'] - base:+.3f} s after it was submitted"
         f"{f' ({detail})' if detail else ''}{inflight}{more}"
     )
+
+
+def _who(event: Mapping[str, Any]) -> str:
+    """Whom an event is about: a worker, a pid, what a fault aimed at (a process group), or the
+    pool."""
+    if event.get("worker") is not None:
+        return f"worker {event['worker']} (pid {event['pid']})"
+    if event.get("pid"):
+        return f"pid {event['pid']}"
+    return str(event.get("target") or "the pool")

@@ -45,7 +45,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import psutil
@@ -394,36 +394,16 @@ class Guarded:
             if call.gathered:
                 return
             call.gathered = True
-        from ._stacks import dump_stacks
-
-        parts, blocked, running = [], [], []
         procs = self.tree()
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                if proc.status() == psutil.STATUS_STOPPED:  # SIGSTOP: no stack moves in it
-                    blocked.append(f"pid {proc.pid}: stopped (SIGSTOP)")
-            dump = dump_stacks(proc.pid, timeout=5.0)
-            parts.append(f"--- target process {proc.pid} ({dump.method}) ---\n{dump.text}")
-            blocked += [
-                f"pid {proc.pid} {t.name or t.thread_id}: {f}" for t, f in dump.blocked_frames()
-            ]
-            running += [
-                f"pid {proc.pid} {t.name or t.thread_id}: {f}" for t, f in dump.running_frames()
-            ]
+        text, found = stacks_of(procs)
         own, where = harness_stacks(call.thread)
         where = call.where or where
-        parts.append(own)
         if self.kill is not None:
             with contextlib.suppress(Exception):
                 self.kill()
         killed = kill_all(procs)
-        call.summary = (
-            f"The call waited at {where}"
-            + (f"; blocked in the target: {'; '.join(blocked[:4])}" if blocked else "")
-            + (f"; running in the target: {'; '.join(running[:4])}" if running else "")
-            + f"; {killed} target process(es) killed"
-        )
-        call.dumps = "\n".join(parts)
+        call.summary = f"The call waited at {where}{found}; {killed} target process(es) killed"
+        call.dumps = f"{text}\n{own}"
 
 
 class _Interrupted(BaseException):
@@ -515,6 +495,31 @@ def interruptible() -> Any:
     finally:
         _pending.clear()
         signal.signal(INTERRUPT, previous)
+
+
+def stacks_of(procs: Iterable[psutil.Process]) -> tuple[str, str]:
+    """The py-spy dumps of ``procs`` (bounded, one after another), and where they stand in a
+    few words: "; blocked in the target: pid 12 MainThread: wait (x.py:3)", "; running in the
+    target: ...", a stopped process named as such (its stack cannot move)."""
+    from ._stacks import dump_stacks
+
+    parts, blocked, running = [], [], []
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            if proc.status() == psutil.STATUS_STOPPED:  # SIGSTOP: no stack moves in it
+                blocked.append(f"pid {proc.pid}: stopped (SIGSTOP)")
+        dump = dump_stacks(proc.pid, timeout=5.0)
+        parts.append(f"--- target process {proc.pid} ({dump.method}) ---\n{dump.text}")
+        blocked += [
+            f"pid {proc.pid} {t.name or t.thread_id}: {f}" for t, f in dump.blocked_frames()
+        ]
+        running += [
+            f"pid {proc.pid} {t.name or t.thread_id}: {f}" for t, f in dump.running_frames()
+        ]
+    found = (f"; blocked in the target: {'; '.join(blocked[:4])}" if blocked else "") + (
+        f"; running in the target: {'; '.join(running[:4])}" if running else ""
+    )
+    return "\n".join(parts), found
 
 
 def harness_stacks(blocked: int | None = None) -> tuple[str, str]:

@@ -128,7 +128,13 @@ class Fault:
 
     def as_event(self) -> dict[str, Any]:
         """The fault as a timeline event, for the checker's explanations."""
-        return {"kind": "fault", "mono": self.mono, "pid": self.pid, "reason": self.describe()}
+        return {
+            "kind": "fault",
+            "mono": self.mono,
+            "pid": self.pid,
+            "target": self.target,
+            "reason": self.describe(),
+        }
 
     def describe(self) -> str:
         return f"{self.kind} ({self.detail})" if self.detail else self.kind
@@ -701,10 +707,19 @@ class Scenario:
         final = {mid for ids in committed.values() for mid in ids}
         final |= set(dead) & set(self.expected_dead)
         await self.settle(final, timeout)
-        timeline = events + [f.as_event() for f in self.faults if f.fired and f.pid]
+        timeline = events + [f.as_event() for f in self.faults if f.mono is not None]
         verdict = self.history.check(
             committed, dead, timeline, self.expected_dead, ordered="unordered" not in caps
         )
+        # A chaosgate adapter (chaos.peers) keeps the ids whose result it waited for and never
+        # got (a future still pending): those did not vanish, they hang.
+        kept = getattr(target, "outstanding", ())
+        pending = set(kept) & set(verdict.lost) if isinstance(kept, list | tuple | set) else ()
+        for mid in sorted(pending):
+            verdict.explanations[mid] = (
+                f"{mid}: never came back -- its result still pending when committed() gave up "
+                "waiting (hung: the adapter's records hold the stacks)"
+            )
         return self.judge(verdict, events)
 
     def judge(

@@ -71,7 +71,7 @@ from typing import Any
 import psutil
 
 from ._errors import ChaosError
-from ._guard import TargetHung
+from ._guard import TargetHung, stacks_of
 from ._process_faults import Injected, send_signals
 from ._processes import descendants, is_gone, wait_gone
 from ._stacks import dump_stacks
@@ -355,10 +355,7 @@ class ServedTarget:
         deadline = time.monotonic() + timeout
         while not self._exited.is_set():
             if time.monotonic() > deadline:
-                raise ChaosError(
-                    f"served target {self.spec} (pid {self.pid}) did not exit within {timeout} s"
-                    f"{self._tail()}"
-                )
+                raise self._overrun(f"did not exit within {timeout:g} s", {self.pid})
             await asyncio.sleep(0.01)
         assert self.proc is not None and self.proc.returncode is not None
         return self.proc.returncode
@@ -383,16 +380,33 @@ class ServedTarget:
         tree |= group_members(self.pgid)
         left = wait_gone(tree | group_members(self.pgid), timeout)
         if left:
+            what = f"outlived {name} to its process group {self.pgid} by {timeout:g} s"
+            # A process that outlives SIGKILL is the kernel's matter; any other signal, the
+            # target's: it did not stop in time (hung), its stacks taken before the kill.
+            survived: Exception = ChaosError(f"{self.spec}: pids {sorted(left)} {what}")
+            if sig != signal.SIGKILL:
+                survived = self._overrun(what, left)
             if group_members(self.pgid):  # what is still in the group: SIGKILLed now
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.pgid, signal.SIGKILL)
-            raise ChaosError(
-                f"after {name} to process group {self.pgid} of served target {self.spec}, "
-                f"pids {sorted(left)} were still alive {timeout} s later"
-            )
+            raise survived
         self._exited.wait(timeout)
         detail = {"signal": f"{name}(-{int(sig)})", "pgid": self.pgid, "pids": sorted(tree)}
         return Injected("kill_whole", self.pid, mono, ts, detail)
+
+    def _overrun(self, what: str, pids: Iterable[int]) -> TargetHung:
+        """The served target did not end in time: a verdict (hung), with the stacks of the
+        processes still there -- where each stands -- and the server's last words."""
+        procs = []
+        for pid in sorted(pids):
+            with contextlib.suppress(psutil.Error):
+                procs.append(psutil.Process(pid))
+        text, found = stacks_of(procs)
+        return TargetHung(
+            f"served target {self.spec} (pid {self.pid}) {what}: the target is hung{found}"
+            f"{self._tail()}",
+            text,
+        )
 
     def kill_server(self, sig: int = signal.SIGKILL) -> Injected:
         """Signal the server process alone (its workers are the target's business)."""

@@ -204,6 +204,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(  # the shipped scenarios use it, whatever the project declares
         "markers", "slow: integration tests that run real worker processes for several seconds"
     )
+    config.addinivalue_line(
+        "markers",
+        "chaos_system_pool(what, elsewhere): a scenario of the system pool's own mechanism (a "
+        "failpoint site inside it, a mode, its fallback ladder); against another target it is "
+        "skipped before anything starts, saying where that fault family runs against it",
+    )
     for line in POOL_WARNINGS:  # after the project's own filters: these win
         config.addinivalue_line("filterwarnings", line)
     try:
@@ -291,6 +297,29 @@ def _worker_crashed(config: pytest.Config, nodeid: str, why: str) -> None:
 def chosen_target(config: pytest.Config) -> str | None:
     """The target spec the run was given (--chaos-target or [tool.chaosgate]), if any."""
     return config.stash[_SETTINGS]["target"]
+
+
+SYSTEM_SPECS = (None, "chaos:SystemTarget", "chaos._target:SystemTarget")
+
+
+def is_system_pool(config: pytest.Config) -> bool:
+    """Whether the run's target is chaosgate's own pool (the default)."""
+    return chosen_target(config) in SYSTEM_SPECS
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A scenario of the system pool's own mechanism, against another target: skipped at once
+    (nothing started), with where its fault family runs against that target instead."""
+    mark = item.get_closest_marker("chaos_system_pool")
+    if mark is None or is_system_pool(item.config):
+        return
+    what, elsewhere = (*mark.args, "", "")[:2]
+    elsewhere = mark.kwargs.get("elsewhere", elsewhere)
+    pytest.skip(
+        f"the system pool's own {what}, not {chosen_target(item.config)}'s"
+        + (f"; against it, {elsewhere}" if elsewhere else "")
+    )
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -465,7 +494,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             lines.append(text)
             why = "the test timed out: every process it started, dumped then killed"
             post_mortem = post_mortem_dump(text, why)
-        elif (hung := _hung(item)) is not None and hung.dumps:  # gathered at its deadline
+        elif (hung := _hung(item) or _raised_hung(call)) is not None and hung.dumps:
             if not item.stash.get(_DUMPED, False):  # printed once (call, then teardown)
                 lines.append(hung.dumps)
                 item.stash[_DUMPED] = True
@@ -588,6 +617,15 @@ def _hung(item: pytest.Item) -> Any:
     """The scenario's target hang (``chaos._guard.TargetHung``), if a call into it hung."""
     scenario = item.stash.get(SCENARIO, None)
     return getattr(scenario, "hung", None)
+
+
+def _raised_hung(call: pytest.CallInfo[None]) -> Any:
+    """A ``TargetHung`` the scenario itself raised (a served target that did not exit in time),
+    with the stacks gathered at its deadline."""
+    from chaos._guard import TargetHung
+
+    error = call.excinfo.value if call.excinfo is not None else None
+    return error if isinstance(error, TargetHung) else None
 
 
 def _failure_kind(call: pytest.CallInfo[None], scenario: Any) -> str:

@@ -26,6 +26,11 @@ async def test_a_task_breaks_its_own_channel(chaos_target, chaos) -> None:
 
 
 @pytest.mark.chaos_slo(lost=0, duplicated=0)
+@pytest.mark.chaos_system_pool(
+    "failpoint sites at either end of its pipes",
+    "a task breaks its own channels: test_a_task_breaks_its_own_channel, and the matrix's "
+    "pipe_inside (test_peers.py, column yours)",
+)
 @pytest.mark.parametrize("site", ["worker.recv", "dispatch.send"])
 async def test_a_channel_broken_from_either_side(chaos_target, chaos, site) -> None:
     chaos.failpoints(f"{site}=5*off->1*pipe")

@@ -30,6 +30,11 @@ async def test_workers_killed_at_once(chaos_target, chaos, how_many) -> None:
 
 
 @pytest.mark.chaos_slo(lost=0, duplicated=0)
+@pytest.mark.chaos_system_pool(
+    "failpoint sites inside a checkpoint",
+    "busy workers are SIGKILLed mid-task: test_workers_killed_at_once, "
+    "test_sigkill_random_workers_during_a_run, and the matrix's kill_busy and kill_all",
+)
 @pytest.mark.parametrize("site", ["worker.before_commit", "worker.after_commit"])
 async def test_a_worker_killed_during_a_checkpoint(chaos_target, chaos, site) -> None:
     chaos.failpoints(f"{site}=2*off->1*kill(SIGKILL)")

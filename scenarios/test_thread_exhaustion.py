@@ -20,7 +20,6 @@ import pytest
 
 from chaos import cgroup_available, pids_limit, wait_gone, workers_of
 from chaos._served import pipelined_traffic, running, serving, until_outstanding
-from chaos.pytest_plugin import chosen_target
 
 PIDS_OK, PIDS_WHY = cgroup_available("pids")
 pytestmark = pytest.mark.asyncio  # async tests run whatever the project's asyncio_mode
@@ -40,12 +39,12 @@ async def until(predicate, timeout: float, what: str):
 
 @pytest.mark.skipif(not PIDS_OK, reason=f"no pids cgroup here: {PIDS_WHY}")
 @pytest.mark.chaos_slo(lost=0, duplicated=0, mode="inline")
-async def test_a_pool_refused_new_processes_and_threads_ends_inline(
-    request: pytest.FixtureRequest, tmp_path: Path, chaos
-) -> None:
-    spec = chosen_target(request.config)
-    if spec not in (None, "chaos:SystemTarget", "chaos._target:SystemTarget"):
-        pytest.skip(f"needs the system pool's fallback ladder (mode events), not target {spec}")
+@pytest.mark.chaos_system_pool(
+    "fallback ladder (process, thread, inline)",
+    "the matrix's exhaustion caps its whole tree the same way, kills a worker and judges "
+    "whether it finished, wedged or broke (test_peers.py, column yours)",
+)
+async def test_a_pool_refused_new_processes_and_threads_ends_inline(tmp_path: Path, chaos) -> None:
     async with (
         serving(None, tmp_path / "d", workers=2) as served,
         running(pipelined_traffic(served, chaos.history, TOTAL, rate=RATE)) as traffic,

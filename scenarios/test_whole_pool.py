@@ -44,11 +44,10 @@ from chaos._served import (
     until_outstanding,
 )
 from chaos._target import TargetRefused
-from chaos.pytest_plugin import chosen_target
+from chaos.pytest_plugin import SYSTEM_SPECS, chosen_target
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]  # async: whatever asyncio_mode
 SLO = pytest.mark.chaos_slo(lost=0, duplicated=0)
-SYSTEM = (None, "chaos:SystemTarget", "chaos._target:SystemTarget")
 # At most this many messages, per second (from 16 submitters at once; unpaced from just before
 # the fault): the traffic outlasts the wait for the fault, and ends there.
 TOTAL, RATE = 60_000, 4_000
@@ -77,7 +76,7 @@ async def serve(
             data_dir, options = again.data_dir, again.options
         else:
             data_dir, options = tmp_path / f"d{len(started)}", {"workers": 4}
-            if mode is not None and spec in SYSTEM:
+            if mode is not None and spec in SYSTEM_SPECS:
                 options["mode"] = mode
         bound = chaos.target_timeout  # its own stop gives up (and kills) within the bound
         served = ServedTarget(
@@ -90,11 +89,6 @@ async def serve(
 
     yield start
     await stop_all(started)
-
-
-def only_system_modes(spec: str | None, mode: str) -> None:
-    if spec not in SYSTEM and mode != "process":
-        pytest.skip(f"mode={mode} is the system pool's option; target {spec} runs in its own way")
 
 
 @dataclass
@@ -184,10 +178,16 @@ def tree_of(target: ServedTarget) -> set[int]:
     return {target.pid} | {p.pid for p in descendants(target.pid)}
 
 
+def system_mode(mode: str) -> pytest.MarkDecorator:
+    """A mode of the system pool's own: against another target, that case is not its."""
+    return pytest.mark.chaos_system_pool(f"mode={mode}", "the [process] case, its own way")
+
+
 @SLO
-@pytest.mark.parametrize("mode", ["process", "thread", "inline"])
+@pytest.mark.parametrize(
+    "mode", ["process", *(pytest.param(m, marks=system_mode(m)) for m in ("thread", "inline"))]
+)
 async def test_sigkill_of_the_whole_process_group_then_rerun(serve, chaos, spec, mode: str) -> None:
-    only_system_modes(spec, mode)
     served = await serve(mode=mode)
     async with loaded(chaos, served, work=0.001) as load:  # a backlog when the kill comes
         fault = chaos.plan("kill", f"process group {served.pgid}", detail="SIGKILL")
@@ -204,7 +204,7 @@ async def test_sigkill_of_the_whole_process_group_then_rerun(serve, chaos, spec,
 @SLO
 async def test_sigkill_of_the_server_alone_takes_its_workers_down(serve, chaos, spec) -> None:
     served = await serve(mode="process")
-    async with loaded(chaos, served, workers=4 if spec in SYSTEM else 1) as load:
+    async with loaded(chaos, served, workers=4 if spec in SYSTEM_SPECS else 1) as load:
         assert load.workers and set(load.workers) <= load.tree
         fault = chaos.plan("kill", f"server pid {served.pid}", detail="SIGKILL to the server alone")
         killed = served.kill_server(signal.SIGKILL)  # not its group
@@ -225,12 +225,11 @@ async def test_sigkill_of_the_server_alone_takes_its_workers_down(serve, chaos, 
     [
         ("process", "SIGTERM"),
         ("process", "SIGINT to group"),
-        ("thread", "SIGTERM"),
-        ("inline", "SIGTERM"),
+        pytest.param("thread", "SIGTERM", marks=system_mode("thread")),
+        pytest.param("inline", "SIGTERM", marks=system_mode("inline")),
     ],
 )
 async def test_sigterm_drains_and_exits_within_grace(serve, chaos, spec, mode, how) -> None:
-    only_system_modes(spec, mode)
     served = await serve(mode=mode)
     async with loaded(chaos, served) as load:
         t0 = time.monotonic()

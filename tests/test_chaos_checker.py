@@ -91,9 +91,15 @@ def test_anomalies_are_explained_by_what_happened_after_them() -> None:
         "12 messages in flight"
     )
     quiet = history(("a1", "a", True)).check({"a": []})
-    assert "no worker died" in quiet.explanations["a1"]
-    # An event-less target: the fault before the message is named beside "no worker died".
+    assert "no fault after it was submitted" in quiet.explanations["a1"]
+    # An event-less target: the fault before the message is named beside "no fault after".
     late = history(("a1", "a", True))
     kill = {"kind": "fault", "mono": late.submits[0].mono - 0.25, "pid": 9, "reason": "kill"}
     said = late.check({"a": []}, events=[kill]).explanations["a1"]
     assert said.endswith("(the last fault before it: pid 9 got kill, 0.250 s earlier)"), said
+    # A fault aimed at no one pid (a process group) is named by what it aimed at.
+    group = history(("a1", "a", True))
+    whole = {"kind": "fault", "mono": group.submits[0].mono + 0.5, "pid": None,
+             "target": "process group 42", "reason": "kill (SIGKILL)"}  # fmt: skip
+    said = group.check({"a": []}, events=[whole]).explanations["a1"]
+    assert said.startswith("a1: process group 42 got kill (SIGKILL) +0.500 s after"), said

@@ -249,3 +249,31 @@ def test_the_whole_pool_scenario_fails_a_pool_that_acks_before_it_is_durable(
     assert run.returncode == 1, run.stdout[-3000:]
     lost = re.search(r"lost=(\d+), allowed 0", run.stdout)
     assert "SLO breached" in run.stdout and lost and int(lost.group(1)) > 0, run.stdout[-3000:]
+
+
+async def test_a_target_that_outlives_its_signal_is_hung_with_its_stacks(tmp_path: Path) -> None:
+    """SIGTERM or a Ctrl-C (SIGINT to the group) that the target does not end in time is a
+    verdict -- hung, where it stands named from its stacks -- never the harness's error; the
+    group is SIGKILLed after the dumps, and nothing is left."""
+    for how in ("SIGTERM", "SIGINT"):
+        served = ServedTarget(
+            "targets:HangingStopTarget", tmp_path / how, workers=2, stop_timeout=60
+        )
+        await served.start()
+        await served.submit("k", 0, "m0")
+        tree = tree_of(served)
+        try:
+            if how == "SIGTERM":
+                served.terminate()
+                with pytest.raises(TargetHung, match=r"did not exit within 2 s") as hung:
+                    await served.wait_exit(2.0)
+            else:
+                with pytest.raises(TargetHung, match=r"outlived SIGINT to its process") as hung:
+                    served.kill_whole(signal.SIGINT, timeout=2.0, known=tree)
+                assert not wait_gone(tree, 5.0)  # SIGKILLed once its stacks were taken
+            assert "the target is hung" in str(hung.value)
+            assert f"--- target process {served.pid}" in (hung.value.dumps or "")
+        finally:
+            served.kill_whole()  # its own stop() would wait out stop_timeout
+            await served.stop()
+        assert not wait_gone(tree, 5.0)
