@@ -1,14 +1,21 @@
 """The durable intake log: the source of truth for every submitted message.
 
 One SQLite database, ``<data dir>/intake.db``, in WAL mode. Every message gets a global,
-monotonic offset (``seq``) and is stored with its caller-chosen or generated id (unique: a
-resubmitted id is a no-op that returns the first offset), key, partition and pickled payload.
-``compact`` deletes what is both committed and older than the id-dedup window; SQLite reuses
-the freed pages, so the file stops growing once it holds a window's worth.
-The pool appends many messages per transaction (group commit): ``append`` is called from one
-writer thread with everything submitted since the previous commit, and returns once the batch is
-durable. ``synchronous=FULL`` makes "durable" survive power loss; ``durability="process"``
-(``synchronous=NORMAL``) survives any process crash, which is all ``kill -9`` needs, for less I/O.
+monotonic offset and is stored with its caller-chosen or generated id, key, partition and
+pickled payload. The pool appends many messages per transaction (group commit): ``append`` is
+called from one writer thread with everything submitted since the previous commit, and returns
+once the batch is durable. ``synchronous=FULL`` makes "durable" survive power loss;
+``durability="process"`` (``synchronous=NORMAL``) survives any process crash, which is all
+``kill -9`` needs, for less I/O.
+
+Format 2 stores a group commit as one row of ``batches`` (its messages pickled together, at most
+``BATCH_BYTES`` of payload a row), not a row per message: SQLite's per-row work was most of the
+writer's time. An id the caller chose is also in ``ids`` (a resubmitted one is a no-op that
+returns the first offset); a generated id is unique by construction and costs no index entry.
+``compact`` deletes whole batches that are both committed (every partition in them, up to its
+offset there) and older than the id-dedup window, with their ids; SQLite reuses the freed
+pages, so the file stops growing once it holds a window's worth. A format-1 log (a row per
+message) is converted at open, in one transaction.
 
 The partition count is fixed for a data dir (state lives per partition), so it is stored in the
 ``meta`` table and a mismatch is refused with ``DataDirError``.
@@ -19,8 +26,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pickle
 import sqlite3
 from collections.abc import Iterator, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import IO
 
@@ -28,20 +37,68 @@ from chaos import failpoints
 from chaos.failpoints import failpoint
 
 from ._errors import DataDirError
+from ._frames import Row
 
-FORMAT = "1"
+FORMAT = "2"
 _CHUNK = 500  # ids per "IN (...)" lookup, below SQLite's variable limit
+BATCH_BYTES = 8 << 20  # payload bytes in one row of batches, at most (and one message, at least)
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+_OFFSET, _PARTITION, _PAYLOAD, _SECOND = itemgetter(0), itemgetter(3), itemgetter(4), itemgetter(1)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS log (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    key TEXT NOT NULL,
-    partition INTEGER NOT NULL,
-    payload BLOB NOT NULL
+CREATE TABLE IF NOT EXISTS batches (
+    first INTEGER PRIMARY KEY,  -- the offset of its first message
+    last INTEGER NOT NULL,      -- and of its last
+    parts BLOB NOT NULL,        -- pickled {partition: its last offset in the batch}
+    named BLOB,                 -- pickled [id, ...] of its messages in ids, if any
+    rows BLOB NOT NULL          -- pickled [(offset, id, key, partition, payload), ...]
 );
+CREATE TABLE IF NOT EXISTS ids (id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 """
+
+_INSERT = "INSERT INTO batches VALUES (?, ?, ?, ?, ?)"
+
+
+Batch = tuple[int, int, bytes, bytes | None, bytes]  # a row of batches
+
+
+def _batches(rows: Sequence[Row], named: Sequence[tuple[str, int]]) -> list[Batch]:
+    """``rows`` as rows of ``batches``: at most ``BATCH_BYTES`` of payload each (one message at
+    least), each with its partitions' last offsets and the ids of ``named`` it holds."""
+    chunks = [rows]
+    if sum(map(len, map(_PAYLOAD, rows))) > BATCH_BYTES:
+        chunks, lo, size = [], 0, 0
+        for i, row in enumerate(rows):
+            size += len(row[4])
+            if size > BATCH_BYTES and i > lo:
+                chunks.append(rows[lo:i])
+                lo, size = i, len(row[4])
+        chunks.append(rows[lo:])
+    names = sorted(named, key=_SECOND)
+    found: list[Batch] = []
+    j = 0
+    for chunk in chunks:
+        if not chunk:
+            continue
+        last = chunk[-1][0]
+        k = j
+        while k < len(names) and names[k][1] <= last:
+            k += 1
+        mine = [n[0] for n in names[j:k]]
+        j = k
+        found.append(
+            (
+                chunk[0][0],
+                last,
+                pickle.dumps(
+                    dict(zip(map(_PARTITION, chunk), map(_OFFSET, chunk), strict=True)), _PROTOCOL
+                ),
+                pickle.dumps(mine, _PROTOCOL) if mine else None,
+                pickle.dumps(chunk if type(chunk) is list else list(chunk), _PROTOCOL),
+            )
+        )
+    return found
 
 
 def connect(path: Path, *, durability: str = "fsync") -> sqlite3.Connection:
@@ -117,6 +174,14 @@ class IntakeLog:
             self._db = connect(self.path, durability=durability)
             self._db.executescript(_SCHEMA)
             meta = dict(self._db.execute("SELECT k, v FROM meta"))
+            if meta.get("format", FORMAT) not in ("1", FORMAT):
+                self._db.close()
+                raise DataDirError(
+                    f"{self.path} is in intake format {meta['format']}, newer than this "
+                    f"chaosgate reads ({FORMAT}); open it with the chaosgate that wrote it"
+                )
+            if self._table("log"):
+                self._convert_v1()
         except sqlite3.DatabaseError as e:
             raise DataDirError(
                 f"{self.path} is not a usable intake log ({e}); pass another --data-dir"
@@ -140,51 +205,91 @@ class IntakeLog:
                     [("partitions", str(partitions)), ("format", FORMAT)],
                 )
         self.partitions: int = partitions
-        row = self._db.execute("SELECT max(seq) FROM log").fetchone()
-        self.next_offset: int = 0 if row[0] is None else row[0] + 1
+        # Never an offset twice: past every batch kept, and every batch compaction deleted.
+        (last,) = self._db.execute("SELECT max(last) FROM batches").fetchone()
+        self.next_offset: int = max(-1 if last is None else last + 1, self.floor())
 
-    def existing(self, ids: Sequence[str]) -> dict[str, int]:
-        """Offsets of those ``ids`` already in the log."""
-        found: dict[str, int] = {}
-        for i in range(0, len(ids), _CHUNK):
-            chunk = ids[i : i + _CHUNK]
-            q = f"SELECT id, seq FROM log WHERE id IN ({','.join('?' * len(chunk))})"
-            found.update(self._db.execute(q, chunk))
-        return found
+    def _table(self, name: str) -> bool:
+        q = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+        return self._db.execute(q, (name,)).fetchone() is not None
 
-    def append(self, rows: Sequence[tuple[int, str, str, int, bytes]]) -> None:
-        """Durably append ``(offset, id, key, partition, payload)`` rows in one transaction."""
+    def _convert_v1(self) -> None:
+        """A format-1 log (a row per message) rewritten as batches, its ids all kept (which
+        were generated is not known), in one transaction: a crash leaves it format 1."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", rows)
+            rows = self._db.execute("SELECT seq, id, key, partition, payload FROM log ORDER BY seq")
+            chunk: list[Row] = []
+            for row in rows:
+                chunk.append(row)
+                if len(chunk) == 10_000:
+                    named = [(r[1], r[0]) for r in chunk]
+                    self._insert(_batches(chunk, named), named)
+                    chunk = []
+            if chunk:
+                named = [(r[1], r[0]) for r in chunk]
+                self._insert(_batches(chunk, named), named)
+            self._db.execute("DROP TABLE log")
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('format', ?)", (FORMAT,))
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
 
+    def existing(self, ids: Sequence[str]) -> dict[str, int]:
+        """Offsets of those ``ids`` already in the log (ids the caller chose)."""
+        found: dict[str, int] = {}
+        for i in range(0, len(ids), _CHUNK):
+            chunk = ids[i : i + _CHUNK]
+            q = f"SELECT id, seq FROM ids WHERE id IN ({','.join('?' * len(chunk))})"
+            found.update(self._db.execute(q, chunk))
+        return found
+
+    def append(self, rows: Sequence[Row], named: Sequence[tuple[str, int]] = ()) -> None:
+        """Durably append ``(offset, id, key, partition, payload)`` rows (consecutive offsets)
+        in one transaction; ``named``: the ``(id, offset)`` of those whose id the caller chose."""
+        batches = _batches(rows, named)
+        if len(batches) == 1 and not named:  # one statement: its own transaction, and one
+            self._db.execute(_INSERT, batches[0])  # wait for the GIL after it, not three
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._insert(batches, named)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _insert(self, batches: list[Batch], named: Sequence[tuple[str, int]]) -> None:
+        self._db.executemany(_INSERT, batches)
+        if named:
+            self._db.executemany("INSERT INTO ids VALUES (?, ?)", named)
+
     def compact(self, committed: dict[int, int], below: int) -> int:
-        """Delete the messages under offset ``below`` that their partition has committed; how
-        many. What a replay needs (above a partition's committed offset) is never touched, and
-        a crash mid-way deletes nothing (one transaction)."""
+        """Delete the batches wholly under offset ``below`` whose every partition has committed
+        its messages in them, and their ids; how many messages. What a replay needs (above a
+        partition's committed offset) is never touched, and a crash mid-way deletes nothing
+        (one transaction)."""
         if below <= 0 or not committed:
             return 0
-        values = ",".join("(?, ?)" for _ in committed)
-        q = (
-            f"WITH c(p, o) AS (VALUES {values}) DELETE FROM log WHERE seq < ? "
-            "AND seq <= (SELECT o FROM c WHERE p = log.partition)"
-        )
-        args = [x for item in committed.items() for x in item]
+        gone: list[tuple[int, int, bytes | None]] = []
+        q = "SELECT first, last, parts, named FROM batches WHERE last < ? ORDER BY first"
+        for first, last, parts, named in self._db.execute(q, (below,)):
+            if all(committed.get(p, -1) >= o for p, o in pickle.loads(parts).items()):
+                gone.append((first, last, named))
         through = self.compacted_through()
         for p, o in committed.items():
             through[p] = max(through.get(p, -1), min(o, below - 1))
+        n = sum(last - first + 1 for first, last, _ in gone)
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.execute(q, [*args, below])
-            n = self._db.execute("SELECT changes()").fetchone()[0]  # (no rowcount after WITH)
-            self._db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('compacted_through', ?)",
-                (json.dumps(through),),
-            )
+            self._db.executemany("DELETE FROM batches WHERE first = ?", [(g[0],) for g in gone])
+            ids = [(i,) for _, _, named in gone if named for i in pickle.loads(named)]
+            self._db.executemany("DELETE FROM ids WHERE id = ?", ids)
+            meta = [("compacted_through", json.dumps(through))]
+            if gone:  # offsets are never given again, even once their batches are gone
+                meta.append(("floor", str(max(self.floor(), gone[-1][1] + 1))))
+            self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
             if failpoints.ACTIVE:
                 failpoint("intake.compact", deleted=n)
         except BaseException:
@@ -194,6 +299,11 @@ class IntakeLog:
         if failpoints.ACTIVE:
             failpoint("intake.compacted", deleted=n)
         return n
+
+    def floor(self) -> int:
+        """The offset past every batch compaction deleted (0: none)."""
+        row = self._db.execute("SELECT v FROM meta WHERE k = 'floor'").fetchone()
+        return int(row[0]) if row else 0
 
     def compacted_through(self) -> dict[int, int]:
         """Per partition, the offset up to which compaction may have deleted its messages."""
@@ -216,23 +326,25 @@ class IntakeLog:
                 "back the checkpoints.db that belongs with this intake.db"
             )
 
-    def read_after(
-        self, committed: dict[int, int], partitions: int
-    ) -> Iterator[tuple[int, str, str, int, bytes]]:
+    def read_after(self, committed: dict[int, int], partitions: int) -> Iterator[Row]:
         """Every message not yet committed by its partition (``offset > committed[partition]``).
 
         A partition that no worker ever claimed has no entry: it starts from the beginning.
         """
         low = min(committed.get(p, -1) for p in range(partitions))
-        for row in self._db.execute("SELECT * FROM log WHERE seq > ? ORDER BY seq", (low,)):
-            if row[0] > committed.get(row[3], -1):
-                yield row
+        q = "SELECT rows FROM batches WHERE last > ? ORDER BY first"
+        for (blob,) in self._db.execute(q, (low,)):
+            for row in pickle.loads(blob):
+                if row[0] > committed.get(row[3], -1):
+                    yield row
 
-    def scan(self) -> Iterator[tuple[int, str, str, int, bytes]]:
-        yield from self._db.execute("SELECT * FROM log ORDER BY seq")
+    def scan(self) -> Iterator[Row]:
+        for (blob,) in self._db.execute("SELECT rows FROM batches ORDER BY first"):
+            yield from pickle.loads(blob)
 
     def count(self) -> int:
-        return self._db.execute("SELECT count(*) FROM log").fetchone()[0]
+        q = "SELECT coalesce(sum(last - first + 1), 0) FROM batches"
+        return int(self._db.execute(q).fetchone()[0])
 
     def close(self) -> None:
         self._db.close()

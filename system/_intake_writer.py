@@ -16,7 +16,7 @@ import itertools
 import logging
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -36,6 +36,8 @@ from ._router import Router
 Entry = tuple[str, str, int, bytes, bool]
 Parked = tuple[list[Entry], asyncio.Future[list[int]]]
 T = TypeVar("T")
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+_KEYS_CACHED = 100_000  # keys whose partition is kept (a CRC-32 each, else), then forgotten
 log = logging.getLogger("system")
 
 
@@ -55,6 +57,7 @@ class IntakeWriter:
         self._inline = False  # no thread could be had: write in the loop
         self._ids = itertools.count()
         self._id_prefix = os.urandom(6).hex()
+        self._parts: dict[str, int] = {}  # key -> partition, for the keys seen lately
 
     @property
     def writing(self) -> bool:
@@ -65,7 +68,7 @@ class IntakeWriter:
         if type(key) is not str:
             check_key(key)  # raises, naming the fix
         try:
-            blob = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+            blob = pickle.dumps(payload, protocol=_PROTOCOL)
         except Exception as e:
             raise PayloadError(
                 f"payload of type {_kind(payload)} for key {key!r} cannot be pickled "
@@ -78,12 +81,56 @@ class IntakeWriter:
                 f"pickled, over max_payload_bytes={self.max_payload:,}; nothing was written. "
                 "Store it elsewhere and submit a reference, or raise max_payload_bytes"
             )
-        part = partition_of(key, self.router.partitions)
+        part = self._parts.get(key)
+        if part is None:
+            if len(self._parts) >= _KEYS_CACHED:
+                self._parts.clear()
+            part = self._parts[key] = partition_of(key, self.router.partitions)
         if mid is None:
             return (f"{self._id_prefix}-{next(self._ids)}", key, part, blob, True)
         if type(mid) is not str:
             raise UsageError(f"id must be a str or None; got {type(mid).__name__} {mid!r:.60}")
         return (mid, key, part, blob, False)
+
+    def prepare_many(self, items: Iterable[tuple[Any, ...]]) -> list[Entry]:
+        """``prepare`` for each ``(key, payload[, id])`` item, the common case inlined (a str
+        key, a payload that pickles within the limit); anything else goes through ``prepare``,
+        which names the fault."""
+        dumps, cap, parts, ids, prefix = (
+            pickle.dumps,
+            self.max_payload,
+            self._parts,
+            self._ids,
+            self._id_prefix,
+        )
+        entries: list[Entry] = []
+        add = entries.append
+        for item in items:
+            if len(item) == 2:
+                key, payload = item
+                mid = None
+            elif len(item) == 3:
+                key, payload, mid = item
+            else:
+                raise UsageError(
+                    f"submit_many takes (key, payload) or (key, payload, id) items; got "
+                    f"{len(item)} values: {item!r:.80}"
+                )
+            part = parts.get(key) if type(key) is str else None
+            if part is None or (mid is not None and type(mid) is not str):
+                add(self.prepare(key, payload, mid))
+                continue
+            try:
+                blob = dumps(payload, _PROTOCOL)
+            except Exception:
+                blob = None
+            if blob is None or len(blob) > cap:
+                add(self.prepare(key, payload, mid))  # raises, naming the fault
+            elif mid is None:
+                add((f"{prefix}-{next(ids)}", key, part, blob, True))
+            else:
+                add((mid, key, part, blob, False))
+        return entries
 
     async def submit(self, entries: list[Entry], check_open: Callable[[], None]) -> list[int]:
         """Wait for room, then until ``entries`` are durable; their offsets."""
@@ -174,6 +221,7 @@ class IntakeWriter:
         seen = intake.existing([e[0] for e in entries if not e[4]])
         rows: list[Row] = []
         offsets: list[int] = []
+        named: list[tuple[str, int]] = []
         nxt = intake.next_offset
         for mid, key, part, blob, auto in entries:
             if not auto:
@@ -182,11 +230,12 @@ class IntakeWriter:
                     offsets.append(known)
                     continue
                 seen[mid] = nxt
+                named.append((mid, nxt))
             rows.append((nxt, mid, key, part, blob))
             offsets.append(nxt)
             nxt += 1
         if rows:
-            intake.append(rows)
+            intake.append(rows, named)
             intake.next_offset = nxt
         return rows, offsets
 

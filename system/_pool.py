@@ -220,15 +220,7 @@ class Pool:
     async def submit_many(self, items: Iterable[tuple[Any, ...]]) -> list[int]:
         """Durably log ``(key, payload[, id])`` items in one group commit; return their offsets."""
         self._life.check_open()
-        prepare = self._writer.prepare
-        entries = []
-        for item in items:
-            if len(item) not in (2, 3):
-                raise UsageError(
-                    f"submit_many takes (key, payload) or (key, payload, id) items; got "
-                    f"{len(item)} values: {item!r:.80}"
-                )
-            entries.append(prepare(item[0], item[1], item[2] if len(item) == 3 else None))
+        entries = self._writer.prepare_many(items)
         return await self._writer.submit(entries, self._life.check_open)
 
     async def drain(self, timeout: float | None = None) -> None:

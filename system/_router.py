@@ -21,6 +21,8 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import islice
+from operator import itemgetter
 
 from chaos import failpoints
 from chaos.failpoints import failpoint
@@ -32,6 +34,7 @@ from ._message import check_key, partition_of
 from ._tally import Tally
 
 log = logging.getLogger("system")
+_PAYLOAD = itemgetter(PAYLOAD)
 
 
 @dataclass
@@ -100,6 +103,9 @@ class Router:
     def applied(self, lane: Lane, position: int) -> None:
         """Everything sent up to ``position`` is applied: its credits come back."""
         inflight, applied = lane.inflight, lane.applied
+        if inflight and inflight[-1][OFFSET] <= position:  # all of it (the usual case)
+            applied.extend(inflight)
+            inflight.clear()
         while inflight and inflight[0][OFFSET] <= position:
             applied.append(inflight.popleft())
         self.wake.set()
@@ -111,6 +117,9 @@ class Router:
             self.tally.offsets.update(offsets)
         n = 0
         for held in (lane.applied, lane.inflight):  # older first
+            if held and held[-1][OFFSET] <= position:  # all of it (the usual case)
+                n += len(held)
+                held.clear()
             while held and held[0][OFFSET] <= position:
                 held.popleft()
                 n += 1
@@ -163,9 +172,13 @@ class Router:
 
     def take(self, unsent: deque[Wire], n: int) -> list[Wire]:
         """Up to ``n`` messages, and no more than ``max_batch_bytes`` of payload (at least one)."""
+        cap = self.config.max_batch_bytes
+        k = min(n, len(unsent))
+        if sum(map(len, map(_PAYLOAD, islice(unsent, k)))) <= cap:  # the usual case: all k fit
+            pop = unsent.popleft
+            return [pop() for _ in range(k)]
         batch = [unsent.popleft()]
         size = len(batch[0][PAYLOAD])
-        cap = self.config.max_batch_bytes
         while unsent and len(batch) < n and size + len(unsent[0][PAYLOAD]) <= cap:
             size += len(unsent[0][PAYLOAD])
             batch.append(unsent.popleft())

@@ -12,10 +12,15 @@ def rows(start: int, ids: list[str]) -> list[tuple[int, str, str, int, bytes]]:
     return [(start + i, mid, f"k{i}", i % 4, b"p") for i, mid in enumerate(ids)]
 
 
+def named(batch: list[tuple[int, str, str, int, bytes]]) -> list[tuple[str, int]]:
+    """Every id of ``batch`` as one the caller chose: ``(id, offset)``."""
+    return [(r[1], r[0]) for r in batch]
+
+
 def test_append_scan_and_reopen_continue_offsets(tmp_path: Path) -> None:
     log = IntakeLog(tmp_path, 8)
     assert log.next_offset == 0 and log.partitions == 8
-    log.append(rows(0, ["a", "b", "c"]))
+    log.append(rows(0, ["a", "b", "c"]), named(rows(0, ["a", "b", "c"])))
     log.close()
     log = IntakeLog(tmp_path, None)  # the partition count comes from the data dir
     assert log.partitions == 8
@@ -27,9 +32,9 @@ def test_append_scan_and_reopen_continue_offsets(tmp_path: Path) -> None:
 
 def test_a_duplicate_id_is_refused_by_the_log(tmp_path: Path) -> None:
     log = IntakeLog(tmp_path, 8)
-    log.append(rows(0, ["a"]))
+    log.append(rows(0, ["a"]), named(rows(0, ["a"])))
     with pytest.raises(Exception, match="UNIQUE"):
-        log.append(rows(1, ["x", "a"]))
+        log.append(rows(1, ["x", "a"]), named(rows(1, ["x", "a"])))
     assert log.count() == 1  # the whole batch was rolled back
     log.close()
 
@@ -70,3 +75,56 @@ def test_data_dir_errors_name_cause_and_fix(tmp_path: Path) -> None:
     (tmp_path / "junk" / "intake.db").write_bytes(b"not a database at all" * 100)
     with pytest.raises(DataDirError, match="not a usable intake log"):
         IntakeLog(tmp_path / "junk", None)
+
+
+def test_a_format_1_log_is_converted_at_open(tmp_path: Path) -> None:
+    """A data dir of the last release (a row per message) opens as it was: every message, its
+    offset and its id kept, in one transaction."""
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "intake.db")
+    db.executescript(
+        "CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);"
+        "CREATE TABLE log (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, key TEXT NOT NULL,"
+        " partition INTEGER NOT NULL, payload BLOB NOT NULL);"
+        "INSERT INTO meta VALUES ('partitions', '4'), ('format', '1');"
+    )
+    old = rows(0, [f"m{i}" for i in range(25_000)])  # more than one batch of the conversion
+    db.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", old)
+    db.commit()
+    db.close()
+    log = IntakeLog(tmp_path, None)
+    assert log.partitions == 4 and log.next_offset == 25_000
+    assert list(log.scan()) == old
+    assert log.existing(["m0", "m24999", "new"]) == {"m0": 0, "m24999": 24_999}
+    assert [r[0] for r in log.read_after({0: 24_996, 1: 24_997, 2: 24_998, 3: 24_999}, 4)] == []
+    log.close()
+    db = sqlite3.connect(tmp_path / "intake.db")
+    tables = {t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "log" not in tables and db.execute("SELECT v FROM meta WHERE k = 'format'").fetchone()
+    assert db.execute("SELECT v FROM meta WHERE k = 'format'").fetchone()[0] == "2"
+    db.close()
+
+
+def test_a_newer_format_is_refused_with_the_fix(tmp_path: Path) -> None:
+    IntakeLog(tmp_path, 4).close()
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "intake.db")
+    db.execute("UPDATE meta SET v = '9' WHERE k = 'format'")
+    db.commit()
+    db.close()
+    with pytest.raises(DataDirError, match="intake format 9, newer than this chaosgate reads"):
+        IntakeLog(tmp_path, None)
+
+
+def test_no_offset_is_given_twice_once_everything_was_compacted(tmp_path: Path) -> None:
+    """With dedup_window=0 a compaction may delete every batch; a reopened log must go on past
+    them (a reused offset would be taken for one already committed, and skipped)."""
+    log = IntakeLog(tmp_path, 4)
+    log.append(rows(0, [f"m{i}" for i in range(10)]))
+    assert log.compact({p: 9 for p in range(4)}, below=10) == 10 and log.count() == 0
+    log.close()
+    log = IntakeLog(tmp_path, None)
+    assert log.next_offset == 10
+    log.close()

@@ -360,6 +360,33 @@ async def test_the_intake_writer_logs_once_per_id_in_one_group_commit(intake, wr
         )
 
 
+@pytest.mark.parametrize("writing", [{"max_outstanding": 100}], indirect=True)
+async def test_prepare_many_is_prepare_for_each_item_and_refuses_alike(intake, writing) -> None:
+    """submit_many's inlined path: the same entries as prepare, the same refusals -- also for a
+    key it has seen, whose partition it keeps."""
+    r, _ = writing
+    writer = IntakeWriter(intake, r, EventLog(intake.path.parent / "e.jsonl"), PoolConfig(
+        max_payload_bytes=64))  # fmt: skip
+    items = [("a", 1, "x"), ("b", [2]), ("a", "three")]
+    for _ in range(2):  # the second time, every key is known
+        many = writer.prepare_many(items)
+        one = [writer.prepare(*item) if len(item) == 3 else writer.prepare(*item, None)
+               for item in items]  # fmt: skip
+        assert [e[1:] for e in many] == [e[1:] for e in one] and many[0][0] == "x"
+        assert many[1][0] != one[1][0]  # generated ids: each its own
+    with pytest.raises(PayloadError, match="over max_payload_bytes=64"):
+        writer.prepare_many([("a", 1), ("a", "x" * 100)])
+    with pytest.raises(PayloadError, match="cannot be pickled"):
+        writer.prepare_many([("a", lambda: 1)])
+    with pytest.raises(UsageError, match="id must be a str or None"):
+        writer.prepare_many([("a", 1, 7)])
+    with pytest.raises(UsageError, match="key must be a str"):
+        writer.prepare_many([(3, 1)])
+    with pytest.raises(UsageError, match="got 1 values"):
+        writer.prepare_many([("a",)])
+    writer.events.close()
+
+
 @pytest.mark.parametrize("writing", [{"max_outstanding": 1}], indirect=True)
 async def test_a_submit_waits_while_max_outstanding_are_not_committed(writing) -> None:
     r, writer = writing
@@ -451,13 +478,19 @@ def test_the_event_log_rotates_by_size_and_reads_back_in_order(tmp_path: Path) -
 
 
 def test_compaction_removes_only_what_is_committed_and_out_of_the_window(intake) -> None:
-    intake.append([row(i, i % 4) for i in range(100)])
-    committed = {0: 48, 1: 97, 2: 10}  # partition 3: never committed
+    for b in range(10):  # group commit b: offsets 10b..10b+9, all of partition b % 4
+        batch = [row(i, b % 4) for i in range(10 * b, 10 * b + 10)]
+        intake.append(batch, [(r[1], r[0]) for r in batch])
+    committed = {0: 99, 1: 99, 2: 25}  # partition 3: never committed
     replay = list(intake.read_after(committed, 4))
-    assert intake.compact(committed, below=80) == 13 + 20 + 3
+    # Under 80: batches 0..7. Committed whole: 0 and 4 (partition 0), 1 and 5 (partition 1);
+    # batch 2 only up to 25 of 29, 6 and the partition-3 ones not at all.
+    assert intake.compact(committed, below=80) == 40
+    assert intake.count() == 60
     assert list(intake.read_after(committed, 4)) == replay  # a replay misses nothing
-    assert intake.existing(["m96", "m97"]) == {"m96": 96, "m97": 97}  # in the window: known
-    assert intake.existing(["m4", "m3"]) == {"m3": 3}  # m4 is gone; m3 (partition 3) is not
+    assert intake.existing(["m96", "m20"]) == {"m96": 96, "m20": 20}  # kept: known
+    assert intake.existing(["m4", "m15", "m30"]) == {"m30": 30}  # m4, m15 are gone
+    assert intake.compact(committed, below=80) == 0  # what is left stays, until committed
 
 
 # -- the warm spare --------------------------------------------------------------------------------
