@@ -28,7 +28,7 @@ import json
 import os
 import pickle
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from operator import itemgetter
 from pathlib import Path
 from typing import IO
@@ -42,6 +42,7 @@ from ._frames import Row
 FORMAT = "2"
 _CHUNK = 500  # ids per "IN (...)" lookup, below SQLite's variable limit
 BATCH_BYTES = 8 << 20  # payload bytes in one row of batches, at most (and one message, at least)
+BATCH_ROWS = 2_000  # messages in one row of batches, at most
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _OFFSET, _PARTITION, _PAYLOAD, _SECOND = itemgetter(0), itemgetter(3), itemgetter(4), itemgetter(1)
 
@@ -63,42 +64,43 @@ _INSERT = "INSERT INTO batches VALUES (?, ?, ?, ?, ?)"
 Batch = tuple[int, int, bytes, bytes | None, bytes]  # a row of batches
 
 
-def _batches(rows: Sequence[Row], named: Sequence[tuple[str, int]]) -> list[Batch]:
-    """``rows`` as rows of ``batches``: at most ``BATCH_BYTES`` of payload each (one message at
-    least), each with its partitions' last offsets and the ids of ``named`` it holds."""
-    chunks = [rows]
-    if sum(map(len, map(_PAYLOAD, rows))) > BATCH_BYTES:
-        chunks, lo, size = [], 0, 0
-        for i, row in enumerate(rows):
-            size += len(row[4])
-            if size > BATCH_BYTES and i > lo:
-                chunks.append(rows[lo:i])
-                lo, size = i, len(row[4])
-        chunks.append(rows[lo:])
-    names = sorted(named, key=_SECOND)
-    found: list[Batch] = []
-    j = 0
-    for chunk in chunks:
-        if not chunk:
+def _chunks(rows: Sequence[Row]) -> Iterator[Sequence[Row]]:
+    """``rows`` in runs of at most ``BATCH_ROWS`` messages and ``BATCH_BYTES`` of payload (one
+    message at least): each is pickled on its own, so another thread gets the GIL between."""
+    for lo in range(0, len(rows), BATCH_ROWS):
+        part = rows[lo : lo + BATCH_ROWS]
+        if sum(map(len, map(_PAYLOAD, part))) <= BATCH_BYTES:  # the usual case
+            yield part
             continue
+        start, size = 0, 0
+        for i, row in enumerate(part):
+            size += len(row[4])
+            if size > BATCH_BYTES and i > start:
+                yield part[start:i]
+                start, size = i, len(row[4])
+        yield part[start:]
+
+
+def _batches(rows: Sequence[Row], named: Sequence[tuple[str, int]]) -> Iterator[Batch]:
+    """``rows`` as rows of ``batches`` (``_chunks``), each with its partitions' last offsets and
+    the ids of ``named`` it holds; made as they are written."""
+    names = sorted(named, key=_SECOND)
+    j = 0
+    for chunk in _chunks(rows):
         last = chunk[-1][0]
         k = j
         while k < len(names) and names[k][1] <= last:
             k += 1
         mine = [n[0] for n in names[j:k]]
         j = k
-        found.append(
-            (
-                chunk[0][0],
-                last,
-                pickle.dumps(
-                    dict(zip(map(_PARTITION, chunk), map(_OFFSET, chunk), strict=True)), _PROTOCOL
-                ),
-                pickle.dumps(mine, _PROTOCOL) if mine else None,
-                pickle.dumps(chunk if type(chunk) is list else list(chunk), _PROTOCOL),
-            )
+        parts = dict(zip(map(_PARTITION, chunk), map(_OFFSET, chunk), strict=True))
+        yield (
+            chunk[0][0],
+            last,
+            pickle.dumps(parts, _PROTOCOL),
+            pickle.dumps(mine, _PROTOCOL) if mine else None,
+            pickle.dumps(chunk if type(chunk) is list else list(chunk), _PROTOCOL),
         )
-    return found
 
 
 def connect(path: Path, *, durability: str = "fsync") -> sqlite3.Connection:
@@ -249,8 +251,9 @@ class IntakeLog:
         """Durably append ``(offset, id, key, partition, payload)`` rows (consecutive offsets)
         in one transaction; ``named``: the ``(id, offset)`` of those whose id the caller chose."""
         batches = _batches(rows, named)
-        if len(batches) == 1 and not named:  # one statement: its own transaction, and one
-            self._db.execute(_INSERT, batches[0])  # wait for the GIL after it, not three
+        one = len(rows) <= BATCH_ROWS and sum(map(len, map(_PAYLOAD, rows))) <= BATCH_BYTES
+        if one and not named:  # one statement: its own transaction, and one wait for the GIL
+            self._db.execute(_INSERT, next(batches))  # after it, not three
             return
         self._db.execute("BEGIN IMMEDIATE")
         try:
@@ -260,7 +263,7 @@ class IntakeLog:
             raise
         self._db.execute("COMMIT")
 
-    def _insert(self, batches: list[Batch], named: Sequence[tuple[str, int]]) -> None:
+    def _insert(self, batches: Iterable[Batch], named: Sequence[tuple[str, int]]) -> None:
         self._db.executemany(_INSERT, batches)
         if named:
             self._db.executemany("INSERT INTO ids VALUES (?, ?)", named)

@@ -128,3 +128,24 @@ def test_no_offset_is_given_twice_once_everything_was_compacted(tmp_path: Path) 
     log = IntakeLog(tmp_path, None)
     assert log.next_offset == 10
     log.close()
+
+
+def test_a_group_commit_is_split_by_count_and_bytes_and_keeps_its_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from system import _intake
+
+    monkeypatch.setattr(_intake, "BATCH_ROWS", 4)
+    monkeypatch.setattr(_intake, "BATCH_BYTES", 10)
+    log = IntakeLog(tmp_path, 4)
+    batch = [(i, f"m{i}", "k", i % 4, b"x" * (6 if i in (5, 6) else 1)) for i in range(11)]
+    log.append(batch, [(f"m{i}", i) for i in (0, 4, 5, 6, 10)])  # some ids the caller chose
+    spans = list(log._db.execute("SELECT first, last FROM batches ORDER BY first"))
+    assert spans == [(0, 3), (4, 5), (6, 7), (8, 10)]  # 4 at most; 6 + 6 bytes > 10: split
+    assert list(log.scan()) == batch and log.next_offset == 0  # (the writer sets next_offset)
+    assert log.existing([f"m{i}" for i in range(11)]) == {"m0": 0, "m4": 4, "m5": 5, "m6": 6,
+                                                          "m10": 10}  # fmt: skip
+    # Batch (4, 5) is committed whole (partitions 0 and 1), the others are not.
+    assert log.compact({0: 4, 1: 5, 2: 2, 3: 3}, below=11) == 4 + 2  # (0, 3) and (4, 5)
+    assert log.existing(["m0", "m4", "m5", "m6", "m10"]) == {"m6": 6, "m10": 10}
+    log.close()
