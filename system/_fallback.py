@@ -16,14 +16,19 @@ MB = 2**20
 WORKER_MEMORY = 64 * MB
 
 
-def choose_mode(workers: int, available: int, per_worker: int = WORKER_MEMORY) -> tuple[str, str]:
-    """``(mode, why)`` for ``mode="auto"``, from ``available`` bytes of free memory."""
-    need = workers * per_worker
+def choose_mode(
+    workers: int, available: int, per_worker: int = WORKER_MEMORY, spare: int = 0
+) -> tuple[str, str]:
+    """``(mode, why)`` for ``mode="auto"``, from ``available`` bytes of free memory; ``spare``:
+    processes started ahead besides the workers (the warm spare)."""
+    need = (workers + spare) * per_worker
+    who = f"{workers} workers" + (" and a warm spare" if spare == 1 else "")
+    who += f" and {spare} spares" if spare > 1 else ""
     if available >= 2 * need:
-        return "process", f"{available // MB} MB free, {workers} workers need about {need // MB}"
+        return "process", f"{available // MB} MB free, {who} need about {need // MB}"
     if available >= per_worker:
         return "thread", (
-            f"only {available // MB} MB free: {workers} worker processes would need about "
+            f"only {available // MB} MB free: {who} as processes would need about "
             f"{need // MB} MB (twice that to be safe); threads share this process's memory"
         )
     return "inline", f"only {available // MB} MB free: no room for worker processes or threads"

@@ -94,4 +94,5 @@ def resolve_mode(config: PoolConfig, picklable: bool) -> tuple[str, str]:
     if not picklable:
         return "thread", "the handler cannot be sent to processes"
     available = psutil.virtual_memory().available
-    return choose_mode(config.workers, available, config.worker_memory)
+    spare = 1 if config.warm_spare else 0  # process mode starts one more, ahead
+    return choose_mode(config.workers, available, config.worker_memory, spare)

@@ -86,7 +86,8 @@ class Supervisor:
                     if failpoints.ACTIVE:
                         failpoint("worker.spawn", worker=i)
                     spec = crew.spec(self.lane, str(self.cell.path), self.poison)
-                    handle = crew.take_spare(spec) or await crew.launch(spec)
+                    spare = crew.take_spare(spec)
+                    handle = spare or await crew.launch(spec)
                 except Exception as e:
                     if is_refusal(e) or self._failed_start():
                         return StepDown(f"starting worker {i} failed: {e!r}", e)
@@ -103,6 +104,8 @@ class Supervisor:
                     continue  # asked for (memory): not a failure, no backoff
                 if self.was_ready:
                     self.failed_starts = 0
+                elif spare is not None:  # a spare that died before it served (say, the same
+                    pass  # kill took it too) says nothing of starting one: the next is forked
                 elif self._failed_start():
                     return StepDown(not_starting(i, self.failed_starts, cause.text()))
                 delay_or_none = crew.restart.on_death(i, monotonic() - self.started_at)

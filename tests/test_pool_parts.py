@@ -289,6 +289,32 @@ async def test_workers_that_never_get_ready_step_the_rung_down(crews) -> None:
     assert f"died before it was ready {MAX_FAILED_STARTS} times in a row" in step.reason
 
 
+async def test_spares_that_die_before_they_serve_are_no_failed_starts(crews) -> None:
+    """A taken spare that dies before its Ready (the kill that took the worker took it too)
+    says nothing of starting a worker: the next one is launched, and the pool stays up."""
+    spares, launch, ended = FakeWorker(ready=False), FakeWorker(), []
+    crew = crews(launch, ended)
+    left = [MAX_FAILED_STARTS + 1]
+
+    def take_spare(spec: WorkerSpec) -> WorkerHandle | None:
+        if left[0] <= 0:
+            return None
+        left[0] -= 1
+        return spares.handles[-1] if spares.handles else None
+
+    for _ in range(MAX_FAILED_STARTS + 1):
+        await spares(WorkerSpec(append_payload, "d", 0, (0,)))
+    crew.take_spare = take_spare
+    sup = crews.supervisor(crew)
+    running = asyncio.create_task(sup.run())
+    await asyncio.wait_for(sup.ready.wait(), 5)
+    assert ended == [] and sup.failed_starts == 0 and len(launch.handles) == 1
+    crew.stopping = True
+    sup.stop()
+    launch.handles[-1].kill()
+    await asyncio.wait_for(running, 5)
+
+
 async def test_a_refused_spawn_steps_down_at_once(crews) -> None:
     ended: list[Any] = []
     refused = OSError(errno.EAGAIN, "no more processes")

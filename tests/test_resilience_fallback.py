@@ -22,6 +22,10 @@ def test_the_first_rung_follows_free_memory() -> None:
     mode, why = choose_mode(4, 300 * MB, 64 * MB)
     assert mode == "thread" and "only 300 MB free" in why
     assert choose_mode(4, 10 * MB, 64 * MB)[0] == "inline"
+    # The warm spare is one more process: room for 4 workers twice over is not room for 5.
+    assert choose_mode(4, 600 * MB, 64 * MB)[0] == "process"
+    mode, why = choose_mode(4, 600 * MB, 64 * MB, spare=1)
+    assert mode == "thread" and "4 workers and a warm spare as processes" in why, why
 
 
 def test_the_ladder_halves_processes_then_threads_then_inline() -> None:
