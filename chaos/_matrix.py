@@ -351,8 +351,12 @@ async def sigterm(cell: Cell) -> float:
     tree = {cell.target.pid, *cell.pids}
     # The server's own bounds: its target's stop, then the read of what it committed.
     bound = 2 * cell.target.stop_timeout + 15.0
-    # Still running past the bound: hung (its stacks taken, then the group SIGKILLed).
-    injected = await asyncio.to_thread(cell.target.kill_whole, signal.SIGTERM, bound)
+    # Still running past the bound: hung, its stacks taken, then SIGKILLed (a served pool's
+    # kill_whole says so itself; a task queue's worker says only that it outlived the signal).
+    try:
+        injected = await asyncio.to_thread(cell.target.kill_whole, signal.SIGTERM, bound)
+    except ChaosError as e:
+        raise TargetHung(f"the pool did not end within {bound:g} s of SIGTERM: {e}") from None
     fault = cell.chaos.plan("terminate", f"process tree of pid {cell.target.pid}", detail="SIGTERM")
     fault.fire(injected.mono, injected.ts)
     fault.effect = f"{len(tree)} processes ended, exit {cell.target.returncode}"

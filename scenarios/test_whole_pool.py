@@ -44,7 +44,7 @@ from chaos._served import (
     until_outstanding,
 )
 from chaos._target import TargetRefused
-from chaos.pytest_plugin import SYSTEM_SPECS, chosen_target
+from chaos.pytest_plugin import chosen_target, is_system_pool
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]  # async: whatever asyncio_mode
 SLO = pytest.mark.chaos_slo(lost=0, duplicated=0)
@@ -76,7 +76,7 @@ async def serve(
             data_dir, options = again.data_dir, again.options
         else:
             data_dir, options = tmp_path / f"d{len(started)}", {"workers": 4}
-            if mode is not None and spec in SYSTEM_SPECS:
+            if mode is not None and is_system_pool(spec):
                 options["mode"] = mode
         bound = chaos.target_timeout  # its own stop gives up (and kills) within the bound
         served = ServedTarget(
@@ -204,7 +204,7 @@ async def test_sigkill_of_the_whole_process_group_then_rerun(serve, chaos, spec,
 @SLO
 async def test_sigkill_of_the_server_alone_takes_its_workers_down(serve, chaos, spec) -> None:
     served = await serve(mode="process")
-    async with loaded(chaos, served, workers=4 if spec in SYSTEM_SPECS else 1) as load:
+    async with loaded(chaos, served, workers=4 if is_system_pool(spec) else 1) as load:
         assert load.workers and set(load.workers) <= load.tree
         fault = chaos.plan("kill", f"server pid {served.pid}", detail="SIGKILL to the server alone")
         killed = served.kill_server(signal.SIGKILL)  # not its group

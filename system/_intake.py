@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS batches (
     first INTEGER PRIMARY KEY,  -- the offset of its first message
     last INTEGER NOT NULL,      -- and of its last
+    n INTEGER NOT NULL,         -- how many messages (a converted log's offsets have gaps)
     parts BLOB NOT NULL,        -- pickled {partition: its last offset in the batch}
     named BLOB,                 -- pickled [id, ...] of its messages in ids, if any
     rows BLOB NOT NULL          -- pickled [(offset, id, key, partition, payload), ...]
@@ -58,10 +59,17 @@ CREATE TABLE IF NOT EXISTS batches (
 CREATE TABLE IF NOT EXISTS ids (id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 """
 
-_INSERT = "INSERT INTO batches VALUES (?, ?, ?, ?, ?)"
+_INSERT = "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)"
+# Where format 1 kept its messages: a view now, so that an older chaosgate opening this file
+# fails at once ("no such column: seq") instead of reading an empty log -- offsets from 0 again,
+# taken by its workers for messages already committed.
+_GUARD = (
+    "CREATE VIEW IF NOT EXISTS log AS SELECT 'this intake.db is in format 2: open it with a "
+    "chaosgate that reads it' AS refused"
+)
 
 
-Batch = tuple[int, int, bytes, bytes | None, bytes]  # a row of batches
+Batch = tuple[int, int, int, bytes, bytes | None, bytes]  # a row of batches
 
 
 def _chunks(rows: Sequence[Row]) -> Iterator[Sequence[Row]]:
@@ -97,6 +105,7 @@ def _batches(rows: Sequence[Row], named: Sequence[tuple[str, int]]) -> Iterator[
         yield (
             chunk[0][0],
             last,
+            len(chunk),
             pickle.dumps(parts, _PROTOCOL),
             pickle.dumps(mine, _PROTOCOL) if mine else None,
             pickle.dumps(chunk if type(chunk) is list else list(chunk), _PROTOCOL),
@@ -176,18 +185,16 @@ class IntakeLog:
             self._db = connect(self.path, durability=durability)
             self._db.executescript(_SCHEMA)
             meta = dict(self._db.execute("SELECT k, v FROM meta"))
-            if meta.get("format", FORMAT) not in ("1", FORMAT):
-                self._db.close()
-                raise DataDirError(
-                    f"{self.path} is in intake format {meta['format']}, newer than this "
-                    f"chaosgate reads ({FORMAT}); open it with the chaosgate that wrote it"
-                )
-            if self._table("log"):
-                self._convert_v1()
         except sqlite3.DatabaseError as e:
             raise DataDirError(
                 f"{self.path} is not a usable intake log ({e}); pass another --data-dir"
             ) from e
+        if meta.get("format", FORMAT) not in ("1", FORMAT):
+            self._db.close()
+            raise DataDirError(
+                f"{self.path} is in intake format {meta['format']}, newer than this chaosgate "
+                f"reads ({FORMAT}); open it with the chaosgate that wrote it"
+            )
         if "partitions" in meta:
             stored = int(meta["partitions"])
             if partitions is not None and partitions != stored:
@@ -207,6 +214,16 @@ class IntakeLog:
                     [("partitions", str(partitions)), ("format", FORMAT)],
                 )
         self.partitions: int = partitions
+        if self._table("log"):
+            if meta.get("format") == FORMAT:  # written to by an older chaosgate since
+                self._db.close()
+                raise DataDirError(
+                    f"{self.path} is in format {FORMAT} but has a format-1 log table: an older "
+                    "chaosgate wrote to it since. Its messages are not in the log this one "
+                    "reads; restore the data dir from before, or open it with that chaosgate"
+                )
+            self._convert_v1()
+        self._db.execute(_GUARD)
         # Never an offset twice: past every batch kept, and every batch compaction deleted.
         (last,) = self._db.execute("SELECT max(last) FROM batches").fetchone()
         self.next_offset: int = max(-1 if last is None else last + 1, self.floor())
@@ -222,12 +239,14 @@ class IntakeLog:
         try:
             rows = self._db.execute("SELECT seq, id, key, partition, payload FROM log ORDER BY seq")
             chunk: list[Row] = []
-            for row in rows:
+            size = 0
+            for row in rows:  # a batch's worth in memory at a time, whatever the payloads
                 chunk.append(row)
-                if len(chunk) == 10_000:
+                size += len(row[4])
+                if len(chunk) == BATCH_ROWS or size >= BATCH_BYTES:
                     named = [(r[1], r[0]) for r in chunk]
                     self._insert(_batches(chunk, named), named)
-                    chunk = []
+                    chunk, size = [], 0
             if chunk:
                 named = [(r[1], r[0]) for r in chunk]
                 self._insert(_batches(chunk, named), named)
@@ -275,19 +294,19 @@ class IntakeLog:
         (one transaction)."""
         if below <= 0 or not committed:
             return 0
-        gone: list[tuple[int, int, bytes | None]] = []
-        q = "SELECT first, last, parts, named FROM batches WHERE last < ? ORDER BY first"
-        for first, last, parts, named in self._db.execute(q, (below,)):
+        gone: list[tuple[int, int, int, bytes | None]] = []
+        q = "SELECT first, last, n, parts, named FROM batches WHERE last < ? ORDER BY first"
+        for first, last, n, parts, named in self._db.execute(q, (below,)):
             if all(committed.get(p, -1) >= o for p, o in pickle.loads(parts).items()):
-                gone.append((first, last, named))
+                gone.append((first, last, n, named))
         through = self.compacted_through()
         for p, o in committed.items():
             through[p] = max(through.get(p, -1), min(o, below - 1))
-        n = sum(last - first + 1 for first, last, _ in gone)
+        n = sum(g[2] for g in gone)
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.executemany("DELETE FROM batches WHERE first = ?", [(g[0],) for g in gone])
-            ids = [(i,) for _, _, named in gone if named for i in pickle.loads(named)]
+            ids = [(i,) for *_, named in gone if named for i in pickle.loads(named)]
             self._db.executemany("DELETE FROM ids WHERE id = ?", ids)
             meta = [("compacted_through", json.dumps(through))]
             if gone:  # offsets are never given again, even once their batches are gone
@@ -346,7 +365,7 @@ class IntakeLog:
             yield from pickle.loads(blob)
 
     def count(self) -> int:
-        q = "SELECT coalesce(sum(last - first + 1), 0) FROM batches"
+        q = "SELECT coalesce(sum(n), 0) FROM batches"
         return int(self._db.execute(q).fetchone()[0])
 
     def close(self) -> None:

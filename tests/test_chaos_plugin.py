@@ -265,3 +265,13 @@ def test_a_hang_leads_the_failure_whatever_the_test_then_tripped_on(
     assert entry["failure_kind"] == "hung"
     assert entry["failure"].startswith("Stuck.committed() did not return within 1 s"), entry
     assert "tripped on what the hang left" in entry["failure"]
+
+
+def test_the_system_pools_own_scenarios_run_against_its_subclasses() -> None:
+    """A subclass of the system pool's target (a planted bug, a user's variant) has every
+    failpoint site, mode and ladder of it: its own scenarios must run against it, not skip."""
+    from chaos.pytest_plugin import is_system_pool
+
+    assert is_system_pool(None) and is_system_pool("chaos:SystemTarget")
+    assert is_system_pool("targets:LossyTarget")  # tests/targets.py: a planted bug
+    assert not is_system_pool("chaos.peers:ProcessPoolTarget")

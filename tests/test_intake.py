@@ -89,20 +89,50 @@ def test_a_format_1_log_is_converted_at_open(tmp_path: Path) -> None:
         " partition INTEGER NOT NULL, payload BLOB NOT NULL);"
         "INSERT INTO meta VALUES ('partitions', '4'), ('format', '1');"
     )
-    old = rows(0, [f"m{i}" for i in range(25_000)])  # more than one batch of the conversion
+    old = rows(0, [f"m{i}" for i in range(25_000)])[::2]  # gaps: a format-1 compaction's
     db.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", old)
     db.commit()
     db.close()
     log = IntakeLog(tmp_path, None)
-    assert log.partitions == 4 and log.next_offset == 25_000
-    assert list(log.scan()) == old
-    assert log.existing(["m0", "m24999", "new"]) == {"m0": 0, "m24999": 24_999}
+    assert log.partitions == 4 and log.next_offset == 24_999
+    assert list(log.scan()) == old and log.count() == 12_500
+    assert log.existing(["m0", "m24998", "m1"]) == {"m0": 0, "m24998": 24_998}
     assert [r[0] for r in log.read_after({0: 24_996, 1: 24_997, 2: 24_998, 3: 24_999}, 4)] == []
     log.close()
     db = sqlite3.connect(tmp_path / "intake.db")
     tables = {t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert "log" not in tables and db.execute("SELECT v FROM meta WHERE k = 'format'").fetchone()
+    assert "log" not in tables
     assert db.execute("SELECT v FROM meta WHERE k = 'format'").fetchone()[0] == "2"
+    # An older chaosgate opening it fails at once, never reading an empty log (offsets from 0
+    # again would be taken for messages already committed): format 1's own first statements.
+    db.execute("CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY, id TEXT NOT NULL)")
+    with pytest.raises(sqlite3.OperationalError, match="no such column: seq"):
+        db.execute("SELECT max(seq) FROM log")
+    # And had one written a log table there since, this one refuses the data dir.
+    db.execute("DROP VIEW log")
+    db.execute("CREATE TABLE log (seq INTEGER PRIMARY KEY, id TEXT NOT NULL)")
+    db.commit()
+    db.close()
+    with pytest.raises(DataDirError, match="has a format-1 log table: an older chaosgate"):
+        IntakeLog(tmp_path, None)
+
+
+def test_a_refused_open_converts_nothing(tmp_path: Path) -> None:
+    """A format-1 data dir opened with the wrong partition count is refused as it was."""
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "intake.db")
+    db.executescript(
+        "CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);"
+        "CREATE TABLE log (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, key TEXT NOT NULL,"
+        " partition INTEGER NOT NULL, payload BLOB NOT NULL);"
+        "INSERT INTO meta VALUES ('partitions', '4'), ('format', '1');"
+    )
+    db.close()
+    with pytest.raises(DataDirError, match="partitions=4, not 8"):
+        IntakeLog(tmp_path, 8)
+    db = sqlite3.connect(tmp_path / "intake.db")
+    assert db.execute("SELECT v FROM meta WHERE k = 'format'").fetchone()[0] == "1"
     db.close()
 
 
