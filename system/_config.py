@@ -52,6 +52,8 @@ class PoolConfig:
     warm_spare: bool = True  # process mode: a worker process started ahead, for a replacement
     dedup_window: int | None = 1_000_000  # a resubmitted id is a no-op within the last this
     # many messages; beyond it, committed messages leave the intake log (None: keep them all)
+    dedup_age: float | None = None  # seconds: an id is also kept this long (None: by count
+    # only); with dedup_window=None, by age only
     compact_every: int = 50_000  # messages logged between two compactions of the intake log
     events_max_bytes: int = 64 * 2**20  # events.jsonl rotates past this size ...
     events_keep: int = 4  # ... keeping this many old files (events.jsonl.1 the newest)
@@ -130,6 +132,11 @@ _RULES: tuple[tuple[str, str, Callable[[PoolConfig], bool]], ...] = (
         "dedup_window",
         "None or an int >= 0",
         lambda c: c.dedup_window is None or (type(c.dedup_window) is int and c.dedup_window >= 0),
+    ),
+    (
+        "dedup_age",
+        "None or seconds >= 0",
+        lambda c: c.dedup_age is None or (type(c.dedup_age) in (int, float) and c.dedup_age >= 0),
     ),
 )
 

@@ -28,6 +28,7 @@ import json
 import os
 import pickle
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from operator import itemgetter
 from pathlib import Path
@@ -52,6 +53,7 @@ CREATE TABLE IF NOT EXISTS batches (
     first INTEGER PRIMARY KEY,  -- the offset of its first message
     last INTEGER NOT NULL,      -- and of its last
     n INTEGER NOT NULL,         -- how many messages (a converted log's offsets have gaps)
+    ts REAL NOT NULL,           -- when it was written (time.time(): ages survive a restart)
     parts BLOB NOT NULL,        -- pickled {partition: its last offset in the batch}
     named BLOB,                 -- pickled [id, ...] of its messages in ids, if any
     rows BLOB NOT NULL          -- pickled [(offset, id, key, partition, payload), ...]
@@ -59,7 +61,7 @@ CREATE TABLE IF NOT EXISTS batches (
 CREATE TABLE IF NOT EXISTS ids (id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 """
 
-_INSERT = "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)"
+_INSERT = "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?)"
 # Where format 1 kept its messages: a view now, so that an older chaosgate opening this file
 # fails at once ("no such column: seq") instead of reading an empty log -- offsets from 0 again,
 # taken by its workers for messages already committed.
@@ -69,7 +71,7 @@ _GUARD = (
 )
 
 
-Batch = tuple[int, int, int, bytes, bytes | None, bytes]  # a row of batches
+Batch = tuple[int, int, int, float, bytes, bytes | None, bytes]  # a row of batches
 
 
 def _chunks(rows: Sequence[Row]) -> Iterator[Sequence[Row]]:
@@ -93,7 +95,7 @@ def _batches(rows: Sequence[Row], named: Sequence[tuple[str, int]]) -> Iterator[
     """``rows`` as rows of ``batches`` (``_chunks``), each with its partitions' last offsets and
     the ids of ``named`` it holds; made as they are written."""
     names = sorted(named, key=_SECOND)
-    j = 0
+    j, now = 0, time.time()
     for chunk in _chunks(rows):
         last = chunk[-1][0]
         k = j
@@ -106,6 +108,7 @@ def _batches(rows: Sequence[Row], named: Sequence[tuple[str, int]]) -> Iterator[
             chunk[0][0],
             last,
             len(chunk),
+            now,
             pickle.dumps(parts, _PROTOCOL),
             pickle.dumps(mine, _PROTOCOL) if mine else None,
             pickle.dumps(chunk if type(chunk) is list else list(chunk), _PROTOCOL),
@@ -287,16 +290,17 @@ class IntakeLog:
         if named:
             self._db.executemany("INSERT INTO ids VALUES (?, ?)", named)
 
-    def compact(self, committed: dict[int, int], below: int) -> int:
-        """Delete the batches wholly under offset ``below`` whose every partition has committed
-        its messages in them, and their ids; how many messages. What a replay needs (above a
-        partition's committed offset) is never touched, and a crash mid-way deletes nothing
-        (one transaction)."""
+    def compact(self, committed: dict[int, int], below: int, before: float | None = None) -> int:
+        """Delete the batches wholly under offset ``below`` (and written before ``before``, a
+        ``time.time()``, if given) whose every partition has committed its messages in them,
+        and their ids; how many messages. What a replay needs (above a partition's committed
+        offset) is never touched, and a crash mid-way deletes nothing (one transaction)."""
         if below <= 0 or not committed:
             return 0
         gone: list[tuple[int, int, int, bytes | None]] = []
-        q = "SELECT first, last, n, parts, named FROM batches WHERE last < ? ORDER BY first"
-        for first, last, n, parts, named in self._db.execute(q, (below,)):
+        q = "SELECT first, last, n, parts, named FROM batches WHERE last < ? AND ts < ?"
+        when = before if before is not None else float("inf")
+        for first, last, n, parts, named in self._db.execute(q + " ORDER BY first", (below, when)):
             if all(committed.get(p, -1) >= o for p, o in pickle.loads(parts).items()):
                 gone.append((first, last, n, named))
         through = self.compacted_through()

@@ -16,6 +16,7 @@ import itertools
 import logging
 import os
 import pickle
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -48,7 +49,8 @@ class IntakeWriter:
         self.tally = router.tally
         self.events = events
         self.max_payload = config.max_payload_bytes
-        self.window, self.compact_every = config.dedup_window, config.compact_every
+        self.window, self.age = config.dedup_window, config.dedup_age
+        self.compact_every = config.compact_every
         self._since_compact = 0
         self._pending: list[Parked] = []
         self._writing: list[Parked] | None = None
@@ -176,16 +178,20 @@ class IntakeWriter:
                 i += len(entries)
             self._set_busy()
             self._since_compact += len(rows)
-            if self.window is not None and self._since_compact >= self.compact_every:
+            kept = self.window is not None or self.age is not None  # else: everything, for good
+            if kept and self._since_compact >= self.compact_every:
                 self._since_compact = 0
-                await self._compact(self.window)
+                await self._compact()
 
-    async def _compact(self, window: int) -> None:
-        """Compact the log, after the writes it follows are answered: a compaction that fails
-        costs disk, never a message (it is told, and tried again next time)."""
-        below = self.intake.next_offset - window
+    async def _compact(self) -> None:
+        """Compact the log past the id-dedup window (the last ``dedup_window`` messages, and
+        those of the last ``dedup_age`` seconds), after the writes it follows are answered: a
+        compaction that fails costs disk, never a message (it is told, tried again next time)."""
+        below = self.intake.next_offset - (self.window or 0)
+        before = time.time() - self.age if self.age is not None else None
+        offsets = dict(self.tally.offsets)
         try:
-            removed = await self._in_thread(self.intake.compact, dict(self.tally.offsets), below)
+            removed = await self._in_thread(self.intake.compact, offsets, below, before)
         except Exception as e:
             log.warning("compacting the intake log failed (%r); it is tried again later", e)
             self.events.emit("compacted", removed=0, below=below, error=repr(e))

@@ -134,3 +134,33 @@ async def test_a_checkpoint_store_older_than_the_compaction_is_refused(tmp_path:
     (tmp_path / "d" / "checkpoints.db").write_bytes(old)  # "restored from a backup"
     with pytest.raises(DataDirError, match=r"checkpoints\.db is older than intake\.db"):
         await Pool(append_id, tmp_path / "d", **settings).start()
+
+
+async def test_the_window_can_be_an_age_as_well(tmp_path: Path, monkeypatch) -> None:
+    """dedup_age: an id stays known at least that long, whatever the count window says; past
+    both, its message goes once committed. The clock the log stamps batches with is moved on,
+    not waited for."""
+    import time as real_time
+
+    from system import _intake, _intake_writer
+
+    now = [real_time.time()]
+    clock = type("Clock", (), {"time": staticmethod(lambda: now[0])})
+    monkeypatch.setattr(_intake, "time", clock)
+    monkeypatch.setattr(_intake_writer, "time", clock)
+    settings = {"workers": 2, "partitions": 4, "dedup_window": 0, "dedup_age": 3600.0,
+                "compact_every": 100}  # fmt: skip
+    async with Pool(append_id, tmp_path, durability="process", **settings) as pool:
+        await pool.submit_many([(f"k{i % 4}", i, f"m{i}") for i in range(300)])
+        await pool.drain(timeout=60)
+        await pool.submit_many([(f"k{i % 4}", i, f"n{i}") for i in range(100)])  # compacts
+        await pool.drain(timeout=60)
+        assert await pool.submit("k0", 0, "m0") == 0  # an hour is not up: still known
+        now[0] += 3601.0
+        await pool.submit_many([(f"k{i % 4}", i, f"o{i}") for i in range(100)])  # compacts
+        await pool.drain(timeout=60)
+        assert await pool.submit("k0", 0, "m0") == 500  # past the hour: new, as documented
+        await pool.drain(timeout=60)
+    assert rows_in_log(tmp_path) <= 100 + 1  # the last write and the resubmit, at most
+    with pytest.raises(Exception, match=r"dedup_age must be None or seconds >= 0"):
+        Pool(append_id, tmp_path / "x", dedup_age=-1)
