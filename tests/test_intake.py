@@ -1,5 +1,6 @@
 """The intake log: offsets, idempotent ids, reopening, and refusing an incompatible data dir."""
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -77,22 +78,25 @@ def test_data_dir_errors_name_cause_and_fix(tmp_path: Path) -> None:
         IntakeLog(tmp_path / "junk", None)
 
 
-def test_a_format_1_log_is_converted_at_open(tmp_path: Path) -> None:
-    """A data dir of the last release (a row per message) opens as it was: every message, its
-    offset and its id kept, in one transaction."""
-    import sqlite3
-
-    db = sqlite3.connect(tmp_path / "intake.db")
+def format_1(where: Path, old: list[tuple[int, str, str, int, bytes]]) -> None:
+    """A data dir's intake.db as the last release wrote it: a row per message, 4 partitions."""
+    db = sqlite3.connect(where / "intake.db")
     db.executescript(
         "CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);"
         "CREATE TABLE log (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, key TEXT NOT NULL,"
         " partition INTEGER NOT NULL, payload BLOB NOT NULL);"
         "INSERT INTO meta VALUES ('partitions', '4'), ('format', '1');"
     )
-    old = rows(0, [f"m{i}" for i in range(25_000)])[::2]  # gaps: a format-1 compaction's
     db.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", old)
     db.commit()
     db.close()
+
+
+def test_a_format_1_log_is_converted_at_open(tmp_path: Path) -> None:
+    """A data dir of the last release (a row per message) opens as it was: every message, its
+    offset and its id kept, in one transaction."""
+    old = rows(0, [f"m{i}" for i in range(25_000)])[::2]  # gaps: a format-1 compaction's
+    format_1(tmp_path, old)
     log = IntakeLog(tmp_path, None)
     assert log.partitions == 4 and log.next_offset == 24_999
     assert list(log.scan()) == old and log.count() == 12_500
@@ -119,16 +123,7 @@ def test_a_format_1_log_is_converted_at_open(tmp_path: Path) -> None:
 
 def test_a_refused_open_converts_nothing(tmp_path: Path) -> None:
     """A format-1 data dir opened with the wrong partition count is refused as it was."""
-    import sqlite3
-
-    db = sqlite3.connect(tmp_path / "intake.db")
-    db.executescript(
-        "CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);"
-        "CREATE TABLE log (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, key TEXT NOT NULL,"
-        " partition INTEGER NOT NULL, payload BLOB NOT NULL);"
-        "INSERT INTO meta VALUES ('partitions', '4'), ('format', '1');"
-    )
-    db.close()
+    format_1(tmp_path, [])
     with pytest.raises(DataDirError, match="partitions=4, not 8"):
         IntakeLog(tmp_path, 8)
     db = sqlite3.connect(tmp_path / "intake.db")
@@ -138,8 +133,6 @@ def test_a_refused_open_converts_nothing(tmp_path: Path) -> None:
 
 def test_a_newer_format_is_refused_with_the_fix(tmp_path: Path) -> None:
     IntakeLog(tmp_path, 4).close()
-    import sqlite3
-
     db = sqlite3.connect(tmp_path / "intake.db")
     db.execute("UPDATE meta SET v = '9' WHERE k = 'format'")
     db.commit()
