@@ -376,13 +376,12 @@ class ServedTarget:
         if self.proc.poll() is None or group_members(self.pgid):  # else the group is no more
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pgid, sig)
-        tree = {self.pid, *known} | {p.pid for p in descendants(self.pid)}
-        tree |= group_members(self.pgid)
+        children = {p.pid: p for p in descendants(self.pid)}  # read now: surely the target's
+        tree = {self.pid, *known, *children} | group_members(self.pgid)
         left = wait_gone(tree | group_members(self.pgid), timeout)
-        if left and sig != signal.SIGKILL:  # the target's, for a verdict: a pid seen before and
-            # alive now outside the group may be another process's since (checked for leaks
-            # at teardown, by its start time)
-            left &= {self.pid} | group_members(self.pgid)
+        if left and sig != signal.SIGKILL:  # the target's, for a verdict: a known pid alive now
+            # outside the group may be another process's since (checked for leaks at teardown)
+            left &= {self.pid, *children} | group_members(self.pgid)
         if left:
             what = f"outlived {name} to its process group {self.pgid} by {timeout:g} s"
             # A process that outlives SIGKILL is the kernel's matter; any other signal, the
@@ -393,6 +392,9 @@ class ServedTarget:
             if group_members(self.pgid):  # what is still in the group: SIGKILLed now
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.pgid, signal.SIGKILL)
+            for pid in left & set(children):  # and a child that left the group (its session)
+                with contextlib.suppress(psutil.Error):
+                    children[pid].kill()  # psutil: only if it is still that process
             raise survived
         self._exited.wait(timeout)
         detail = {"signal": f"{name}(-{int(sig)})", "pgid": self.pgid, "pids": sorted(tree)}

@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS ids (id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHO
 """
 
 _INSERT = "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?)"
+_COLUMNS = ["first", "last", "n", "ts", "parts", "named", "rows"]
 # Where format 1 kept its messages: a view now, so that an older chaosgate opening this file
 # fails at once ("no such column: seq") instead of reading an empty log -- offsets from 0 again,
 # taken by its workers for messages already committed.
@@ -227,6 +228,13 @@ class IntakeLog:
                 )
             self._convert_v1()
         self._db.execute(_GUARD)
+        columns = [c[1] for c in self._db.execute("PRAGMA table_info(batches)")]
+        if columns != _COLUMNS:  # a development build's format 2 (no release wrote it)
+            self._db.close()
+            raise DataDirError(
+                f"{self.path} has a batches table of columns {columns}, not {_COLUMNS}: a "
+                "development build of this format wrote it; start a new data dir"
+            )
         # Never an offset twice: past every batch kept, and every batch compaction deleted.
         (last,) = self._db.execute("SELECT max(last) FROM batches").fetchone()
         self.next_offset: int = max(-1 if last is None else last + 1, self.floor())
@@ -272,6 +280,8 @@ class IntakeLog:
     def append(self, rows: Sequence[Row], named: Sequence[tuple[str, int]] = ()) -> None:
         """Durably append ``(offset, id, key, partition, payload)`` rows (consecutive offsets)
         in one transaction; ``named``: the ``(id, offset)`` of those whose id the caller chose."""
+        if not rows:
+            return
         batches = _batches(rows, named)
         one = len(rows) <= BATCH_ROWS and sum(map(len, map(_PAYLOAD, rows))) <= BATCH_BYTES
         if one and not named:  # one statement: its own transaction, and one wait for the GIL
@@ -298,14 +308,15 @@ class IntakeLog:
         if below <= 0 or not committed:
             return 0
         gone: list[tuple[int, int, int, bytes | None]] = []
+        through = self.compacted_through()  # per partition, its last offset deleted
         q = "SELECT first, last, n, parts, named FROM batches WHERE last < ? AND ts < ?"
         when = before if before is not None else float("inf")
         for first, last, n, parts, named in self._db.execute(q + " ORDER BY first", (below, when)):
-            if all(committed.get(p, -1) >= o for p, o in pickle.loads(parts).items()):
+            lasts = pickle.loads(parts)
+            if all(committed.get(p, -1) >= o for p, o in lasts.items()):
                 gone.append((first, last, n, named))
-        through = self.compacted_through()
-        for p, o in committed.items():
-            through[p] = max(through.get(p, -1), min(o, below - 1))
+                for p, o in lasts.items():
+                    through[p] = max(through.get(p, -1), o)
         n = sum(g[2] for g in gone)
         self._db.execute("BEGIN IMMEDIATE")
         try:

@@ -172,3 +172,25 @@ def test_a_group_commit_is_split_by_count_and_bytes_and_keeps_its_ids(
     assert log.compact({0: 4, 1: 5, 2: 2, 3: 3}, below=11) == 4 + 2  # (0, 3) and (4, 5)
     assert log.existing(["m0", "m4", "m5", "m6", "m10"]) == {"m6": 6, "m10": 10}
     log.close()
+
+
+def test_an_empty_append_writes_nothing(tmp_path: Path) -> None:
+    log = IntakeLog(tmp_path, 4)
+    log.append([])
+    assert log.count() == 0 and log.next_offset == 0
+    log.close()
+
+
+def test_a_batches_table_of_other_columns_is_refused(tmp_path: Path) -> None:
+    """A development build of format 2 (no n, no ts) opened, appends would all fail: refused
+    at open instead, saying so."""
+    db = sqlite3.connect(tmp_path / "intake.db")
+    db.executescript(
+        "CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);"
+        "CREATE TABLE batches (first INTEGER PRIMARY KEY, last INTEGER NOT NULL, parts BLOB NOT"
+        " NULL, named BLOB, rows BLOB NOT NULL);"
+        "INSERT INTO meta VALUES ('partitions', '4'), ('format', '2');"
+    )
+    db.close()
+    with pytest.raises(DataDirError, match="development build of this format"):
+        IntakeLog(tmp_path, None)

@@ -513,6 +513,7 @@ def test_compaction_removes_only_what_is_committed_and_out_of_the_window(intake)
     # batch 2 only up to 25 of 29, 6 and the partition-3 ones not at all.
     assert intake.compact(committed, below=80) == 40
     assert intake.count() == 60
+    assert intake.compacted_through() == {0: 49, 1: 59}  # what it deleted, no more
     assert list(intake.read_after(committed, 4)) == replay  # a replay misses nothing
     assert intake.existing(["m96", "m20"]) == {"m96": 96, "m20": 20}  # kept: known
     assert intake.existing(["m4", "m15", "m30"]) == {"m30": 30}  # m4, m15 are gone
