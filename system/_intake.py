@@ -23,6 +23,7 @@ The partition count is fixed for a data dir (state lives per partition), so it i
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -246,8 +247,7 @@ class IntakeLog:
     def _convert_v1(self) -> None:
         """A format-1 log (a row per message) rewritten as batches, its ids all kept (which
         were generated is not known), in one transaction: a crash leaves it format 1."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             rows = self._db.execute("SELECT seq, id, key, partition, payload FROM log ORDER BY seq")
             chunk: list[Row] = []
             size = 0
@@ -255,14 +255,24 @@ class IntakeLog:
                 chunk.append(row)
                 size += len(row[4])
                 if len(chunk) == BATCH_ROWS or size >= BATCH_BYTES:
-                    named = [(r[1], r[0]) for r in chunk]
-                    self._insert(_batches(chunk, named), named)
+                    self._insert_all_named(chunk)
                     chunk, size = [], 0
-            if chunk:
-                named = [(r[1], r[0]) for r in chunk]
-                self._insert(_batches(chunk, named), named)
+            self._insert_all_named(chunk)
             self._db.execute("DROP TABLE log")
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('format', ?)", (FORMAT,))
+
+    def _insert_all_named(self, rows: list[Row]) -> None:
+        """``rows``, every id among them kept in ``ids`` (a converted log's)."""
+        if rows:
+            named = [(r[1], r[0]) for r in rows]
+            self._insert(_batches(rows, named), named)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction, taken at once (BEGIN IMMEDIATE), rolled back on any error."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
@@ -287,13 +297,8 @@ class IntakeLog:
         if one and not named:  # one statement: its own transaction, and one wait for the GIL
             self._db.execute(_INSERT, next(batches))  # after it, not three
             return
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             self._insert(batches, named)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     def _insert(self, batches: Iterable[Batch], named: Sequence[tuple[str, int]]) -> None:
         self._db.executemany(_INSERT, batches)
@@ -318,8 +323,7 @@ class IntakeLog:
                 for p, o in lasts.items():
                     through[p] = max(through.get(p, -1), o)
         n = sum(g[2] for g in gone)
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             self._db.executemany("DELETE FROM batches WHERE first = ?", [(g[0],) for g in gone])
             ids = [(i,) for *_, named in gone if named for i in pickle.loads(named)]
             self._db.executemany("DELETE FROM ids WHERE id = ?", ids)
@@ -329,10 +333,6 @@ class IntakeLog:
             self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
             if failpoints.ACTIVE:
                 failpoint("intake.compact", deleted=n)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
         if failpoints.ACTIVE:
             failpoint("intake.compacted", deleted=n)
         return n
