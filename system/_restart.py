@@ -2,7 +2,10 @@
 
 Backoff is per worker slot: the n-th consecutive death waits ``min(cap, base * 2**(n-1))``, less a
 random fraction ``jitter`` of it (so restarts of many slots do not stampede). A worker that stayed
-up for ``reset_after`` seconds starts again from ``base``. Intensity is pool-wide, as in OTP
+up for ``reset_after`` seconds, or committed work before it died, starts again from ``base``: the
+backoff is for a crash loop, a worker that dies again and again without getting anything done
+(a worker killed after each batch of useful work is restarted at once; the intensity limit still
+counts it). Intensity is pool-wide, as in OTP
 supervisors: more than ``max_restarts`` restarts within ``window`` seconds and the policy answers
 ``None`` (give up: the pool reports itself broken). Time comes from an injectable clock.
 """
@@ -38,15 +41,16 @@ class RestartPolicy:
         if self.max_restarts < 0 or self.window <= 0:
             raise ValueError("RestartPolicy needs max_restarts >= 0 and window > 0")
 
-    def on_death(self, slot: int, uptime: float) -> float | None:
-        """Delay before restarting ``slot``, whose worker lived ``uptime`` s; None: give up."""
+    def on_death(self, slot: int, uptime: float, progressed: bool = False) -> float | None:
+        """Delay before restarting ``slot``, whose worker lived ``uptime`` s and committed work
+        (``progressed``) or not; None: give up."""
         now = self.clock()
         while self._recent and self._recent[0] <= now - self.window:
             self._recent.popleft()
         if len(self._recent) >= self.max_restarts:
             return None
         self._recent.append(now)
-        streak = 1 if uptime >= self.reset_after else self._streak.get(slot, 0) + 1
+        streak = 1 if progressed or uptime >= self.reset_after else self._streak.get(slot, 0) + 1
         self._streak[slot] = streak
         delay = min(self.cap, self.base * 2 ** (streak - 1))
         return delay * (1 - self.jitter * self.rng.random())

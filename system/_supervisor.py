@@ -46,6 +46,7 @@ class Supervisor:
         self.ready = asyncio.Event()
         self.started_at = 0.0
         self.was_ready = False
+        self.progressed = False
         self.failed_starts = 0  # consecutive deaths before ready
         self.cell = ProgressCell(crew.data_dir / "run" / f"worker-{self.index}.cell", create=True)
         self.liveness = Liveness(c.hang_timeout)
@@ -108,7 +109,9 @@ class Supervisor:
                     pass  # kill took it too) says nothing of starting one: the next is forked
                 elif self._failed_start():
                     return StepDown(not_starting(i, self.failed_starts, cause.text()))
-                delay_or_none = crew.restart.on_death(i, monotonic() - self.started_at)
+                delay_or_none = crew.restart.on_death(
+                    i, monotonic() - self.started_at, progressed=self.progressed
+                )
                 if delay_or_none is None:
                     return StepDown(crew.restart.why_give_up(i, cause.text()))
                 delay = delay_or_none
@@ -124,6 +127,7 @@ class Supervisor:
 
     def _started(self, handle: WorkerHandle, cause: Exit | None, delay: float) -> None:
         self.handle, self.started_at, self.was_ready = handle, monotonic(), False
+        self.progressed = False  # it committed work (an Ack that moved something)
         self.hanging, self.recycling = False, None
         if self.crew.stopping:  # started while the pool was stopping
             with contextlib.suppress(EOFError):
@@ -231,6 +235,7 @@ class Supervisor:
                 router.applied(self.lane, frame.position)
             elif type(frame) is Ack:
                 n = router.ack(self.lane, frame.position, frame.offsets)
+                self.progressed = self.progressed or n > 0
                 if self.poison:
                     for offset in [o for o in self.poison if o <= frame.position]:
                         del self.poison[offset]

@@ -4,8 +4,9 @@
 
 A checkpoint is taken every ``checkpoint_every`` messages or ``checkpoint_interval`` seconds after
 the first uncommitted one, on ``flush``, after a batch of messages sent again (the replay after a
-worker died: recovery does not wait for the timer), and on the way out (stop, SIGTERM, end of
-channel).
+worker died: recovery does not wait for the timer), after a worker's first batch (what waited
+for it to start, at the pool's start or a replacement's), and on the way out (stop, SIGTERM, end
+of channel).
 
 ``process_main`` is the entry point of a worker process: it asks the kernel to SIGKILL it when its
 parent dies (``PR_SET_PDEATHSIG``; with the forkserver start method the parent is the forkserver,
@@ -145,6 +146,7 @@ async def serve(
         committed = core.start()
         channel.send_nowait(Ready(os.getpid(), committed))
         recv: asyncio.Task[Any] | None = None
+        first = True  # its first batch: the backlog that waited for it to start
         while True:
             due = core.checkpoint_due()
             if due is not None and due <= 0:
@@ -173,8 +175,9 @@ async def serve(
                         channel.send_nowait(reply)
                     if not core.rewinding:
                         channel.send_nowait(Applied(core.last_applied))
-                        if frame.messages[0][ATTEMPT] > 1:
-                            checkpoint()  # sent again (a worker died): committed at once
+                        if first or frame.messages[0][ATTEMPT] > 1:
+                            checkpoint()  # what waited for this worker: committed at once
+                        first = False
                     if core.stop_requested:
                         return  # recycled: what was not applied is resent to the replacement
                 elif type(frame) is Rewound:

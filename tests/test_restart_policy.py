@@ -40,6 +40,14 @@ def test_a_worker_that_stayed_up_starts_again_from_base() -> None:
     assert p.on_death(1, uptime=0.0) == 0.1  # slots back off independently
 
 
+def test_a_worker_that_committed_work_starts_again_from_base() -> None:
+    """Backoff is for a crash loop: a worker killed after getting work done is not one."""
+    p, _ = policy(base=0.1, cap=10.0, jitter=0.0, reset_after=5.0)
+    assert [p.on_death(0, uptime=0.2, progressed=True) for _ in range(4)] == [0.1] * 4
+    assert [p.on_death(0, uptime=0.2) for _ in range(3)] == [0.2, 0.4, 0.8]
+    assert p.on_death(0, uptime=0.2, progressed=True) == 0.1
+
+
 def test_intensity_limit_gives_up_and_forgets_old_restarts() -> None:
     p, clock = policy(max_restarts=3, window=10.0, jitter=0.0)
     assert all(p.on_death(0, 0.0) is not None for _ in range(3))
