@@ -11,7 +11,11 @@ once the batch is durable. ``synchronous=FULL`` makes "durable" survive power lo
 Format 2 stores a group commit as one row of ``batches`` (its messages pickled together, at most
 ``BATCH_BYTES`` of payload a row), not a row per message: SQLite's per-row work was most of the
 writer's time. An id the caller chose is also in ``ids`` (a resubmitted one is a no-op that
-returns the first offset); a generated id is unique by construction and costs no index entry.
+returns the first offset); a generated id is ``<prefix>-<offset>``, the prefix random and kept
+in ``meta`` for the data dir's life, so it is unique by construction, costs no index entry, and
+is still known when a caller resubmits it (found at its offset). A caller may not choose an id
+of that form for an offset not given yet: the pool would generate it later, for another
+message.
 ``compact`` deletes whole batches that are both committed (every partition in them, up to its
 offset there) and older than the id-dedup window, with their ids; SQLite reuses the freed
 pages, so the file stops growing once it holds a window's worth. A format-1 log (a row per
@@ -219,6 +223,7 @@ class IntakeLog:
                     [("partitions", str(partitions)), ("format", FORMAT)],
                 )
         self.partitions: int = partitions
+        self.id_prefix: str = meta.get("id_prefix") or self._new_id_prefix()
         if self._table("log"):
             if meta.get("format") == FORMAT:  # written to by an older chaosgate since
                 self._db.close()
@@ -239,6 +244,19 @@ class IntakeLog:
         # Never an offset twice: past every batch kept, and every batch compaction deleted.
         (last,) = self._db.execute("SELECT max(last) FROM batches").fetchone()
         self.next_offset: int = max(-1 if last is None else last + 1, self.floor())
+
+    def _new_id_prefix(self) -> str:
+        prefix = os.urandom(6).hex()
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('id_prefix', ?)", (prefix,))
+        return prefix
+
+    def generated_offset(self, mid: str) -> int | None:
+        """The offset ``mid`` names if it is of this log's generated form, else None."""
+        head, sep, tail = mid.rpartition("-")
+        if not sep or head != self.id_prefix or not tail.isdecimal():
+            return None
+        offset = int(tail)
+        return offset if str(offset) == tail else None
 
     def _table(self, name: str) -> bool:
         q = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
@@ -279,13 +297,24 @@ class IntakeLog:
         self._db.execute("COMMIT")
 
     def existing(self, ids: Sequence[str]) -> dict[str, int]:
-        """Offsets of those ``ids`` already in the log (ids the caller chose)."""
+        """Offsets of those ``ids`` already in the log: chosen by a caller, or generated."""
         found: dict[str, int] = {}
         for i in range(0, len(ids), _CHUNK):
             chunk = ids[i : i + _CHUNK]
             q = f"SELECT id, seq FROM ids WHERE id IN ({','.join('?' * len(chunk))})"
             found.update(self._db.execute(q, chunk))
+        for mid in ids:  # a generated id resubmitted: known while its batch is kept
+            offset = None if mid in found else self.generated_offset(mid)
+            if offset is not None and self._id_at(offset) == mid:
+                found[mid] = offset
         return found
+
+    def _id_at(self, offset: int) -> str | None:
+        q = "SELECT last, rows FROM batches WHERE first <= ? ORDER BY first DESC LIMIT 1"
+        batch = self._db.execute(q, (offset,)).fetchone()
+        if batch is None or batch[0] < offset:
+            return None
+        return next((r[1] for r in pickle.loads(batch[1]) if r[0] == offset), None)
 
     def append(self, rows: Sequence[Row], named: Sequence[tuple[str, int]] = ()) -> None:
         """Durably append ``(offset, id, key, partition, payload)`` rows (consecutive offsets)

@@ -12,9 +12,7 @@ thread, so never beside an append): what is committed and older than ``dedup_win
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import os
 import pickle
 import time
 from collections.abc import Callable, Iterable
@@ -57,8 +55,7 @@ class IntakeWriter:
         self._has_pending = asyncio.Event()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="chaosgate-intake")
         self._inline = False  # no thread could be had: write in the loop
-        self._ids = itertools.count()
-        self._id_prefix = os.urandom(6).hex()
+        self._generated = intake.id_prefix + "-"  # + the offset: given in _append
         self._parts: dict[str, int] = {}  # key -> partition, for the keys seen lately
 
     @property
@@ -89,21 +86,34 @@ class IntakeWriter:
                 self._parts.clear()
             part = self._parts[key] = partition_of(key, self.router.partitions)
         if mid is None:
-            return (f"{self._id_prefix}-{next(self._ids)}", key, part, blob, True)
+            return ("", key, part, blob, True)
         if type(mid) is not str:
             raise UsageError(f"id must be a str or None; got {type(mid).__name__} {mid!r:.60}")
+        if mid.startswith(self._generated):
+            self._check_not_minted(mid)
         return (mid, key, part, blob, False)
+
+    def _check_not_minted(self, mid: str) -> None:
+        """Refuse an id of the pool's generated form for an offset it has not given yet: it
+        would generate that id later, for another message (one it gave is resubmitted)."""
+        offset = self.intake.generated_offset(mid)
+        if offset is not None and offset >= self.intake.next_offset:
+            raise UsageError(
+                f"id {mid!r} is of the form this pool generates ({self._generated}<offset>), "
+                f"for offset {offset}, which it has not given yet: it would be another "
+                "message's id. Choose ids of another form (resubmitting an id the pool "
+                "generated is fine); nothing was written"
+            )
 
     def prepare_many(self, items: Iterable[tuple[Any, ...]]) -> list[Entry]:
         """``prepare`` for each ``(key, payload[, id])`` item, the common case inlined (a str
         key, a payload that pickles within the limit); anything else goes through ``prepare``,
         which names the fault."""
-        dumps, cap, parts, ids, prefix = (
+        dumps, cap, parts, generated = (
             pickle.dumps,
             self.max_payload,
             self._parts,
-            self._ids,
-            self._id_prefix,
+            self._generated,
         )
         entries: list[Entry] = []
         add = entries.append
@@ -129,8 +139,10 @@ class IntakeWriter:
             if blob is None or len(blob) > cap:
                 add(self.prepare(key, payload, mid))  # raises, naming the fault
             elif mid is None:
-                add((f"{prefix}-{next(ids)}", key, part, blob, True))
+                add(("", key, part, blob, True))
             else:
+                if mid.startswith(generated):
+                    self._check_not_minted(mid)
                 add((mid, key, part, blob, False))
         return entries
 
@@ -228,9 +240,11 @@ class IntakeWriter:
         rows: list[Row] = []
         offsets: list[int] = []
         named: list[tuple[str, int]] = []
-        nxt = intake.next_offset
+        nxt, generated = intake.next_offset, self._generated
         for mid, key, part, blob, auto in entries:
-            if not auto:
+            if auto:
+                mid = f"{generated}{nxt}"
+            else:
                 known = seen.get(mid)
                 if known is not None:
                     offsets.append(known)

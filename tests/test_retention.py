@@ -14,7 +14,7 @@ import pytest
 
 from chaos import History, set_failpoints
 from chaos._target import append_id
-from system import DataDirError, Pool, read_events
+from system import DataDirError, Pool, UsageError, read_events
 from system._checkpoint import CheckpointStore
 from system._intake import IntakeLog
 
@@ -164,3 +164,27 @@ async def test_the_window_can_be_an_age_as_well(tmp_path: Path, monkeypatch) -> 
     assert rows_in_log(tmp_path) <= 100 + 1  # the last write and the resubmit, at most
     with pytest.raises(Exception, match=r"dedup_age must be None or seconds >= 0"):
         Pool(append_id, tmp_path / "x", dedup_age=-1)
+
+
+async def test_a_generated_id_is_known_when_resubmitted_and_cannot_be_minted(
+    tmp_path: Path,
+) -> None:
+    """A generated id is <prefix>-<offset>, its prefix the data dir's: resubmitted (say, read
+    from a dead letter) it is a no-op, also after a reopen; one for an offset not given yet is
+    refused (the pool would generate it for another message); another form is a new id."""
+    settings = {"workers": 1, "partitions": 4, "durability": "process"}
+    async with Pool(append_id, tmp_path, **settings) as pool:
+        offsets = await pool.submit_many([("k", i) for i in range(3)])
+        await pool.drain(timeout=60)
+    log = IntakeLog(tmp_path, None)
+    prefix, ids = log.id_prefix, [row[1] for row in log.scan()]
+    log.close()
+    assert ids == [f"{prefix}-{o}" for o in offsets]
+    async with Pool(append_id, tmp_path, **settings) as pool:
+        assert await pool.submit("k", 9, ids[1]) == offsets[1]  # known: a no-op
+        ahead = f"{prefix}-{offsets[-1] + 5}"
+        with pytest.raises(UsageError, match=r"has not given yet.*nothing was written"):
+            await pool.submit_many([("k", 8, "fine"), ("k", 9, ahead)])
+        assert await pool.submit("k", 9, f"{prefix}-0{offsets[1]}") == offsets[-1] + 1  # new
+        await pool.drain(timeout=60)
+        assert await pool.query("k") == [*ids, f"{prefix}-0{offsets[1]}"]
