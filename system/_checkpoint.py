@@ -13,6 +13,7 @@ dead and replaced) can never overwrite the state its replacement owns -- it gets
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import time
 from collections.abc import Iterable, Iterator
@@ -21,6 +22,8 @@ from typing import Any
 
 from ._errors import Fenced
 from ._intake import connect
+
+EXPIRE_CHUNK = 10_000  # results dropped per transaction by results_age
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS partitions (
@@ -37,7 +40,8 @@ CREATE TABLE IF NOT EXISTS results (
     id TEXT PRIMARY KEY,
     partition INTEGER NOT NULL,
     seq INTEGER NOT NULL,
-    output BLOB NOT NULL
+    output BLOB NOT NULL,
+    ts REAL NOT NULL  -- when it was committed (time.time()), for results_age
 );
 CREATE TABLE IF NOT EXISTS dead_letters (
     id TEXT PRIMARY KEY,
@@ -58,14 +62,32 @@ class CheckpointStore:
         self.path = data_dir / "checkpoints.db"
         self._db = connect(self.path, durability=durability)
         self._db.executescript(_SCHEMA)
+        columns = [c[1] for c in self._db.execute("PRAGMA table_info(results)")]
+        if "ts" not in columns:  # an older data dir's: its results stamped as of now
+            with self._transaction():
+                columns = [c[1] for c in self._db.execute("PRAGMA table_info(results)")]
+                if "ts" not in columns:
+                    self._db.execute("ALTER TABLE results ADD COLUMN ts REAL NOT NULL DEFAULT 0")
+                    self._db.execute("UPDATE results SET ts = ?", (time.time(),))
+        self._db.execute("CREATE INDEX IF NOT EXISTS results_ts ON results (ts)")
         self._epochs: dict[int, int] = {}
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction, taken at once (BEGIN IMMEDIATE), rolled back on any error."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     # -- ownership -------------------------------------------------------------------------------
     def claim(self, partitions: Iterable[int]) -> dict[int, int]:
         """Own ``partitions`` (fencing older owners); return their committed offsets."""
         parts = sorted(partitions)
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             self._db.executemany(
                 "INSERT OR IGNORE INTO partitions VALUES (?, -1, 0)", [(p,) for p in parts]
             )
@@ -73,10 +95,6 @@ class CheckpointStore:
                 "UPDATE partitions SET epoch = epoch + 1 WHERE partition = ?", [(p,) for p in parts]
             )
             rows = self._rows_for(parts, "partition, committed, epoch")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
         self._epochs = {p: e for p, _, e in rows}
         return {p: c for p, c, _ in rows}
 
@@ -105,18 +123,28 @@ class CheckpointStore:
     def forget(self, message_ids: Iterable[str]) -> int:
         """Drop the results of ``message_ids``; how many there were."""
         ids = list(message_ids)
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            n = 0
+        n = 0
+        with self._transaction():
             for i in range(0, len(ids), 500):
                 chunk = ids[i : i + 500]
                 q = f"DELETE FROM results WHERE id IN ({','.join('?' * len(chunk))})"
                 n += self._db.execute(q, chunk).rowcount
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
         return n
+
+    def expire(self, before: float) -> int:
+        """Drop the results committed before ``before`` (a ``time.time()``), read or not; how
+        many. In transactions of ``EXPIRE_CHUNK`` rows: the workers' commits wait for one
+        chunk at most, never for the whole."""
+        n, q = (
+            0,
+            ("DELETE FROM results WHERE rowid IN (SELECT rowid FROM results WHERE ts < ? LIMIT ?)"),
+        )
+        while True:
+            with self._transaction():
+                gone = self._db.execute(q, (before, EXPIRE_CHUNK)).rowcount
+            n += gone
+            if gone < EXPIRE_CHUNK:
+                return n
 
     def dead_letters(self) -> list[dict[str, Any]]:
         cols = ("id", "partition", "offset", "key", "reason", "traceback", "ts")
@@ -135,8 +163,8 @@ class CheckpointStore:
 
         Raises ``Fenced`` (and writes nothing) if another worker claimed one of the partitions.
         """
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        now = time.time()
+        with self._transaction():
             parts = sorted(offsets)
             for p, epoch in self._rows_for(parts, "partition, epoch"):
                 if epoch != self._epochs.get(p):
@@ -146,9 +174,11 @@ class CheckpointStore:
                     )
             self._db.executemany("INSERT OR REPLACE INTO states VALUES (?, ?, ?)", states)
             if results:
-                self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)", results)
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)",
+                    [(*r, now) for r in results],
+                )
             if dead:
-                now = time.time()
                 self._db.executemany(
                     "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [(*d, now) for d in dead],
@@ -157,10 +187,6 @@ class CheckpointStore:
                 "UPDATE partitions SET committed = ? WHERE partition = ?",
                 [(off, p) for p, off in offsets.items()],
             )
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     def close(self) -> None:
         self._db.close()
@@ -171,5 +197,14 @@ def forget_results(data_dir: Path, durability: str, message_ids: Iterable[str]) 
     store = CheckpointStore(data_dir, durability=durability)
     try:
         return store.forget(message_ids)
+    finally:
+        store.close()
+
+
+def expire_results(data_dir: Path, durability: str, before: float) -> int:
+    """``CheckpointStore.expire`` on a connection of its own (for another thread)."""
+    store = CheckpointStore(data_dir, durability=durability)
+    try:
+        return store.expire(before)
     finally:
         store.close()

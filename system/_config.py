@@ -54,6 +54,8 @@ class PoolConfig:
     # many messages; beyond it, committed messages leave the intake log (None: keep them all)
     dedup_age: float | None = None  # seconds: an id is also kept this long (None: by count
     # only); with dedup_window=None, by age only
+    results_age: float | None = None  # seconds a committed result is kept, read or not, then
+    # dropped (None: until pool.forget)
     compact_every: int = 50_000  # messages logged between two compactions of the intake log
     events_max_bytes: int = 64 * 2**20  # events.jsonl rotates past this size ...
     events_keep: int = 4  # ... keeping this many old files (events.jsonl.1 the newest)
@@ -137,6 +139,12 @@ _RULES: tuple[tuple[str, str, Callable[[PoolConfig], bool]], ...] = (
         "dedup_age",
         "None or seconds >= 0",
         lambda c: c.dedup_age is None or (type(c.dedup_age) in (int, float) and c.dedup_age >= 0),
+    ),
+    (
+        "results_age",
+        "None or seconds >= 0",
+        lambda c: c.results_age is None
+        or (type(c.results_age) in (int, float) and c.results_age >= 0),
     ),
 )
 

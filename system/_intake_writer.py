@@ -6,7 +6,8 @@ task takes every parked submit at once (group commit), appends them in a thread 
 (in the event loop if the system refuses a thread), drops ids already in the log (a resubmitted
 id answers with the first offset), hands the new rows to the router, and answers each future
 with its offsets. Every ``compact_every`` messages it then compacts the log (in the same
-thread, so never beside an append): what is committed and older than ``dedup_window`` goes.
+thread, so never beside an append): what is committed and older than ``dedup_window`` goes;
+and results committed more than ``results_age`` seconds ago are dropped.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 from chaos import failpoints
 from chaos.failpoints import failpoint
 
+from ._checkpoint import expire_results
 from ._config import PoolConfig
 from ._errors import PayloadError, PoolBroken, UsageError
 from ._events import EventLog
@@ -48,6 +50,11 @@ class IntakeWriter:
         self.events = events
         self.max_payload = config.max_payload_bytes
         self.window, self.age = config.dedup_window, config.dedup_age
+        self.results_age, self.data_dir, self.durability = (
+            config.results_age,
+            intake.path.parent,
+            config.durability,
+        )
         self.compact_every = config.compact_every
         self._since_compact = 0
         self._pending: list[Parked] = []
@@ -190,10 +197,12 @@ class IntakeWriter:
                 i += len(entries)
             self._set_busy()
             self._since_compact += len(rows)
-            kept = self.window is not None or self.age is not None  # else: everything, for good
-            if kept and self._since_compact >= self.compact_every:
+            if self._since_compact >= self.compact_every:
                 self._since_compact = 0
-                await self._compact()
+                if self.window is not None or self.age is not None:  # else: all, for good
+                    await self._compact()
+                if self.results_age is not None:
+                    await self._expire_results()
 
     async def _compact(self) -> None:
         """Compact the log past the id-dedup window (the last ``dedup_window`` messages, and
@@ -210,6 +219,18 @@ class IntakeWriter:
             return
         if removed:
             self.events.emit("compacted", removed=removed, below=below)
+
+    async def _expire_results(self) -> None:
+        """Drop the results older than ``results_age`` (a failure is told, tried again)."""
+        before = time.time() - (self.results_age or 0.0)
+        try:
+            n = await self._in_thread(expire_results, self.data_dir, self.durability, before)
+        except Exception as e:
+            log.warning("dropping results past results_age failed (%r); tried again later", e)
+            self.events.emit("results_expired", removed=0, error=repr(e))
+            return
+        if n:
+            self.events.emit("results_expired", removed=n)
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in the writer thread; in the event loop itself if no thread can be had."""

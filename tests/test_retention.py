@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 from chaos import History, set_failpoints
 from chaos._target import append_id
-from system import DataDirError, Pool, UsageError, read_events
+from system import DataDirError, Message, Output, Pool, UsageError, _checkpoint, read_events
 from system._checkpoint import CheckpointStore
 from system._intake import IntakeLog
 
@@ -188,3 +189,67 @@ async def test_a_generated_id_is_known_when_resubmitted_and_cannot_be_minted(
         assert await pool.submit("k", 9, f"{prefix}-0{offsets[1]}") == offsets[-1] + 1  # new
         await pool.drain(timeout=60)
         assert await pool.query("k") == [*ids, f"{prefix}-0{offsets[1]}"]
+
+
+def echo(state: int | None, message: Message) -> Output:
+    return Output((state or 0) + 1, message.payload)
+
+
+async def test_results_are_dropped_past_results_age_read_or_not(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """results_age: a committed result is kept that long, then dropped (an id generated for
+    it need not be known to the caller: without it, such results were kept for ever). In
+    thread mode, so that the clock the workers stamp results with is the one moved on."""
+    import time as real_time
+
+    from system import _intake_writer
+
+    now = [real_time.time()]
+    clock = type("Clock", (), {"time": staticmethod(lambda: now[0])})
+    monkeypatch.setattr(_checkpoint, "time", clock)
+    monkeypatch.setattr(_intake_writer, "time", clock)
+    settings = {"workers": 2, "partitions": 4, "mode": "thread", "results_age": 60.0,
+                "compact_every": 100}  # fmt: skip
+    async with Pool(echo, tmp_path, **settings) as pool:
+        await pool.submit_many([(f"k{i % 4}", i, f"m{i}") for i in range(100)])
+        await pool.submit_many([(f"k{i % 4}", i) for i in range(100)])  # generated ids
+        await pool.drain(timeout=60)
+        assert pool.result("m7") == (True, 7)
+        now[0] += 61.0
+        events = pool.events()
+        await pool.submit_many([(f"k{i % 4}", i, f"n{i}") for i in range(100)])  # expires
+        async with asyncio.timeout(30):  # after the submit is answered, in the writer thread
+            async for event in events:
+                if event["kind"] == "results_expired":
+                    assert event == {**event, "removed": 200}
+                    break
+        await pool.drain(timeout=60)
+        assert pool.result("m7") == (False, None)
+        assert pool.result("n7") == (True, 7)  # committed after: kept
+    store = _checkpoint.CheckpointStore(tmp_path)
+    try:
+        (left,) = store._db.execute("SELECT count(*) FROM results").fetchone()
+    finally:
+        store.close()
+    assert left == 100
+    with pytest.raises(Exception, match=r"results_age must be None or seconds >= 0"):
+        Pool(echo, tmp_path / "x", results_age=-1)
+
+
+def test_an_older_results_table_gets_its_times_at_open(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "checkpoints.db")
+    db.execute("CREATE TABLE results (id TEXT PRIMARY KEY, partition INTEGER NOT NULL, "
+               "seq INTEGER NOT NULL, output BLOB NOT NULL)")  # fmt: skip
+    db.execute("INSERT INTO results VALUES ('a', 0, 0, ?)", (pickle.dumps(1),))
+    db.commit()
+    db.close()
+    store = _checkpoint.CheckpointStore(tmp_path)
+    try:
+        assert store.result("a") == (True, 1)
+        assert store.expire(before=0.0) == 0  # stamped as of its open, not as of 1970
+        assert store.expire(before=float("inf")) == 1
+    finally:
+        store.close()
