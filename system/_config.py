@@ -143,8 +143,9 @@ _RULES: tuple[tuple[str, str, Callable[[PoolConfig], bool]], ...] = (
     (
         "results_age",
         "None or seconds >= 0",
-        lambda c: c.results_age is None
-        or (type(c.results_age) in (int, float) and c.results_age >= 0),
+        lambda c: (
+            c.results_age is None or (type(c.results_age) in (int, float) and c.results_age >= 0)
+        ),
     ),
 )
 

@@ -17,9 +17,10 @@ is still known when a caller resubmits it (found at its offset). A caller may no
 of that form for an offset not given yet: the pool would generate it later, for another
 message.
 ``compact`` deletes whole batches that are both committed (every partition in them, up to its
-offset there) and older than the id-dedup window, with their ids; SQLite reuses the freed
-pages, so the file stops growing once it holds a window's worth. A format-1 log (a row per
-message) is converted at open, in one transaction.
+offset there) and older than the id-dedup window, with their ids, and thins one that a lagging
+partition holds (rewritten with only what is still to commit, once that is half of it or less);
+SQLite reuses the freed pages, so the file stops growing once it holds a window's worth. A
+format-1 log (a row per message) is converted at open, in one transaction.
 
 The partition count is fixed for a data dir (state lives per partition), so it is stored in the
 ``meta`` table and a mismatch is refused with ``DataDirError``.
@@ -55,8 +56,8 @@ _OFFSET, _PARTITION, _PAYLOAD, _SECOND = itemgetter(0), itemgetter(3), itemgette
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS batches (
-    first INTEGER PRIMARY KEY,  -- the offset of its first message
-    last INTEGER NOT NULL,      -- and of its last
+    first INTEGER PRIMARY KEY,  -- the offset of its first message (or before: thinned)
+    last INTEGER NOT NULL,      -- and of its last (or after)
     n INTEGER NOT NULL,         -- how many messages (a converted log's offsets have gaps)
     ts REAL NOT NULL,           -- when it was written (time.time(): ages survive a restart)
     parts BLOB NOT NULL,        -- pickled {partition: its last offset in the batch}
@@ -337,25 +338,47 @@ class IntakeLog:
     def compact(self, committed: dict[int, int], below: int, before: float | None = None) -> int:
         """Delete the batches wholly under offset ``below`` (and written before ``before``, a
         ``time.time()``, if given) whose every partition has committed its messages in them,
-        and their ids; how many messages. What a replay needs (above a partition's committed
-        offset) is never touched, and a crash mid-way deletes nothing (one transaction)."""
+        and their ids; how many messages. Such a batch that one lagging partition holds is
+        thinned instead, once at least half its messages are committed: rewritten with only
+        the messages still to commit (so a partition that lags holds its own messages, not
+        every group commit since). What a replay needs (above a partition's committed offset)
+        is never touched, and a crash mid-way changes nothing (one transaction)."""
         if below <= 0 or not committed:
             return 0
         gone: list[tuple[int, int, int, bytes | None]] = []
+        thinned: list[tuple[int, bytes, bytes | None, bytes, int]] = []  # n, parts, named, rows
+        dropped_ids: list[str] = []
+        n = 0
         through = self.compacted_through()  # per partition, its last offset deleted
         q = "SELECT first, last, n, parts, named FROM batches WHERE last < ? AND ts < ?"
         when = before if before is not None else float("inf")
-        for first, last, n, parts, named in self._db.execute(q + " ORDER BY first", (below, when)):
+        for first, last, size, parts, named in self._db.execute(
+            q + " ORDER BY first", (below, when)
+        ):
             lasts = pickle.loads(parts)
-            if all(committed.get(p, -1) >= o for p, o in lasts.items()):
-                gone.append((first, last, n, named))
+            done = [p for p, o in lasts.items() if committed.get(p, -1) >= o]
+            if len(done) == len(lasts):
+                gone.append((first, last, size, named))
+                n += size
                 for p, o in lasts.items():
                     through[p] = max(through.get(p, -1), o)
-        n = sum(g[2] for g in gone)
+            elif 2 * len(done) >= len(lasts):  # most of its partitions are done: a look
+                thin = self._thin(first, size, named, committed)
+                if thin is not None:
+                    batch, dropped, names = thin
+                    thinned.append(batch)
+                    n += size - batch[0]
+                    dropped_ids += names
+                    for p, o in dropped.items():
+                        through[p] = max(through.get(p, -1), o)
         with self._transaction():
             self._db.executemany("DELETE FROM batches WHERE first = ?", [(g[0],) for g in gone])
+            self._db.executemany(
+                "UPDATE batches SET n = ?, parts = ?, named = ?, rows = ? WHERE first = ?",
+                thinned,
+            )
             ids = [(i,) for *_, named in gone if named for i in pickle.loads(named)]
-            self._db.executemany("DELETE FROM ids WHERE id = ?", ids)
+            self._db.executemany("DELETE FROM ids WHERE id = ?", ids + [(i,) for i in dropped_ids])
             meta = [("compacted_through", json.dumps(through))]
             if gone:  # offsets are never given again, even once their batches are gone
                 meta.append(("floor", str(max(self.floor(), gone[-1][1] + 1))))
@@ -365,6 +388,34 @@ class IntakeLog:
         if failpoints.ACTIVE:
             failpoint("intake.compacted", deleted=n)
         return n
+
+    def _thin(
+        self, first: int, size: int, named: bytes | None, committed: dict[int, int]
+    ) -> tuple[tuple[int, bytes, bytes | None, bytes, int], dict[int, int], list[str]] | None:
+        """Batch ``first`` without its committed messages, if they are at least half of it:
+        ``(n, parts, named, rows, first)``, each partition's last offset dropped, and the
+        dropped ids of ``ids``; None if not worth a rewrite (each one halves a batch at
+        least, so no message is pickled again more than ~11 times)."""
+        (blob,) = self._db.execute("SELECT rows FROM batches WHERE first = ?", (first,)).fetchone()
+        rows = pickle.loads(blob)
+        keep = [r for r in rows if r[0] > committed.get(r[3], -1)]
+        if 2 * len(keep) > size:
+            return None
+        dropped: dict[int, int] = {}
+        for r in rows:
+            if r[0] <= committed.get(r[3], -1):
+                dropped[r[3]] = max(dropped.get(r[3], -1), r[0])
+        names = set(pickle.loads(named)) if named else set()
+        kept_names = [r[1] for r in keep if r[1] in names]
+        parts = dict(zip(map(_PARTITION, keep), map(_OFFSET, keep), strict=True))
+        batch = (
+            len(keep),
+            pickle.dumps(parts, _PROTOCOL),
+            pickle.dumps(kept_names, _PROTOCOL) if kept_names else None,
+            pickle.dumps(keep, _PROTOCOL),
+            first,
+        )
+        return batch, dropped, list(names - set(kept_names))
 
     def floor(self) -> int:
         """The offset past every batch compaction deleted (0: none)."""

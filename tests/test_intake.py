@@ -194,3 +194,28 @@ def test_a_batches_table_of_other_columns_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(DataDirError, match="development build of this format"):
         IntakeLog(tmp_path, None)
+
+
+def test_a_lagging_partition_holds_its_own_messages_not_every_batch(tmp_path: Path) -> None:
+    """Partition 3 commits nothing: the batches it shares with 0-2 are thinned to its own
+    messages (their ids kept, the others' gone), replays read exactly those, and the batches
+    go once it commits; a batch mostly of laggards is left whole (not worth a rewrite)."""
+    log = IntakeLog(tmp_path, 4)
+    for b in range(5):  # 5 batches of 8: partitions 0..3, two messages each
+        batch = rows(b * 8, [f"m{b * 8 + i}" for i in range(8)])
+        log.append(batch, named(batch) if b == 0 else ())
+    lagging = {0: 39, 1: 39, 2: 39, 3: -1}
+    assert log.compact(lagging, below=40) == 5 * 6
+    assert log.count() == 10
+    assert [r[0] for r in log.read_after(lagging, 4)] == [o for o in range(40) if o % 4 == 3]
+    assert log.existing([f"m{i}" for i in range(8)]) == {"m3": 3, "m7": 7}
+    assert log.compacted_through() == {0: 36, 1: 37, 2: 38}
+    assert log.compact(lagging, below=40) == 0  # nothing more to drop: no rewrite
+    assert log.compact({p: 39 for p in range(4)}, below=40) == 10 and log.count() == 0
+    log.close()
+    log = IntakeLog(tmp_path, 4)
+    batch = rows(40, [f"n{i}" for i in range(8)])
+    log.append(batch)
+    assert log.compact({0: 47, 1: -1, 2: -1, 3: -1}, below=48) == 0  # 1 of 4 done: kept whole
+    assert log.count() == 8
+    log.close()

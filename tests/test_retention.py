@@ -9,6 +9,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -253,3 +254,44 @@ def test_an_older_results_table_gets_its_times_at_open(tmp_path: Path) -> None:
         assert store.expire(before=float("inf")) == 1
     finally:
         store.close()
+
+
+RELEASE = threading.Event()
+
+
+def blocks_on_slow(state: list[str] | None, message: Message) -> list[str]:
+    if message.key == "slow":
+        assert RELEASE.wait(60), "never released"
+    return [*(state or []), message.id]
+
+
+async def test_a_stuck_partition_keeps_its_own_messages_not_the_whole_log(tmp_path: Path) -> None:
+    """A worker stuck in one message holds its partitions uncommitted: the group commits it
+    shares with the others are thinned to its messages, so the log holds what it must
+    replay, not everything logged since it got stuck."""
+    from system import partition_of
+
+    keys = {p: [k for k in (f"k{i}" for i in range(200)) if partition_of(k, 4) == p][:5]
+            for p in range(4)}  # fmt: skip
+    slow = partition_of("slow", 4)  # worker slow % 2 owns it, and partition stuck
+    stuck, free = (slow + 2) % 4, [p for p in range(4) if p % 2 != slow % 2]
+    settings = {"workers": 2, "partitions": 4, "mode": "thread", "dedup_window": 0,
+                "compact_every": 100}  # fmt: skip
+    RELEASE.clear()
+    try:
+        async with Pool(blocks_on_slow, tmp_path, **settings) as pool:
+            await pool.submit("slow", 0)
+            for b in range(20):
+                items = [(keys[free[i % 2]][i % 5], i) for i in range(99)]
+                await pool.submit_many([*items, (keys[stuck][b % 5], b)])
+                while pool.stats()["committed"] < 99 * (b + 1):
+                    await asyncio.sleep(0.005)  # the other worker's share, committed
+            assert rows_in_log(tmp_path) <= 1 + 20 + 100  # stuck ones, and the last write
+            RELEASE.set()
+            await pool.drain(timeout=60)
+            await pool.submit_many([(keys[free[0]][0], 0)] * 100)  # compacts
+            await pool.drain(timeout=60)
+            assert len(await pool.query(keys[stuck][0])) == 4  # nothing lost
+    finally:
+        RELEASE.set()
+    assert rows_in_log(tmp_path) <= 100
