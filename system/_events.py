@@ -20,7 +20,9 @@ log = logging.getLogger("system")
 
 
 #: Kinds a person running the pool is told about on the ``system`` logger (the rest: events.jsonl).
-_TOLD = frozenset({"died", "restarted", "gave_up", "killed", "degraded", "hung", "recycled"})
+_TOLD = frozenset(
+    {"died", "restarted", "gave_up", "killed", "degraded", "hung", "recycled", "intake_behind"}
+)
 
 
 def monotonic() -> float:

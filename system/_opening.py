@@ -67,6 +67,16 @@ def open_data_dir(data_dir: Path, config: PoolConfig) -> Opened:
         opened.append(events)
         committed = store.committed()
         intake.check_committed(committed)
+        end = intake.reach(committed)
+        if end is not None:
+            events.emit(
+                "intake_behind",
+                log_end=end,
+                committed_to=intake.next_offset - 1,
+                detail="intake.db ends before what checkpoints.db committed: it lost its tail "
+                "(durability='process' and a power loss, or an older copy put back); the "
+                "messages acknowledged past its end are gone. New offsets go on past them",
+            )
     except BaseException:
         for thing in reversed(opened):
             thing.close()

@@ -219,3 +219,14 @@ def test_a_lagging_partition_holds_its_own_messages_not_every_batch(tmp_path: Pa
     assert log.compact({0: 47, 1: -1, 2: -1, 3: -1}, below=48) == 0  # 1 of 4 done: kept whole
     assert log.count() == 8
     log.close()
+
+
+def test_resubmitted_generated_ids_are_found_in_their_batches(tmp_path: Path) -> None:
+    log = IntakeLog(tmp_path, 4)
+    gen = [f"{log.id_prefix}-{o}" for o in range(5000)]
+    for lo in range(0, 5000, 2000):
+        log.append(rows(lo, gen[lo : lo + 2000]))
+    log.next_offset = 5000
+    asked = [*gen[::7], f"{log.id_prefix}-5000", f"{log.id_prefix}-07", "other-7"]
+    assert log.existing(asked) == {mid: int(mid.rsplit("-", 1)[1]) for mid in gen[::7]}
+    log.close()

@@ -295,3 +295,24 @@ async def test_a_stuck_partition_keeps_its_own_messages_not_the_whole_log(tmp_pa
     finally:
         RELEASE.set()
     assert rows_in_log(tmp_path) <= 100
+
+
+async def test_an_intake_log_that_lost_its_tail_gives_no_offset_twice(tmp_path: Path) -> None:
+    """intake.db behind checkpoints.db (durability="process" and a power loss, or an older
+    copy put back): new messages go on past what was committed -- given a committed offset
+    again, a worker would skip them as applied -- and the gap is told."""
+    settings = {"workers": 1, "partitions": 4, "durability": "process", "dedup_window": None}
+    async with Pool(append_id, tmp_path, **settings) as pool:
+        await pool.submit_many([("k", i, f"m{i}") for i in range(100)])
+        await pool.drain(timeout=60)
+    log = IntakeLog(tmp_path, None)
+    with log._db:
+        log._db.execute("DELETE FROM batches")  # the tail lost: here, all of it
+        log._db.execute("DELETE FROM ids")
+    log.close()
+    async with Pool(append_id, tmp_path, **settings) as pool:
+        assert await pool.submit("k", 0, "late") == 100
+        await pool.drain(timeout=60)
+        assert (await pool.query("k"))[-1] == "late"
+    behind = [e for e in read_events(tmp_path) if e["kind"] == "intake_behind"]
+    assert [(e["log_end"], e["committed_to"]) for e in behind] == [(0, 99)]
