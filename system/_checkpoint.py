@@ -40,9 +40,13 @@ CREATE TABLE IF NOT EXISTS results (
     id TEXT PRIMARY KEY,
     partition INTEGER NOT NULL,
     seq INTEGER NOT NULL,
-    output BLOB NOT NULL,
-    ts REAL NOT NULL  -- when it was committed (time.time()), for results_age
+    output BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS result_times (  -- beside results, which older versions still write
+    id TEXT PRIMARY KEY,  -- of a row of results
+    ts REAL NOT NULL      -- when it was committed (time.time()), for results_age
+);
+CREATE INDEX IF NOT EXISTS result_times_ts ON result_times (ts);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id TEXT PRIMARY KEY,
     partition INTEGER NOT NULL,
@@ -61,15 +65,14 @@ class CheckpointStore:
     def __init__(self, data_dir: Path, *, durability: str = "fsync"):
         self.path = data_dir / "checkpoints.db"
         self._db = connect(self.path, durability=durability)
+        q = "SELECT 1 FROM sqlite_master WHERE name = 'result_times'"
+        timed = self._db.execute(q).fetchone() is not None
         self._db.executescript(_SCHEMA)
-        columns = [c[1] for c in self._db.execute("PRAGMA table_info(results)")]
-        if "ts" not in columns:  # an older data dir's: its results stamped as of now
+        if not timed:  # an older data dir's results: stamped as of now
             with self._transaction():
-                columns = [c[1] for c in self._db.execute("PRAGMA table_info(results)")]
-                if "ts" not in columns:
-                    self._db.execute("ALTER TABLE results ADD COLUMN ts REAL NOT NULL DEFAULT 0")
-                    self._db.execute("UPDATE results SET ts = ?", (time.time(),))
-        self._db.execute("CREATE INDEX IF NOT EXISTS results_ts ON results (ts)")
+                self._db.execute(
+                    "INSERT OR IGNORE INTO result_times SELECT id, ? FROM results", (time.time(),)
+                )
         self._epochs: dict[int, int] = {}
 
     @contextlib.contextmanager
@@ -127,24 +130,26 @@ class CheckpointStore:
         with self._transaction():
             for i in range(0, len(ids), 500):
                 chunk = ids[i : i + 500]
-                q = f"DELETE FROM results WHERE id IN ({','.join('?' * len(chunk))})"
-                n += self._db.execute(q, chunk).rowcount
+                marks = ",".join("?" * len(chunk))
+                n += self._db.execute(f"DELETE FROM results WHERE id IN ({marks})", chunk).rowcount
+                self._db.execute(f"DELETE FROM result_times WHERE id IN ({marks})", chunk)
         return n
 
-    def expire(self, before: float) -> int:
-        """Drop the results committed before ``before`` (a ``time.time()``), read or not; how
-        many. In transactions of ``EXPIRE_CHUNK`` rows: the workers' commits wait for one
-        chunk at most, never for the whole."""
-        n, q = (
-            0,
-            ("DELETE FROM results WHERE rowid IN (SELECT rowid FROM results WHERE ts < ? LIMIT ?)"),
-        )
-        while True:
+    def expire(self, before: float, chunks: int = 10) -> int:
+        """Drop the results committed before ``before`` (a ``time.time()``), read or not, at
+        most ``chunks`` transactions of ``EXPIRE_CHUNK`` each (the workers' commits wait for
+        one at most; the caller, for ``chunks``); how many."""
+        n = 0
+        for _ in range(chunks):
             with self._transaction():
-                gone = self._db.execute(q, (before, EXPIRE_CHUNK)).rowcount
-            n += gone
-            if gone < EXPIRE_CHUNK:
-                return n
+                q = "SELECT id FROM result_times WHERE ts < ? LIMIT ?"
+                ids = [(i,) for (i,) in self._db.execute(q, (before, EXPIRE_CHUNK))]
+                self._db.executemany("DELETE FROM results WHERE id = ?", ids)
+                self._db.executemany("DELETE FROM result_times WHERE id = ?", ids)
+            n += len(ids)
+            if len(ids) < EXPIRE_CHUNK:
+                break
+        return n
 
     def dead_letters(self) -> list[dict[str, Any]]:
         cols = ("id", "partition", "offset", "key", "reason", "traceback", "ts")
@@ -174,9 +179,10 @@ class CheckpointStore:
                     )
             self._db.executemany("INSERT OR REPLACE INTO states VALUES (?, ?, ?)", states)
             if results:
+                self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)", results)
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)",
-                    [(*r, now) for r in results],
+                    "INSERT OR REPLACE INTO result_times VALUES (?, ?)",
+                    [(r[0], now) for r in results],
                 )
             if dead:
                 self._db.executemany(

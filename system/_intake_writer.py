@@ -221,7 +221,8 @@ class IntakeWriter:
             self.events.emit("compacted", removed=removed, below=below)
 
     async def _expire_results(self) -> None:
-        """Drop the results older than ``results_age`` (a failure is told, tried again)."""
+        """Drop the results older than ``results_age``, 100,000 at most (the rest next time: at
+        most one result a message comes meanwhile); a failure is told, tried again."""
         before = time.time() - (self.results_age or 0.0)
         try:
             n = await self._in_thread(expire_results, self.data_dir, self.durability, before)

@@ -1,5 +1,6 @@
-"""Bounded disk: the intake log keeps a window of ids, results are forgotten once read, events
-rotate -- and a crash anywhere in a compaction loses nothing and applies nothing twice."""
+"""Bounded disk: the intake log keeps a window of ids (and thins what a lagging partition holds),
+results go when forgotten or past results_age, events rotate -- and a crash anywhere in a
+compaction loses nothing and applies nothing twice."""
 
 from __future__ import annotations
 
@@ -239,6 +240,8 @@ async def test_results_are_dropped_past_results_age_read_or_not(
 
 
 def test_an_older_results_table_gets_its_times_at_open(tmp_path: Path) -> None:
+    """Result times are a table beside results: an older data dir's are stamped at its first
+    open, and an older chaosgate can still write results to it."""
     import sqlite3
 
     db = sqlite3.connect(tmp_path / "checkpoints.db")
@@ -252,6 +255,8 @@ def test_an_older_results_table_gets_its_times_at_open(tmp_path: Path) -> None:
         assert store.result("a") == (True, 1)
         assert store.expire(before=0.0) == 0  # stamped as of its open, not as of 1970
         assert store.expire(before=float("inf")) == 1
+        # An older chaosgate opening it again still writes its results as it did.
+        store._db.execute("INSERT INTO results VALUES ('b', 0, 1, ?)", (pickle.dumps(2),))
     finally:
         store.close()
 
@@ -316,3 +321,15 @@ async def test_an_intake_log_that_lost_its_tail_gives_no_offset_twice(tmp_path: 
         assert (await pool.query("k"))[-1] == "late"
     behind = [e for e in read_events(tmp_path) if e["kind"] == "intake_behind"]
     assert [(e["log_end"], e["committed_to"]) for e in behind] == [(0, 99)]
+
+
+def test_expiry_takes_a_bounded_share_at_a_time(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(_checkpoint, "EXPIRE_CHUNK", 10)
+    store = _checkpoint.CheckpointStore(tmp_path)
+    try:
+        store.claim([0])
+        store.commit({0: 24}, [], [(f"r{i}", 0, i, b"x") for i in range(25)], [])
+        assert [store.expire(float("inf"), chunks=2) for _ in range(3)] == [20, 5, 0]
+        assert store.result("r0") == (False, None)
+    finally:
+        store.close()
