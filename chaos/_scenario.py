@@ -71,7 +71,8 @@ EXIT_WAIT = 10.0  # seconds a killed process has to be seen gone before the kill
 # 250 ms (the figure's resolution where recoveries are told apart: at 20 ms, every figure was
 # the time of a read, quantised to ~22 ms, and 75 ms read as 91 or 113), then 20 ms, then, once
 # a recovery takes 2 s, 200 ms (a lossy target's work never comes back: its observers must not
-# starve the run with reads).
+# starve the run with reads); and never less than twice what a read takes (a target in the
+# harness's own process shares its GIL: reads must not crowd out the recovery they measure).
 FINE_FOR, FINE_POLL = 0.25, 0.005
 POLL = 0.02
 SLOW_AFTER, SLOW_POLL = 2.0, 0.2
@@ -186,6 +187,7 @@ class Scenario:
     _failpoint_sites: dict[str, Fault] = field(default_factory=dict, repr=False)
     _observers: dict[int, Any] = field(default_factory=dict, repr=False)
     _snapshot: tuple[float, set[str]] | None = field(default=None, repr=False)
+    read_took: float = field(default=0.0, repr=False)  # seconds the last read of it took
     _reading: asyncio.Lock | None = field(default=None, repr=False)
     _dead_listed: dict[int, float] = field(default_factory=dict, repr=False)  # pid -> seen dead
     _ready_pids: set[int] = field(default_factory=set, repr=False)  # pids with a "ready" event
@@ -356,6 +358,7 @@ class Scenario:
                 committed = await read()
                 snap = (mono, {mid for ids in committed.values() for mid in ids})
                 self._snapshot = snap
+                self.read_took = time.clock_gettime(time.CLOCK_MONOTONIC) - mono
             return snap[1]
 
     def expect_dead_letters(self, ids: Any, reason: str | None = None) -> None:
@@ -896,6 +899,7 @@ async def _observe(
         while True:
             age = _since(fault)
             every = FINE_POLL if age < FINE_FOR else POLL if age < SLOW_AFTER else SLOW_POLL
+            every = max(every, 2 * scenario.read_took)  # reads take a third of the time at most
             seen = await scenario.committed_ids(since=fault.mono or 0.0, max_age=every)
             if expected and "dead_letters" in getattr(target, "capabilities", ()):
                 seen = seen | (set(dead_letters_of(target.dead_lettered())) & set(expected))
