@@ -316,7 +316,7 @@ class IntakeLog:
             chunk = ids[i : i + _CHUNK]
             q = f"SELECT id, seq FROM ids WHERE id IN ({','.join('?' * len(chunk))})"
             found.update(self._db.execute(q, chunk))
-        wanted: dict[int, str] = {}  # generated ids resubmitted: known while their batch is
+        wanted: dict[int, str] = {}  # generated ids resubmitted: known while their batch is kept
         for mid in ids:
             offset = None if mid in found else self.generated_offset(mid)
             if offset is not None:
