@@ -348,3 +348,23 @@ async def test_a_killed_worker_is_replaced_by_the_warm_spare(tmp_path: Path) -> 
     ready = [e for e in read_events(tmp_path) if e["kind"] == "ready" and e["pid"] == spare]
     assert len(ready) == 1 and ready[0]["startup"] < 5.0
     assert not psutil.pid_exists(nxt) or psutil.Process(nxt).status() == "zombie"
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+async def test_a_workers_first_batch_is_committed_without_waiting_for_the_timer(
+    tmp_path: Path, mode: str
+) -> None:
+    """What waited for a worker to start is committed at once; later work waits for the timer
+    (here 60 s) or a drain. Before, the first batch waited for the timer too: a kill as the
+    pool started recovered in its start-up plus a whole checkpoint_interval."""
+    settings = {"workers": 1, "mode": mode, "checkpoint_interval": 60.0}
+    async with Pool(append_and_echo, tmp_path, **settings) as pool:
+        await pool.submit_many([("k", i, f"m{i}") for i in range(10)])
+        async with asyncio.timeout(30):
+            while pool.stats()["committed"] < 10:
+                await asyncio.sleep(0.005)
+        await pool.submit_many([("k", i, f"n{i}") for i in range(10)])
+        await asyncio.sleep(0.3)
+        assert pool.stats()["committed"] == 10  # on the timer, or a drain's flush
+        await pool.drain(timeout=30)
+        assert pool.stats()["committed"] == 20
