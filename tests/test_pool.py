@@ -368,3 +368,21 @@ async def test_a_workers_first_batch_is_committed_without_waiting_for_the_timer(
         assert pool.stats()["committed"] == 10  # on the timer, or a drain's flush
         await pool.drain(timeout=30)
         assert pool.stats()["committed"] == 20
+
+
+async def test_a_worker_that_committed_work_is_restarted_without_backoff(tmp_path: Path) -> None:
+    """Backoff is for a crash loop: killed after each round of committed work, a worker comes
+    back after the base delay every time (it was 0.2, 0.4, 0.8 s: a doubling streak)."""
+    policy = RestartPolicy(base=0.2, cap=10.0, jitter=0.0, reset_after=1000.0)
+    async with Pool(append_and_echo, tmp_path, workers=1, restart=policy) as pool:
+        for r in range(3):
+            await pool.submit_many([("k", i, f"m{r}-{i}") for i in range(10)])
+            await pool.drain(timeout=30)
+            (victim,) = pool.worker_pids()
+            os.kill(victim, signal.SIGKILL)
+            async with asyncio.timeout(30):
+                while pool.worker_pids() in ([], [victim]):
+                    await asyncio.sleep(0.005)
+        await pool.drain(timeout=30)
+    delays = [e["delay"] for e in read_events(tmp_path) if e["kind"] == "restarted"]
+    assert delays == [0.2, 0.2, 0.2]
