@@ -899,7 +899,7 @@ async def _observe(
         while True:
             age = _since(fault)
             every = FINE_POLL if age < FINE_FOR else POLL if age < SLOW_AFTER else SLOW_POLL
-            every = max(every, 2 * scenario.read_took)  # reads take a third of the time at most
+            every = max(every, min(2 * scenario.read_took, SLOW_POLL))  # a third of the time
             seen = await scenario.committed_ids(since=fault.mono or 0.0, max_age=every)
             if expected and "dead_letters" in getattr(target, "capabilities", ()):
                 seen = seen | (set(dead_letters_of(target.dead_lettered())) & set(expected))

@@ -65,14 +65,7 @@ class CheckpointStore:
     def __init__(self, data_dir: Path, *, durability: str = "fsync"):
         self.path = data_dir / "checkpoints.db"
         self._db = connect(self.path, durability=durability)
-        q = "SELECT 1 FROM sqlite_master WHERE name = 'result_times'"
-        timed = self._db.execute(q).fetchone() is not None
         self._db.executescript(_SCHEMA)
-        if not timed:  # an older data dir's results: stamped as of now
-            with self._transaction():
-                self._db.execute(
-                    "INSERT OR IGNORE INTO result_times SELECT id, ? FROM results", (time.time(),)
-                )
         self._epochs: dict[int, int] = {}
 
     @contextlib.contextmanager
@@ -135,6 +128,20 @@ class CheckpointStore:
                 self._db.execute(f"DELETE FROM result_times WHERE id IN ({marks})", chunk)
         return n
 
+    def time_untimed(self) -> int:
+        """Give a commit time (now) to every result without one, and drop times of results
+        gone; how many were given. Results written by an older chaosgate (an older data dir,
+        or one opened by an older version since) have none, and would never expire. At the
+        pool's open, with ``results_age`` set (its table is bounded by it, so is this)."""
+        with self._transaction():
+            n = self._db.execute(
+                "INSERT INTO result_times SELECT id, ? FROM results "
+                "WHERE id NOT IN (SELECT id FROM result_times)",
+                (time.time(),),
+            ).rowcount
+            self._db.execute("DELETE FROM result_times WHERE id NOT IN (SELECT id FROM results)")
+        return n
+
     def expire(self, before: float, chunks: int = 10) -> int:
         """Drop the results committed before ``before`` (a ``time.time()``), read or not, at
         most ``chunks`` transactions of ``EXPIRE_CHUNK`` each (the workers' commits wait for
@@ -179,7 +186,11 @@ class CheckpointStore:
                     )
             self._db.executemany("INSERT OR REPLACE INTO states VALUES (?, ?, ?)", states)
             if results:
-                self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)", results)
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO results (id, partition, seq, output) "
+                    "VALUES (?, ?, ?, ?)",
+                    results,
+                )
                 self._db.executemany(
                     "INSERT OR REPLACE INTO result_times VALUES (?, ?)",
                     [(r[0], now) for r in results],
@@ -207,10 +218,10 @@ def forget_results(data_dir: Path, durability: str, message_ids: Iterable[str]) 
         store.close()
 
 
-def expire_results(data_dir: Path, durability: str, before: float) -> int:
+def expire_results(data_dir: Path, durability: str, before: float, chunks: int) -> int:
     """``CheckpointStore.expire`` on a connection of its own (for another thread)."""
     store = CheckpointStore(data_dir, durability=durability)
     try:
-        return store.expire(before)
+        return store.expire(before, chunks)
     finally:
         store.close()

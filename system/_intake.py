@@ -225,6 +225,8 @@ class IntakeLog:
                 )
         self.partitions: int = partitions
         self.id_prefix: str = meta.get("id_prefix") or self._new_id_prefix()
+        self._looked: dict[int, tuple[int, ...]] = {}  # batch -> its laggards' committed, when
+        # compaction last looked at it and could not thin it (or did)
         if self._table("log"):
             if meta.get("format") == FORMAT:  # written to by an older chaosgate since
                 self._db.close()
@@ -372,6 +374,7 @@ class IntakeLog:
         gone: list[tuple[int, int, int, bytes | None]] = []
         thinned: list[tuple[int, bytes, bytes | None, bytes, int]] = []  # n, parts, named, rows
         dropped_ids: list[str] = []
+        looked: dict[int, tuple[int, ...]] = {}
         n = 0
         through = self.compacted_through()  # per partition, its last offset deleted
         q = "SELECT first, last, n, parts, named FROM batches WHERE last < ? AND ts < ?"
@@ -380,14 +383,18 @@ class IntakeLog:
             q + " ORDER BY first", (below, when)
         ):
             lasts = pickle.loads(parts)
-            done = [p for p, o in lasts.items() if committed.get(p, -1) >= o]
+            done = {p for p, o in lasts.items() if committed.get(p, -1) >= o}
             if len(done) == len(lasts):
                 gone.append((first, last, size, named))
                 n += size
                 for p, o in lasts.items():
                     through[p] = max(through.get(p, -1), o)
-            elif 2 * len(done) >= len(lasts):  # most of its partitions are done: a look
+            elif 2 * len(done) >= len(lasts):  # most of its partitions are done: a look,
+                behind = tuple(committed.get(p, -1) for p in lasts if p not in done)
+                if self._looked.get(first) == behind:
+                    continue  # unless its laggards moved on since the last (a batch unpickled)
                 thin = self._thin(first, size, named, committed)
+                looked[first] = behind
                 if thin is not None:
                     batch, dropped, names = thin
                     thinned.append(batch)
@@ -409,6 +416,9 @@ class IntakeLog:
             self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
             if failpoints.ACTIVE:
                 failpoint("intake.compact", deleted=n)
+        self._looked.update(looked)
+        for g in gone:
+            self._looked.pop(g[0], None)
         if failpoints.ACTIVE:
             failpoint("intake.compacted", deleted=n)
         return n

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from chaos import failpoints
 from chaos.failpoints import failpoint
 
-from ._checkpoint import expire_results
+from ._checkpoint import EXPIRE_CHUNK, expire_results
 from ._config import PoolConfig
 from ._errors import PayloadError, PoolBroken, UsageError
 from ._events import EventLog
@@ -221,11 +221,14 @@ class IntakeWriter:
             self.events.emit("compacted", removed=removed, below=below)
 
     async def _expire_results(self) -> None:
-        """Drop the results older than ``results_age``, 100,000 at most (the rest next time: at
-        most one result a message comes meanwhile); a failure is told, tried again."""
+        """Drop the results older than ``results_age``: as many as ``compact_every`` messages can
+        have made, and 100,000 at least (so it keeps up, and never holds submits long); a
+        failure is told, tried again."""
         before = time.time() - (self.results_age or 0.0)
+        chunks = max(10, -(-self.compact_every // EXPIRE_CHUNK) + 1)
+        args = (self.data_dir, self.durability, before, chunks)
         try:
-            n = await self._in_thread(expire_results, self.data_dir, self.durability, before)
+            n = await self._in_thread(expire_results, *args)
         except Exception as e:
             log.warning("dropping results past results_age failed (%r); tried again later", e)
             self.events.emit("results_expired", removed=0, error=repr(e))

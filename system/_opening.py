@@ -61,6 +61,8 @@ def open_data_dir(data_dir: Path, config: PoolConfig) -> Opened:
                 "restore it from a backup, or use another data dir"
             ) from e
         opened.append(store)
+        if config.results_age is not None:
+            store.time_untimed()
         events = EventLog(
             data_dir / "events.jsonl", max_bytes=config.events_max_bytes, keep=config.events_keep
         )

@@ -221,12 +221,39 @@ def test_a_lagging_partition_holds_its_own_messages_not_every_batch(tmp_path: Pa
     log.close()
 
 
-def test_resubmitted_generated_ids_are_found_in_their_batches(tmp_path: Path) -> None:
+def test_a_batch_not_worth_thinning_is_not_unpickled_again_until_its_laggards_move(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Partitions 0 and 1 done, 2 and 3 holding 6 of its 8 messages: looked at once, then left
+    alone -- a compaction runs while submits wait -- until 2 or 3 commits more."""
+    from system import _intake
+
+    log = IntakeLog(tmp_path, 4)
+    log.append([(i, f"m{i}", "k", i if i < 2 else 2 + i % 2, b"p") for i in range(8)])
+    loads = []
+    real = _intake.pickle.loads
+    monkeypatch.setattr(_intake.pickle, "loads", lambda b: loads.append(real(b)) or loads[-1])
+    stuck = {0: 7, 1: 7, 2: -1, 3: -1}
+    assert [log.compact(stuck, below=8) for _ in range(3)] == [0, 0, 0]
+    assert len([x for x in loads if type(x) is list]) == 1  # its rows: once
+    assert log.compact({**stuck, 2: 6}, below=8) == 2 + 3  # 2 moved on: a look, and thinned
+    log.close()
+
+
+def test_resubmitted_generated_ids_are_found_in_their_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from system import _intake
+
     log = IntakeLog(tmp_path, 4)
     gen = [f"{log.id_prefix}-{o}" for o in range(5000)]
     for lo in range(0, 5000, 2000):
         log.append(rows(lo, gen[lo : lo + 2000]))
     log.next_offset = 5000
     asked = [*gen[::7], f"{log.id_prefix}-5000", f"{log.id_prefix}-07", "other-7"]
+    rows_read = []
+    real = _intake.pickle.loads
+    monkeypatch.setattr(_intake.pickle, "loads", lambda b: rows_read.append(1) or real(b))
     assert log.existing(asked) == {mid: int(mid.rsplit("-", 1)[1]) for mid in gen[::7]}
+    assert len(rows_read) == 3  # each batch once, not each id (715 of them)
     log.close()

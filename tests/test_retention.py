@@ -10,7 +10,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -239,9 +238,10 @@ async def test_results_are_dropped_past_results_age_read_or_not(
         Pool(echo, tmp_path / "x", results_age=-1)
 
 
-def test_an_older_results_table_gets_its_times_at_open(tmp_path: Path) -> None:
-    """Result times are a table beside results: an older data dir's are stamped at its first
-    open, and an older chaosgate can still write results to it."""
+def test_results_without_a_time_get_one_at_open(tmp_path: Path) -> None:
+    """Result times are a table beside results: an older data dir's results, and those an older
+    chaosgate writes later (it knows no result_times), get their time at the pool's open --
+    else they would never expire; times of results gone go too."""
     import sqlite3
 
     db = sqlite3.connect(tmp_path / "checkpoints.db")
@@ -253,74 +253,17 @@ def test_an_older_results_table_gets_its_times_at_open(tmp_path: Path) -> None:
     store = _checkpoint.CheckpointStore(tmp_path)
     try:
         assert store.result("a") == (True, 1)
+        assert store.time_untimed() == 1 and store.time_untimed() == 0
         assert store.expire(before=0.0) == 0  # stamped as of its open, not as of 1970
-        assert store.expire(before=float("inf")) == 1
-        # An older chaosgate opening it again still writes its results as it did.
+        # An older chaosgate opening it again still writes results as it did, and forgets
+        # some: the next open times the one, drops the other's time.
         store._db.execute("INSERT INTO results VALUES ('b', 0, 1, ?)", (pickle.dumps(2),))
+        store._db.execute("DELETE FROM results WHERE id = 'a'")
+        assert store.time_untimed() == 1
+        assert store._db.execute("SELECT id FROM result_times").fetchall() == [("b",)]
+        assert store.expire(before=float("inf")) == 1 and store.result("b") == (False, None)
     finally:
         store.close()
-
-
-RELEASE = threading.Event()
-
-
-def blocks_on_slow(state: list[str] | None, message: Message) -> list[str]:
-    if message.key == "slow":
-        assert RELEASE.wait(60), "never released"
-    return [*(state or []), message.id]
-
-
-async def test_a_stuck_partition_keeps_its_own_messages_not_the_whole_log(tmp_path: Path) -> None:
-    """A worker stuck in one message holds its partitions uncommitted: the group commits it
-    shares with the others are thinned to its messages, so the log holds what it must
-    replay, not everything logged since it got stuck."""
-    from system import partition_of
-
-    keys = {p: [k for k in (f"k{i}" for i in range(200)) if partition_of(k, 4) == p][:5]
-            for p in range(4)}  # fmt: skip
-    slow = partition_of("slow", 4)  # worker slow % 2 owns it, and partition stuck
-    stuck, free = (slow + 2) % 4, [p for p in range(4) if p % 2 != slow % 2]
-    settings = {"workers": 2, "partitions": 4, "mode": "thread", "dedup_window": 0,
-                "compact_every": 100}  # fmt: skip
-    RELEASE.clear()
-    try:
-        async with Pool(blocks_on_slow, tmp_path, **settings) as pool:
-            await pool.submit("slow", 0)
-            for b in range(20):
-                items = [(keys[free[i % 2]][i % 5], i) for i in range(99)]
-                await pool.submit_many([*items, (keys[stuck][b % 5], b)])
-                while pool.stats()["committed"] < 99 * (b + 1):
-                    await asyncio.sleep(0.005)  # the other worker's share, committed
-            assert rows_in_log(tmp_path) <= 1 + 20 + 100  # stuck ones, and the last write
-            RELEASE.set()
-            await pool.drain(timeout=60)
-            await pool.submit_many([(keys[free[0]][0], 0)] * 100)  # compacts
-            await pool.drain(timeout=60)
-            assert len(await pool.query(keys[stuck][0])) == 4  # nothing lost
-    finally:
-        RELEASE.set()
-    assert rows_in_log(tmp_path) <= 100
-
-
-async def test_an_intake_log_that_lost_its_tail_gives_no_offset_twice(tmp_path: Path) -> None:
-    """intake.db behind checkpoints.db (durability="process" and a power loss, or an older
-    copy put back): new messages go on past what was committed -- given a committed offset
-    again, a worker would skip them as applied -- and the gap is told."""
-    settings = {"workers": 1, "partitions": 4, "durability": "process", "dedup_window": None}
-    async with Pool(append_id, tmp_path, **settings) as pool:
-        await pool.submit_many([("k", i, f"m{i}") for i in range(100)])
-        await pool.drain(timeout=60)
-    log = IntakeLog(tmp_path, None)
-    with log._db:
-        log._db.execute("DELETE FROM batches")  # the tail lost: here, all of it
-        log._db.execute("DELETE FROM ids")
-    log.close()
-    async with Pool(append_id, tmp_path, **settings) as pool:
-        assert await pool.submit("k", 0, "late") == 100
-        await pool.drain(timeout=60)
-        assert (await pool.query("k"))[-1] == "late"
-    behind = [e for e in read_events(tmp_path) if e["kind"] == "intake_behind"]
-    assert [(e["log_end"], e["committed_to"]) for e in behind] == [(0, 99)]
 
 
 def test_expiry_takes_a_bounded_share_at_a_time(tmp_path: Path, monkeypatch) -> None:
