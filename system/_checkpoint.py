@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import Fenced
-from ._intake import connect
+from ._intake import connect, transaction
 
 EXPIRE_CHUNK = 10_000  # results dropped per transaction by results_age
 
@@ -68,16 +68,8 @@ class CheckpointStore:
         self._db.executescript(_SCHEMA)
         self._epochs: dict[int, int] = {}
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """One write transaction, taken at once (BEGIN IMMEDIATE), rolled back on any error."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[None]:
+        return transaction(self._db)
 
     # -- ownership -------------------------------------------------------------------------------
     def claim(self, partitions: Iterable[int]) -> dict[int, int]:

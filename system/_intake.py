@@ -130,6 +130,18 @@ def connect(path: Path, *, durability: str = "fsync") -> sqlite3.Connection:
     return conn
 
 
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, taken at once (BEGIN IMMEDIATE), rolled back on any error."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
 def check_data_dir(path: str | os.PathLike[str], *, create: bool) -> Path:
     """Validate a data dir path, creating it when ``create``; raise ``DataDirError`` otherwise."""
     p = Path(path)
@@ -300,16 +312,8 @@ class IntakeLog:
             named = [(r[1], r[0]) for r in rows]
             self._insert(_batches(rows, named), named)
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """One write transaction, taken at once (BEGIN IMMEDIATE), rolled back on any error."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[None]:
+        return transaction(self._db)
 
     def existing(self, ids: Sequence[str]) -> dict[str, int]:
         """Offsets of those ``ids`` already in the log: chosen by a caller, or generated."""
