@@ -5,9 +5,9 @@ random fraction ``jitter`` of it (so restarts of many slots do not stampede). A 
 up for ``reset_after`` seconds, or committed work before it died, starts again from ``base``: the
 backoff is for a crash loop, a worker that dies again and again without getting anything done
 (a worker killed after each batch of useful work is restarted at once; the intensity limit still
-counts it). Intensity is pool-wide, as in OTP
-supervisors: more than ``max_restarts`` restarts within ``window`` seconds and the policy answers
-``None`` (give up: the pool reports itself broken). Time comes from an injectable clock.
+counts it). Intensity is pool-wide, as in OTP supervisors: more than ``max_restarts`` restarts
+within ``window`` seconds and the policy answers ``None`` (give up: the pool steps down a rung,
+or reports itself broken on the last). Time comes from an injectable clock.
 """
 
 from __future__ import annotations
