@@ -399,7 +399,11 @@ async def test_prepare_many_is_prepare_for_each_item_and_refuses_alike(intake, w
         one = [writer.prepare(*item) if len(item) == 3 else writer.prepare(*item, None)
                for item in items]  # fmt: skip
         assert [e[1:] for e in many] == [e[1:] for e in one] and many[0][0] == "x"
-        assert many[1][0] != one[1][0]  # generated ids: each its own
+        assert many[1][0] == one[1][0] == "" and many[1][4]  # generated at the append
+    minted = f"{intake.id_prefix}-{intake.next_offset + 3}"  # the pool's form, an offset ahead
+    for prepare in (writer.prepare_many, lambda items: [writer.prepare(*i) for i in items]):
+        with pytest.raises(UsageError, match=r"which it has not given yet.*nothing was written"):
+            prepare([("a", 1, minted)])  # "a" known: prepare_many's inlined path
     with pytest.raises(PayloadError, match="over max_payload_bytes=64"):
         writer.prepare_many([("a", 1), ("a", "x" * 100)])
     with pytest.raises(PayloadError, match="cannot be pickled"):
