@@ -98,6 +98,11 @@ def _chunks(rows: Sequence[Row]) -> Iterator[Sequence[Row]]:
         yield part[start:]
 
 
+def _last_offsets(rows: Sequence[Row]) -> dict[int, int]:
+    """Each partition's last offset among ``rows`` (in offset order)."""
+    return dict(zip(map(_PARTITION, rows), map(_OFFSET, rows), strict=True))
+
+
 def _batches(rows: Sequence[Row], named: Sequence[tuple[str, int]]) -> Iterator[Batch]:
     """``rows`` as rows of ``batches`` (``_chunks``), each with its partitions' last offsets and
     the ids of ``named`` it holds; made as they are written."""
@@ -110,13 +115,12 @@ def _batches(rows: Sequence[Row], named: Sequence[tuple[str, int]]) -> Iterator[
             k += 1
         mine = [n[0] for n in names[j:k]]
         j = k
-        parts = dict(zip(map(_PARTITION, chunk), map(_OFFSET, chunk), strict=True))
         yield (
             chunk[0][0],
             last,
             len(chunk),
             now,
-            pickle.dumps(parts, _PROTOCOL),
+            pickle.dumps(_last_offsets(chunk), _PROTOCOL),
             pickle.dumps(mine, _PROTOCOL) if mine else None,
             pickle.dumps(chunk if type(chunk) is list else list(chunk), _PROTOCOL),
         )
@@ -439,21 +443,17 @@ class IntakeLog:
         keep = [r for r in rows if r[0] > committed.get(r[3], -1)]
         if 2 * len(keep) > size:
             return None
-        dropped: dict[int, int] = {}
-        for r in rows:
-            if r[0] <= committed.get(r[3], -1):
-                dropped[r[3]] = max(dropped.get(r[3], -1), r[0])
+        gone = [r for r in rows if r[0] <= committed.get(r[3], -1)]
         names = set(pickle.loads(named)) if named else set()
         kept_names = [r[1] for r in keep if r[1] in names]
-        parts = dict(zip(map(_PARTITION, keep), map(_OFFSET, keep), strict=True))
         batch = (
             len(keep),
-            pickle.dumps(parts, _PROTOCOL),
+            pickle.dumps(_last_offsets(keep), _PROTOCOL),
             pickle.dumps(kept_names, _PROTOCOL) if kept_names else None,
             pickle.dumps(keep, _PROTOCOL),
             first,
         )
-        return batch, dropped, list(names - set(kept_names))
+        return batch, _last_offsets(gone), list(names - set(kept_names))
 
     def floor(self) -> int:
         """The offset past every batch compaction deleted (0: none)."""

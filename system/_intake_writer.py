@@ -50,11 +50,8 @@ class IntakeWriter:
         self.events = events
         self.max_payload = config.max_payload_bytes
         self.window, self.age = config.dedup_window, config.dedup_age
-        self.results_age, self.data_dir, self.durability = (
-            config.results_age,
-            intake.path.parent,
-            config.durability,
-        )
+        self.results_age, self.durability = config.results_age, config.durability
+        self.data_dir = intake.path.parent
         self.compact_every = config.compact_every
         self._since_compact = 0
         self._pending: list[Parked] = []
